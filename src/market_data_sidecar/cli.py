@@ -1,0 +1,159 @@
+"""`market-data-sidecar`: run the sidecar, or check the store's dependencies once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+from market_data_core.telemetry import HealthStatus
+
+from market_data_sidecar import __version__
+from market_data_sidecar.checks.catalog import build_checks
+from market_data_sidecar.health import HealthMonitor
+from market_data_sidecar.logs import configure_logging
+from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.server import MONITOR, create_app
+from market_data_sidecar.settings import ConfigError, Settings, load_settings
+
+EXIT_CONFIG = 2
+EXIT_CODES = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config, **_overrides(args))
+    except ConfigError as exc:
+        print(f"market-data-sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    command: str = args.command
+    # `check` prints a table: only problems belong beside it on stderr.
+    quiet = command == "check" and args.log_level is None
+    configure_logging(settings.log_format, "WARNING" if quiet else settings.log_level)
+    if command == "run":
+        return asyncio.run(serve(settings))
+    if command == "check":
+        return asyncio.run(check_once(settings, as_json=args.json))
+    raise AssertionError(command)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="market-data-sidecar",
+        description="Health probes and feedback relay beside a market-data-store pod. "
+        "Every setting is also read from SIDECAR_<NAME> environment variables.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="serve probes, metrics and the feedback relay")
+    check = commands.add_parser(
+        "check", help="run every check once; exit 0 healthy, 1 degraded, 2 unhealthy"
+    )
+    check.add_argument("--json", action="store_true", help="print the HealthStatus as JSON")
+    for sub in (run, check):
+        _add_setting_flags(sub)
+    return parser
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="JSON or TOML file of settings")
+    parser.add_argument("--host", help="address to listen on (SIDECAR_HOST)")
+    parser.add_argument("--port", help="port to listen on (SIDECAR_PORT)")
+    parser.add_argument("--log-format", choices=["text", "json"], help="SIDECAR_LOG_FORMAT")
+    parser.add_argument("--log-level", help="SIDECAR_LOG_LEVEL")
+    parser.add_argument("--store-metrics-url", help="SIDECAR_STORE_METRICS_URL")
+    parser.add_argument(
+        "--disk-path", action="append", dest="disk_paths", help="SIDECAR_DISK_PATHS (repeatable)"
+    )
+    parser.add_argument("--check-interval", help="seconds (SIDECAR_CHECK_INTERVAL)")
+    parser.add_argument("--check-timeout", help="seconds (SIDECAR_CHECK_TIMEOUT)")
+
+
+_SETTING_FLAGS = (
+    "host",
+    "port",
+    "log_format",
+    "log_level",
+    "store_metrics_url",
+    "disk_paths",
+    "check_interval",
+    "check_timeout",
+)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name, None) for name in _SETTING_FLAGS}
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+async def serve(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT, then shut down in the order Kubernetes needs."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except OSError as exc:
+        logger.error("cannot listen on {}:{}: {}", settings.host, settings.port, exc.strerror)
+        await runner.cleanup()
+        return 1
+    logger.info(
+        "market-data-sidecar {} listening on {}:{}", __version__, settings.host, settings.port
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # Unready first, so endpoints drop the pod while it still serves; then stop intake
+    # and let the relay drain (its cleanup context owns the deadline).
+    app[MONITOR].begin_shutdown()
+    logger.info("shutting down: unready for {:g}s, then draining", settings.shutdown_grace)
+    await asyncio.sleep(settings.shutdown_grace)
+    await runner.cleanup()
+    logger.info("stopped")
+    return 0
+
+
+# -- check -----------------------------------------------------------------------------------
+
+
+async def check_once(settings: Settings, *, as_json: bool) -> int:
+    """One round of every check, printed; the exit code is the aggregate state."""
+    metrics = Metrics()
+    monitor = HealthMonitor(
+        build_checks(settings, metrics), service=settings.service_name, metrics=metrics
+    )
+    try:
+        status = await monitor.run_once()
+    finally:
+        await monitor.stop()
+    print(status.model_dump_json(indent=2) if as_json else render_table(status))
+    return EXIT_CODES[status.state]
+
+
+def render_table(status: HealthStatus) -> str:
+    """Components and their details, one `key = value` per line."""
+    width = max([len(c.name) for c in status.components] + [9])
+    lines = [f"{status.service} {status.version}: {status.state}", ""]
+    lines.append(f"{'COMPONENT':<{width}}  {'STATE':<9}  DETAILS")
+    for component in status.components:
+        details = sorted(component.details.items()) or [("", "")]
+        for index, (key, value) in enumerate(details):
+            name, state = (component.name, component.state) if index == 0 else ("", "")
+            detail = f"{key} = {value}" if key else ""
+            lines.append(f"{name:<{width}}  {state:<9}  {detail}".rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The feedback relay: intake -> router -> publishers, plus synthesized events."""

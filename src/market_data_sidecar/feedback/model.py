@@ -1,0 +1,45 @@
+"""What travels through the relay: a Core `FeedbackEvent` and what rides beside it.
+
+Core's `FeedbackEvent` is frozen and has no `reason`, so the relay carries the reason,
+a delivery id (stable across retries, for receivers to de-duplicate) and the receipt
+time next to the unchanged Core event.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from market_data_core.telemetry import FeedbackEvent
+
+
+def new_event_id() -> str:
+    return f"evt_{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """One accepted event on its way to every target."""
+
+    event: FeedbackEvent
+    reason: str | None = None
+    id: str = field(default_factory=new_event_id)
+    #: `time.monotonic()` at intake, for delivery latency.
+    received_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def coordinator_id(self) -> str:
+        return self.event.coordinator_id
+
+    def wire(self) -> dict[str, Any]:
+        """The flat JSON object receivers know: Core's fields plus `reason`."""
+        body: dict[str, Any] = self.event.model_dump(mode="json")
+        body["reason"] = self.reason
+        return body
+
+
+def as_feedback(event: FeedbackEvent | Feedback) -> Feedback:
+    """Accept a bare Core event where a `Feedback` is expected (Core's publisher protocol)."""
+    return event if isinstance(event, Feedback) else Feedback(event)

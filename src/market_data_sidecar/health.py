@@ -1,0 +1,225 @@
+"""Runs the checks on their own schedules and keeps the cached, damped `HealthStatus`.
+
+Probes only ever read the cache: no request waits on a check. Each check has its own
+task, so one that hangs until its timeout never delays another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from loguru import logger
+from market_data_core.telemetry import HealthComponent, HealthState, HealthStatus
+
+from market_data_sidecar import __version__
+from market_data_sidecar.checks import Check, worst
+from market_data_sidecar.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Damping:
+    """Consecutive agreeing results needed before a component changes state.
+
+    As Consul's `success_before_passing` / `failures_before_critical`: `rise` to return
+    to healthy, `fall` to leave it (or to move between degraded and unhealthy).
+    """
+
+    rise: int = 1
+    fall: int = 1
+
+
+@dataclass
+class _Slot:
+    """What the monitor remembers of one check."""
+
+    check: Check
+    reported: HealthComponent | None = None
+    streak_state: HealthState | None = None
+    streak: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+
+
+class HealthMonitor:
+    """Schedules checks, damps their results, and answers from the cache."""
+
+    def __init__(
+        self,
+        checks: Sequence[Check],
+        *,
+        service: str,
+        metrics: Metrics,
+        damping: Damping = Damping(),
+        liveness_intervals: float = 3.0,
+        ready_when_degraded: bool = True,
+    ) -> None:
+        names = [check.name for check in checks]
+        if len(names) != len(set(names)):
+            raise ValueError(f"check names must be unique: {names}")
+        self._slots = {check.name: _Slot(check) for check in checks}
+        self._service = service
+        self._metrics = metrics
+        self._damping = damping
+        self._liveness_intervals = liveness_intervals
+        self._ready_when_degraded = ready_when_degraded
+        self._shutting_down = False
+        self._cached: HealthStatus | None = None
+
+    @property
+    def checks(self) -> list[Check]:
+        return [slot.check for slot in self._slots.values()]
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run_once(self) -> HealthStatus:
+        """One round of every check, concurrently; for `market-data-sidecar check`."""
+        await asyncio.gather(*(self._run(slot) for slot in self._slots.values()))
+        return self.snapshot()
+
+    def start(self) -> None:
+        """Start one background task per check."""
+        for name, slot in self._slots.items():
+            slot.last_progress = time.monotonic()
+            slot.task = asyncio.create_task(self._loop(slot), name=f"check:{name}")
+
+    async def stop(self) -> None:
+        """Cancel the check tasks and let each check release its resources."""
+        tasks = [slot.task for slot in self._slots.values() if slot.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for slot in self._slots.values():
+            slot.task = None
+            with contextlib.suppress(Exception):
+                await slot.check.close()
+
+    def begin_shutdown(self) -> None:
+        """Turn readiness 503 so the pod leaves the Service before intake stops."""
+        self._shutting_down = True
+        self._metrics.ready.set(0)
+
+    async def _loop(self, slot: _Slot) -> None:
+        while True:
+            await self._run(slot)
+            await asyncio.sleep(slot.check.interval)
+
+    async def _run(self, slot: _Slot) -> None:
+        check = slot.check
+        started_at, started = time.time(), time.perf_counter()
+        try:
+            async with asyncio.timeout(check.timeout):
+                observed = await check.run()
+        except TimeoutError:
+            observed = check.component("unhealthy", error=f"timed out after {check.timeout:g}s")
+            self._metrics.check_failures.labels(check.name, "timeout").inc()
+        except Exception as exc:  # a failing check is data, not a crash
+            observed = check.component("unhealthy", error=_describe(exc))
+            self._metrics.check_failures.labels(check.name, "error").inc()
+        duration = time.perf_counter() - started
+        self._metrics.check_duration.labels(check.name).observe(duration)
+        self._record(slot, observed, started_at, duration)
+        slot.last_progress = time.monotonic()
+        self._metrics.scheduler_heartbeat.set(time.time())
+
+    # -- damping ---------------------------------------------------------------------------
+
+    def _record(
+        self, slot: _Slot, observed: HealthComponent, started_at: float, duration: float
+    ) -> None:
+        if observed.state == slot.streak_state:
+            slot.streak += 1
+        else:
+            slot.streak_state, slot.streak = observed.state, 1
+        previous = slot.reported.state if slot.reported else None
+        state = self._damped_state(previous, observed.state, slot.streak)
+        details = dict(observed.details)
+        details["checked_at"] = datetime.fromtimestamp(started_at, UTC).isoformat(
+            timespec="milliseconds"
+        )
+        details["duration_ms"] = f"{duration * 1000:.1f}"
+        if state != observed.state:
+            details["observed_state"] = observed.state
+            details["streak"] = str(slot.streak)
+        slot.reported = HealthComponent(name=observed.name, state=state, details=details)
+        self._cached = None
+        self._metrics.set_component_state(slot.check.name, state)
+        if state != previous:
+            log = logger.info if state == "healthy" else logger.warning
+            log("component {} is {} (was {})", slot.check.name, state, previous or "unknown")
+        self._metrics.ready.set(self.is_ready())
+
+    def _damped_state(
+        self, previous: HealthState | None, observed: HealthState, streak: int
+    ) -> HealthState:
+        if previous is None or previous == observed:
+            return observed  # the first result is taken as it is
+        needed = self._damping.rise if observed == "healthy" else self._damping.fall
+        return observed if streak >= needed else previous
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def first_round_done(self) -> bool:
+        return all(slot.reported is not None for slot in self._slots.values())
+
+    def components(self) -> list[HealthComponent]:
+        return [slot.reported for slot in self._slots.values() if slot.reported is not None]
+
+    def snapshot(self, exclude: Iterable[str] = ()) -> HealthStatus:
+        """The cached status; excluded components are listed but not aggregated.
+
+        Rebuilt only when a check reports, so a probe costs a dictionary lookup.
+        """
+        skipped = set(exclude)
+        if not skipped and self._cached is not None:
+            return self._cached
+        status = self._aggregate(skipped)
+        if not skipped:
+            self._cached = status
+        return status
+
+    def _aggregate(self, skipped: set[str]) -> HealthStatus:
+        components = self.components()
+        counted = [c.state for c in components if c.name not in skipped]
+        if not self.first_round_done:
+            # A component that has not reported yet is not known to be healthy.
+            counted.append("unhealthy")
+        return HealthStatus(
+            service=self._service,
+            state=worst(counted),
+            components=components,
+            version=__version__,
+            ts=time.time(),
+        )
+
+    def is_ready(self, status: HealthStatus | None = None) -> bool:
+        if self._shutting_down or not self.first_round_done:
+            return False
+        state = (status or self.snapshot()).state
+        return state == "healthy" or (state == "degraded" and self._ready_when_degraded)
+
+    def is_live(self) -> bool:
+        """False once any check loop has died or stopped making progress."""
+        now = time.monotonic()
+        for slot in self._slots.values():
+            if slot.task is not None and slot.task.done():
+                return False
+            budget = (slot.check.interval + slot.check.timeout) * self._liveness_intervals
+            if now - slot.last_progress > budget:
+                return False
+        return True
+
+    @property
+    def pending(self) -> list[str]:
+        """Checks that have not reported yet."""
+        return [name for name, slot in self._slots.items() if slot.reported is None]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

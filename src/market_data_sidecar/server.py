@@ -1,0 +1,146 @@
+"""The sidecar's HTTP surface: thin aiohttp routes that read cached state.
+
+Resources (the check scheduler, later the relay) are owned by `cleanup_ctx` generators,
+so start-up and shutdown read in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from aiohttp import web
+from loguru import logger
+from market_data_core.telemetry import HealthStatus
+
+from market_data_sidecar.checks import Check
+from market_data_sidecar.checks.catalog import build_checks
+from market_data_sidecar.health import Damping, HealthMonitor
+from market_data_sidecar.metrics import CONTENT_TYPE, Metrics
+from market_data_sidecar.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+MONITOR = web.AppKey("monitor", HealthMonitor)
+
+JSON = "application/json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(
+    settings: Settings, *, checks: Sequence[Check] | None = None, metrics: Metrics | None = None
+) -> web.Application:
+    """Build the application; checks default to those the settings enable."""
+    metrics = metrics or Metrics()
+    if checks is None:
+        checks = build_checks(settings, metrics)
+    monitor = HealthMonitor(
+        checks,
+        service=settings.service_name,
+        metrics=metrics,
+        damping=Damping(rise=settings.rise, fall=settings.fall),
+        liveness_intervals=settings.liveness_intervals,
+        ready_when_degraded=settings.ready_when_degraded,
+    )
+    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[MONITOR] = monitor
+    app.cleanup_ctx.append(_run_checks)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app
+
+
+async def _run_checks(app: web.Application) -> AsyncIterator[None]:
+    monitor = app[MONITOR]
+    monitor.start()
+    yield
+    await monitor.stop()
+
+
+# -- probes ----------------------------------------------------------------------------------
+
+
+async def livez(request: web.Request) -> web.Response:
+    """Alive while the scheduler makes progress; never depends on the store's dependencies."""
+    if request.app[MONITOR].is_live():
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text="check scheduler stalled\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    monitor = request.app[MONITOR]
+    status = _status(request)
+    return _health_response(request, status, ready=monitor.is_ready(status))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    status = _status(request)
+    return _health_response(request, status, ready=status.state != "unhealthy")
+
+
+def _status(request: web.Request) -> HealthStatus:
+    return request.app[MONITOR].snapshot(exclude=request.query.getall("exclude", []))
+
+
+def _health_response(request: web.Request, status: HealthStatus, *, ready: bool) -> web.Response:
+    code = 200 if ready else 503
+    if "verbose" in request.query:
+        return web.Response(status=code, text=verbose_report(request, status, ready=ready))
+    return web.Response(status=code, body=status.model_dump_json(), content_type=JSON)
+
+
+def verbose_report(request: web.Request, status: HealthStatus, *, ready: bool) -> str:
+    """Lines like kube-apiserver's: `[+]disk ok`, `[-]database failed: reason`."""
+    excluded = set(request.query.getall("exclude", []))
+    lines = []
+    for component in status.components:
+        if component.name in excluded:
+            lines.append(f"[+]{component.name} excluded: ok")
+            continue
+        reason = component.details.get("error") or component.details.get("reason", "")
+        if component.state == "healthy":
+            lines.append(f"[+]{component.name} ok")
+        elif component.state == "degraded":
+            lines.append(f"[+]{component.name} degraded: {reason}".rstrip(": "))
+        else:
+            lines.append(f"[-]{component.name} failed: {reason}".rstrip(": "))
+    monitor = request.app[MONITOR]
+    lines.extend(f"[-]{name} failed: no result yet" for name in monitor.pending)
+    unknown = sorted(excluded - {c.name for c in monitor.checks})
+    if unknown:
+        lines.append(f"warn: some health checks cannot be excluded: no matches for {unknown}")
+    path = request.path.strip("/")
+    lines.append(f"{path} check {'passed' if ready else 'failed'}")
+    return "\n".join(lines) + "\n"
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors become JSON at the edge; an unexpected one is logged, never leaked."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response({"error": exc.reason}, status=exc.status, headers=_allow(exc))
+    except Exception:
+        logger.exception("unhandled error serving {} {}", request.method, request.path)
+        return web.json_response({"error": "internal error"}, status=500)
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}

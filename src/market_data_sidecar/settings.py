@@ -1,0 +1,262 @@
+"""Every `SIDECAR_` setting, validated once at start-up into an immutable object.
+
+Precedence, highest first: CLI flags, environment, the `--config` file (JSON or TOML),
+defaults. The rest of the code receives these values; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "SIDECAR_"
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+Ratio = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Target(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = ""
+    #: Events a target may hold undelivered; in `latest` mode one per coordinator
+    #: is kept anyway, so this bounds the number of coordinators tracked.
+    buffer: int = Field(default=10_000, gt=0)
+
+    @property
+    def label(self) -> str:
+        """The name used in metrics, logs and `GET /feedback`."""
+        return self.name or f"{self.kind}:{_host_of(self.endpoint)}"  # type: ignore[attr-defined]
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.url)  # type: ignore[attr-defined]
+
+
+class HttpTargetSettings(_Target):
+    """An orchestrator or pipeline that receives feedback as Standard Webhooks."""
+
+    kind: Literal["http"]
+    url: AnyHttpUrl
+    secret: SecretStr | None = None
+    timeout: PositiveSeconds = 2.5
+
+
+class RedisPubSubTargetSettings(_Target):
+    """A Redis channel that receives each event as JSON."""
+
+    kind: Literal["redis-pubsub"]
+    url: str
+    channel: str = "feedback"
+    timeout: PositiveSeconds = 2.5
+
+    _check_url = field_validator("url")(lambda v: _redis_url(v))
+
+
+class RedisStreamTargetSettings(_Target):
+    """A Redis Stream in Core's event-bus wire format."""
+
+    kind: Literal["redis-stream"]
+    url: str
+    namespace: str = "mdp"
+    mode: Literal["latest", "all"] = "latest"
+    maxlen: int = Field(default=100_000, gt=0)
+    batch: int = Field(default=100, gt=0)
+    timeout: PositiveSeconds = 2.5
+
+    _check_url = field_validator("url")(lambda v: _redis_url(v))
+
+
+TargetSettings = Annotated[
+    HttpTargetSettings | RedisPubSubTargetSettings | RedisStreamTargetSettings,
+    Field(discriminator="kind"),
+]
+
+
+def _redis_url(value: str) -> str:
+    if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _host_of(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.hostname or parts.path or url
+
+
+_config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
+
+
+class Settings(BaseSettings):
+    """The sidecar's configuration; see README for what each setting does."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True
+    )
+
+    # Where it listens, and what it calls itself.
+    host: str = "0.0.0.0"
+    port: int = Field(default=8090, ge=1, le=65535)
+    service_name: str = "market-data-store"
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Check scheduling and flap damping.
+    check_interval: PositiveSeconds = 5.0
+    check_timeout: PositiveSeconds = 2.0
+    #: Consecutive healthy results before a failing component reports healthy again.
+    rise: int = Field(default=1, ge=1)
+    #: Consecutive failing results before a healthy component reports failing.
+    fall: int = Field(default=1, ge=1)
+    #: `/livez` fails when the scheduler has made no progress for this many intervals.
+    liveness_intervals: float = Field(default=3.0, gt=1)
+    ready_when_degraded: bool = True
+
+    # Shutdown: readiness turns 503 for `shutdown_grace` before intake stops,
+    # then buffers drain for up to `drain_timeout`.
+    shutdown_grace: Annotated[float, Field(ge=0)] = 2.0
+    drain_timeout: Annotated[float, Field(ge=0)] = 5.0
+
+    # database check
+    database_url: SecretStr | None = None
+    database_connect_timeout: PositiveSeconds = 3.0
+    database_connections_degraded: Ratio = 0.80
+    database_connections_unhealthy: Ratio = 0.95
+    database_replication_lag_degraded: PositiveSeconds = 30.0
+    database_replication_lag_unhealthy: PositiveSeconds = 300.0
+    database_transaction_age_degraded: PositiveSeconds = 300.0
+    database_latency_degraded: PositiveSeconds = 0.5
+
+    # disk check
+    disk_paths: list[str] = Field(default_factory=lambda: ["."])
+    disk_free_degraded: Ratio = 0.10
+    disk_free_unhealthy: Ratio = 0.05
+    disk_inodes_free_degraded: Ratio = 0.10
+    disk_inodes_free_unhealthy: Ratio = 0.05
+
+    # queue check (the store's write coordinators)
+    store_metrics_url: AnyHttpUrl | None = Field(
+        default=AnyHttpUrl("http://127.0.0.1:8082/metrics")
+    )
+    queue_capacity: int = Field(default=10_000, gt=0)
+    queue_capacities: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)
+    queue_low_watermark: Ratio = 0.50
+    queue_high_watermark: Ratio = 0.80
+
+    # feedback intake and relay
+    token: SecretStr | None = None
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_events_per_request: int = Field(default=1000, gt=0)
+    targets: list[TargetSettings] = Field(default_factory=list)
+    retry_initial: PositiveSeconds = 0.1
+    retry_max: PositiveSeconds = 10.0
+    circuit_failures: int = Field(default=5, ge=1)
+    circuit_cooldown: PositiveSeconds = 10.0
+    #: Degrade the `feedback` component when the store has been silent this long (0: never).
+    feedback_ttl: Annotated[float, Field(ge=0)] = 0.0
+    #: Derive events from polled queue depths when the store has not pushed any
+    #: for `synthesize_after` seconds.
+    synthesize_feedback: bool = True
+    synthesize_after: Annotated[float, Field(ge=0)] = 30.0
+
+    @field_validator("database_url", "token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+    @field_validator("store_metrics_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.disk_free_unhealthy > self.disk_free_degraded:
+            raise ValueError("disk_free_unhealthy must not exceed disk_free_degraded")
+        if self.queue_low_watermark >= self.queue_high_watermark:
+            raise ValueError("queue_low_watermark must be below queue_high_watermark")
+        labels = [target.label for target in self.targets]
+        if len(labels) != len(set(labels)):
+            raise ValueError("targets: names must be unique (set `name` on each target)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _config_file.get()
+        if path is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, _read_config(path)))
+
+    def capacity_of(self, coordinator_id: str) -> int:
+        """A coordinator's queue capacity: the store does not export it."""
+        return self.queue_capacities.get(coordinator_id, self.queue_capacity)
+
+
+class ConfigError(Exception):
+    """Invalid configuration, phrased as one line that names the setting."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build `Settings` from flags (`overrides`), environment and the config file."""
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None
+    finally:
+        _config_file.reset(token)
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line naming each bad setting; never the input, which may be a secret."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        location = [str(part) for part in error["loc"]]
+        setting = ENV_PREFIX + location[0].upper() if location else "configuration"
+        where = "".join(f"[{part}]" for part in location[1:2])
+        parts.append(f"{setting}{where}: {error['msg']}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"invalid configuration: --config {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: --config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration: --config {path}: expected an object")
+    return data

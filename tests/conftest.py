@@ -1,0 +1,74 @@
+"""Fixtures shared by every test level."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from market_data_sidecar.checks import Check
+from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.server import create_app
+from market_data_sidecar.settings import Settings
+from tests.helpers import SidecarProcess
+
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for in-process tests: no store, fast checks, no shutdown grace."""
+    defaults: dict[str, Any] = {
+        "store_metrics_url": "",
+        "database_url": "",
+        "check_interval": 0.2,
+        "check_timeout": 1.0,
+        "shutdown_grace": 0.0,
+        "disk_paths": ["/"],
+    }
+    return Settings(**{**defaults, **overrides})
+
+
+@pytest.fixture
+def settings_factory() -> Callable[..., Settings]:
+    return make_settings
+
+
+@pytest.fixture
+async def sidecar_client(
+    aiohttp_client: Any,
+) -> AsyncIterator[Callable[..., Any]]:
+    """Start an in-process sidecar app: `await sidecar_client(settings, checks=...)`."""
+
+    async def start(
+        settings: Settings | None = None,
+        *,
+        checks: list[Check] | None = None,
+        metrics: Metrics | None = None,
+    ) -> TestClient[Any, Any]:
+        app = create_app(settings or make_settings(), checks=checks, metrics=metrics)
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    yield start
+
+
+@pytest.fixture
+def sidecar_process() -> Iterator[Callable[..., SidecarProcess]]:
+    """Run `market-data-sidecar` as a subprocess; always stopped at the end."""
+    started: list[SidecarProcess] = []
+
+    def start(env: dict[str, str] | None = None, args: list[str] | None = None) -> SidecarProcess:
+        defaults = {
+            "SIDECAR_STORE_METRICS_URL": "",
+            "SIDECAR_CHECK_INTERVAL": "0.2",
+            "SIDECAR_SHUTDOWN_GRACE": "0.5",
+            "SIDECAR_DISK_PATHS": '["/"]',
+        }
+        process = SidecarProcess({**defaults, **(env or {})}, args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

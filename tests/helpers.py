@@ -1,0 +1,107 @@
+"""Test helpers: waiting on conditions with deadlines, free ports, a sidecar process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[Any]] | Callable[[], Any],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = condition()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout}s (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+def wait_until(
+    condition: Callable[[], Any], *, timeout: float = 10.0, message: str = "condition"
+) -> Any:
+    """Synchronous `eventually`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = condition()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout}s (last: {last!r})")
+        time.sleep(0.02)
+
+
+class SidecarProcess:
+    """`market-data-sidecar run` in a subprocess, as a user (or Kubernetes) runs it."""
+
+    def __init__(self, env: Mapping[str, str], args: list[str] | None = None) -> None:
+        self.port = int(env.get("SIDECAR_PORT", free_port()))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"sidecar-{self.port}.log"
+        full_env = {**os.environ, "SIDECAR_PORT": str(self.port), **env}
+        self._log = self.log_path.open("w+b")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "market_data_sidecar", *(args or ["run"])],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    async def get(self, path: str, **kwargs: Any) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(self.url + path, **kwargs) as response,
+        ):
+            return response.status, await response.text()
+
+    async def wait_listening(self, timeout: float = 15.0) -> None:
+        async def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sidecar exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                status, _ = await self.get("/livez")
+            except aiohttp.ClientError:
+                return False
+            return status == 200
+
+        await eventually(answers, timeout=timeout, message="sidecar listening")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
