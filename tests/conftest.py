@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +13,6 @@ from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.server import create_app
 from market_data_sidecar.settings import Settings
 from tests.helpers import SidecarProcess
-
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -35,9 +34,7 @@ def settings_factory() -> Callable[..., Settings]:
 
 
 @pytest.fixture
-async def sidecar_client(
-    aiohttp_client: Any,
-) -> AsyncIterator[Callable[..., Any]]:
+def sidecar_client(aiohttp_client: Any) -> Callable[..., Any]:
     """Start an in-process sidecar app: `await sidecar_client(settings, checks=...)`."""
 
     async def start(
@@ -50,7 +47,7 @@ async def sidecar_client(
         client: TestClient[Any, Any] = await aiohttp_client(app)
         return client
 
-    yield start
+    return start
 
 
 @pytest.fixture
