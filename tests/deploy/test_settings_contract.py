@@ -1,0 +1,79 @@
+"""The environment the chart renders is one the sidecar's settings accept."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from .conftest import Manifests
+
+pytestmark = pytest.mark.timeout(60)
+
+settings_module = pytest.importorskip(
+    "market_data_sidecar.settings", reason="the market-data-sidecar package is not installed"
+)
+
+# What the operator's existingSecret holds in examples/values-full.yaml.
+EXISTING_SECRET_DATA = {
+    "database-url": "postgresql://sidecar:FAKE-DB-PASSWORD@timescaledb:5432/market_data",
+    "token": "FAKE-BEARER-TOKEN",
+}
+
+
+def resolved_env(manifests: Manifests, existing: dict[str, str]) -> dict[str, str]:
+    """The sidecar's environment as the kubelet would build it."""
+    env = {}
+    for entry in manifests.sidecar["env"]:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+            continue
+        ref = entry["valueFrom"]["secretKeyRef"]
+        try:
+            data = manifests.secret_data(ref["name"])
+        except KeyError:
+            data = existing
+        if ref["key"] in data:
+            env[entry["name"]] = data[ref["key"]]
+        else:
+            assert ref.get("optional"), f"{entry['name']}: no key {ref['key']} in {ref['name']}"
+    return env
+
+
+@pytest.fixture
+def load(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def load_from(env: dict[str, str]) -> Any:
+        for name in list(os.environ):
+            if name.startswith("SIDECAR_"):
+                monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return settings_module.load_settings()
+
+    return load_from
+
+
+def test_default_environment_loads(default_manifests: Manifests, load: Any) -> None:
+    settings = load(resolved_env(default_manifests, {}))
+    assert settings.port == 8090
+    assert settings.queue_capacity == 10000
+    assert settings.disk_paths == ["/data"]
+    assert str(settings.store_metrics_url) == "http://127.0.0.1:8082/metrics"
+    assert settings.targets == []
+
+
+def test_full_environment_loads(
+    full_manifests: Manifests, full_values: dict[str, Any], load: Any
+) -> None:
+    env = resolved_env(full_manifests, EXISTING_SECRET_DATA)
+    settings = load(env)
+    assert settings.queue_capacity == full_values["coordinatorCapacity"]
+    assert settings.queue_capacities == full_values["sidecar"]["queueCapacities"]
+    assert settings.database_url.get_secret_value() == EXISTING_SECRET_DATA["database-url"]
+    assert settings.token.get_secret_value() == EXISTING_SECRET_DATA["token"]
+    expected = full_values["sidecar"]["targets"]
+    assert [t.kind for t in settings.targets] == [t["kind"] for t in expected]
+    assert [t.name for t in settings.targets] == [t["name"] for t in expected]
+    assert json.loads(env["SIDECAR_TARGETS"]) == expected
