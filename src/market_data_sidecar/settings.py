@@ -6,6 +6,8 @@ defaults. The rest of the code receives these values; nothing else reads the env
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import tomllib
 from contextvars import ContextVar
@@ -59,8 +61,33 @@ class HttpTargetSettings(_Target):
 
     kind: Literal["http"]
     url: AnyHttpUrl
+    #: Standard Webhooks signing secret: `whsec_<base64>` (the key is the decoded part)
+    #: or any other string (the key is its UTF-8 bytes).
     secret: SecretStr | None = None
     timeout: PositiveSeconds = 2.5
+
+    @field_validator("secret")
+    @classmethod
+    def _decodable_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            signing_key(value.get_secret_value())
+        return value
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a format marker, not a secret
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (`whsec_` + base64, else raw UTF-8)."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return secret.encode()
+    try:
+        key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        raise ValueError("a whsec_ secret must be base64 after the prefix") from None
+    if not key:
+        raise ValueError("a whsec_ secret must not be empty")
+    return key
 
 
 class RedisPubSubTargetSettings(_Target):
@@ -147,6 +174,11 @@ class Settings(BaseSettings):
     database_replication_lag_unhealthy: PositiveSeconds = 300.0
     database_transaction_age_degraded: PositiveSeconds = 300.0
     database_latency_degraded: PositiveSeconds = 0.5
+    #: Server-side bound on every query the check sends; keep it below `check_timeout`.
+    database_statement_timeout: PositiveSeconds = 1.0
+    #: The query whose round trip is the reported latency; point it at the store's
+    #: hottest table to notice a lock held on it (the session is read-only).
+    database_probe_query: str = Field(default="SELECT 1", min_length=1)
 
     # disk check
     disk_paths: list[str] = Field(default_factory=lambda: ["."])
@@ -171,6 +203,8 @@ class Settings(BaseSettings):
     targets: list[TargetSettings] = Field(default_factory=list)
     retry_initial: PositiveSeconds = 0.1
     retry_max: PositiveSeconds = 10.0
+    #: Longest `Retry-After` honoured; a target asking for more is retried after this.
+    retry_after_max: PositiveSeconds = 60.0
     circuit_failures: int = Field(default=5, ge=1)
     circuit_cooldown: PositiveSeconds = 10.0
     #: Degrade the `feedback` component when the store has been silent this long (0: never).

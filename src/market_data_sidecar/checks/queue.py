@@ -1,0 +1,307 @@
+"""The store's write-coordinator queues, read from the store's Prometheus `/metrics`.
+
+Each successful scrape also hands the per-coordinator samples to listeners, so feedback
+can be synthesized from polled depths for stores that do not push it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+from loguru import logger
+from market_data_core.telemetry import BackpressureLevel, HealthComponent, HealthState
+from prometheus_client.parser import text_string_to_metric_families
+
+from market_data_sidecar.checks import Check, worst
+from market_data_sidecar.metrics import Metrics
+
+DEPTH = "mds_coord_queue_depth"
+WORKERS_ALIVE = "mds_coord_workers_alive"
+CIRCUIT_STATE = "mds_coord_circuit_state"
+ITEMS_DROPPED = "mds_coord_items_dropped_total"
+
+CIRCUIT_NAMES = {0: "closed", 1: "open", 2: "half-open"}
+CIRCUIT_OPEN = 1
+CIRCUIT_HALF_OPEN = 2
+
+#: A store's exposition is a few kilobytes; anything near this is not one.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CoordinatorSample:
+    """One coordinator's queue as one scrape saw it."""
+
+    coordinator_id: str
+    depth: int
+    capacity: int
+    utilization: float
+    level: BackpressureLevel
+    workers_alive: int | None
+    circuit_state: int | None
+
+
+SampleListener = Callable[[Sequence[CoordinatorSample]], None]
+
+
+def level_for(depth: int, capacity: int, low: float, high: float) -> BackpressureLevel:
+    """The store's levels, statelessly: above the low watermark soft, at the high one hard.
+
+    `low` and `high` are fractions of `capacity`. Hysteresis (staying soft until depth
+    falls back to the low watermark) belongs to whoever turns levels into events.
+    """
+    utilization = depth / capacity
+    if utilization >= high:
+        return BackpressureLevel.hard
+    if utilization > low:
+        return BackpressureLevel.soft
+    return BackpressureLevel.ok
+
+
+class ScrapeError(Exception):
+    """The store's metrics could not be read; the message is the component's `error`."""
+
+
+class QueueCheck(Check):
+    """Scrapes the store's metrics; one component for all coordinators."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        capacities: Mapping[str, int],
+        default_capacity: int,
+        low_watermark: float,
+        high_watermark: float,
+        metrics: Metrics,
+        interval: float,
+        timeout: float,
+    ) -> None:
+        super().__init__("queue", interval=interval, timeout=timeout)
+        self.url = url
+        self.capacities = dict(capacities)
+        self.default_capacity = default_capacity
+        self.low_watermark = low_watermark
+        self.high_watermark = high_watermark
+        self.metrics = metrics
+        self._session: aiohttp.ClientSession | None = None
+        self._listeners: list[SampleListener] = []
+        self._dropped: dict[str, float] = {}
+        self._exported: set[str] = set()
+        self._last_error: str | None = None
+
+    def capacity_of(self, coordinator_id: str) -> int:
+        return self.capacities.get(coordinator_id, self.default_capacity)
+
+    def add_listener(self, callback: SampleListener) -> None:
+        """Call `callback` with every coordinator's sample after each successful scrape."""
+        self._listeners.append(callback)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # -- scraping --------------------------------------------------------------------------
+
+    async def run(self) -> HealthComponent:
+        try:
+            text = await self._scrape()
+            # A store's whole exposition can take the parser a while: not on the loop.
+            series = await asyncio.to_thread(parse, text)
+        except ScrapeError as exc:
+            if str(exc) != self._last_error:  # once per distinct failure
+                logger.warning("queue check failed: {}", exc)
+            self._last_error = str(exc)
+            self._forget_coordinators()
+            return self.component("unhealthy", url=_safe_url(self.url), error=str(exc))
+        self._last_error = None
+        samples = tuple(self._samples(series))
+        self._notify(samples)
+        return self._judge(series, samples)
+
+    async def _scrape(self) -> str:
+        # Created here, inside the running loop; reused for every scrape.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"Accept": "text/plain"},  # the classic format, not OpenMetrics
+            )
+        try:
+            async with self._session.get(self.url, allow_redirects=False) as response:
+                if response.status != 200:
+                    raise ScrapeError(f"store metrics answered HTTP {response.status}")
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_BODY_BYTES:
+                        raise ScrapeError(f"store metrics larger than {MAX_BODY_BYTES} bytes")
+        except aiohttp.ClientError as exc:
+            raise ScrapeError(f"store metrics unreachable: {_client_error(exc)}") from None
+        except TimeoutError:
+            raise ScrapeError(f"store metrics did not answer within {self.timeout:g}s") from None
+        return body.decode("utf-8", errors="replace")
+
+    def _notify(self, samples: Sequence[CoordinatorSample]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(samples)
+            except Exception:  # one listener's bug must not silence the check
+                logger.exception("queue sample listener {!r} failed", listener)
+
+    # -- judging ---------------------------------------------------------------------------
+
+    def _samples(self, series: CoordinatorSeries) -> list[CoordinatorSample]:
+        samples = []
+        for coordinator, depth in sorted(series.depth.items()):
+            capacity = self.capacity_of(coordinator)
+            samples.append(
+                CoordinatorSample(
+                    coordinator_id=coordinator,
+                    depth=depth,
+                    capacity=capacity,
+                    utilization=depth / capacity,
+                    level=level_for(depth, capacity, self.low_watermark, self.high_watermark),
+                    workers_alive=series.workers_alive.get(coordinator),
+                    circuit_state=series.circuit_state.get(coordinator),
+                )
+            )
+        return samples
+
+    def _judge(
+        self, series: CoordinatorSeries, samples: Sequence[CoordinatorSample]
+    ) -> HealthComponent:
+        coordinators = sorted(series.coordinators)
+        verdicts: list[tuple[HealthState, str]] = []
+        details: dict[str, object] = {
+            "url": _safe_url(self.url),
+            "coordinators": ",".join(coordinators),
+        }
+        if not coordinators:
+            verdicts.append(("degraded", f"no {DEPTH} series in the store's metrics"))
+
+        for sample in samples:
+            c = sample.coordinator_id
+            details[f"{c}:depth"] = sample.depth
+            details[f"{c}:capacity"] = sample.capacity
+            details[f"{c}:utilization"] = round(sample.utilization, 4)
+            details[f"{c}:level"] = sample.level.value
+            if sample.level is BackpressureLevel.hard:
+                verdicts.append(("degraded", f"{c} at {sample.utilization:.0%} of capacity"))
+            self.metrics.queue_depth.labels(c).set(sample.depth)
+            self.metrics.queue_utilization.labels(c).set(sample.utilization)
+
+        for c in coordinators:
+            workers = series.workers_alive.get(c)
+            if workers is not None:
+                details[f"{c}:workers_alive"] = workers
+                self.metrics.queue_workers_alive.labels(c).set(workers)
+                if workers <= 0:
+                    verdicts.append(("unhealthy", f"{c} has no live workers"))
+            circuit = series.circuit_state.get(c)
+            if circuit is not None:
+                details[f"{c}:circuit"] = CIRCUIT_NAMES.get(circuit, str(circuit))
+                self.metrics.queue_circuit_state.labels(c).set(circuit)
+                if circuit == CIRCUIT_OPEN:
+                    verdicts.append(("unhealthy", f"{c} circuit open"))
+                elif circuit == CIRCUIT_HALF_OPEN:
+                    verdicts.append(("degraded", f"{c} circuit half-open"))
+            if c not in series.depth:
+                details[f"{c}:depth"] = "unknown"
+            dropped = series.dropped.get(c)
+            if dropped is not None:
+                details[f"{c}:dropped_total"] = int(dropped)
+                newly = self._newly_dropped(c, dropped)
+                if newly > 0:
+                    verdicts.append(("degraded", f"{c} dropped {newly:g} items since last check"))
+
+        self._forget_coordinators(keep=set(coordinators))
+        if verdicts:
+            details["reason"] = "; ".join(reason for _, reason in verdicts)
+        return self.component(worst([state for state, _ in verdicts]), **details)
+
+    def _newly_dropped(self, coordinator: str, total: float) -> float:
+        previous = self._dropped.get(coordinator)
+        self._dropped[coordinator] = total
+        if previous is None:
+            return 0.0  # the first scrape has no baseline: old drops are history
+        return total - previous if total >= previous else total  # a reset: the store restarted
+
+    def _forget_coordinators(self, keep: set[str] | None = None) -> None:
+        """Remove series of coordinators that are gone (or all, when the scrape failed)."""
+        keep = keep or set()
+        for coordinator in self._exported - keep:
+            for gauge in (
+                self.metrics.queue_depth,
+                self.metrics.queue_utilization,
+                self.metrics.queue_workers_alive,
+                self.metrics.queue_circuit_state,
+            ):
+                with contextlib.suppress(KeyError):  # never exported for this one
+                    gauge.remove(coordinator)
+        self._exported = set(keep)
+
+
+@dataclass
+class CoordinatorSeries:
+    """The store's `mds_coord_*` series, by coordinator id."""
+
+    depth: dict[str, int]
+    workers_alive: dict[str, int]
+    circuit_state: dict[str, int]
+    dropped: dict[str, float]
+
+    @property
+    def coordinators(self) -> set[str]:
+        return set(self.depth) | set(self.workers_alive) | set(self.circuit_state)
+
+
+def parse(text: str) -> CoordinatorSeries:
+    """Read the coordinator series out of a Prometheus text exposition."""
+    series = CoordinatorSeries({}, {}, {}, {})
+    dropped: dict[str, float] = defaultdict(float)
+    gauges = {
+        DEPTH: series.depth,
+        WORKERS_ALIVE: series.workers_alive,
+        CIRCUIT_STATE: series.circuit_state,
+    }
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                coordinator = sample.labels.get("coord_id")
+                if coordinator is None or not math.isfinite(sample.value):
+                    continue
+                if sample.name in gauges:
+                    gauges[sample.name][coordinator] = int(sample.value)
+                elif sample.name == ITEMS_DROPPED:
+                    dropped[coordinator] += sample.value  # summed over reasons
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ScrapeError(f"store metrics are not a Prometheus exposition: {reason}") from None
+    series.dropped = dict(dropped)
+    return series
+
+
+def _client_error(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
+        return os.strerror(exc.os_error.errno)  # "Connection refused", not asyncio's wording
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _safe_url(url: str) -> str:
+    """The URL without any credentials in it."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
