@@ -113,7 +113,7 @@ async def test_readyz_answers_a_core_health_status(
     body = await eventually(ready, message="ready")
     status = HealthStatus.model_validate_json(body)
     assert status.service == "market-data-store"
-    assert [c.name for c in status.components] == ["disk"]
+    assert [c.name for c in status.components] == ["disk", "feedback"]
 
 
 async def test_sigterm_turns_unready_then_exits_cleanly(

@@ -1,9 +1,11 @@
-"""`market-data-sidecar`: run the sidecar, or check the store's dependencies once."""
+"""`market-data-sidecar`: run the sidecar, check the store's dependencies once, read a
+running sidecar's status, or try everything locally with the demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from market_data_sidecar.logs import configure_logging
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.server import MONITOR, create_app
 from market_data_sidecar.settings import ConfigError, Settings, load_settings
+from market_data_sidecar.status_view import local_url, show_status
 
 EXIT_CONFIG = 2
 EXIT_CODES = {"healthy": 0, "degraded": 1, "unhealthy": 2}
@@ -28,12 +31,19 @@ EXIT_CODES = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    command: str = args.command
+    if command == "status":
+        # Reading another sidecar must work whatever this environment's settings say.
+        return show_status(args.url or _local_url())
     try:
         settings = load_settings(args.config, **_overrides(args))
     except ConfigError as exc:
         print(f"market-data-sidecar: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    command: str = args.command
+    if command == "demo":
+        from market_data_sidecar.demo.runner import run_demo
+
+        return asyncio.run(run_demo(settings, duration=args.duration, redis_url=args.redis_url))
     # `check` prints a table: only problems belong beside it on stderr.
     quiet = command == "check" and args.log_level is None
     configure_logging(settings.log_format, "WARNING" if quiet else settings.log_level)
@@ -57,7 +67,26 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="run every check once; exit 0 healthy, 1 degraded, 2 unhealthy"
     )
     check.add_argument("--json", action="store_true", help="print the HealthStatus as JSON")
-    for sub in (run, check):
+    status = commands.add_parser(
+        "status",
+        help="show a running sidecar's health and relay state; "
+        "exit 0 healthy, 1 degraded, 2 unhealthy, 3 unreachable",
+    )
+    status.add_argument(
+        "--url", help="the sidecar's base URL (default: http://127.0.0.1:SIDECAR_PORT)"
+    )
+    demo = commands.add_parser(
+        "demo", help="run a sidecar with a simulated store and local orchestrators"
+    )
+    demo.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop by itself after SECONDS"
+    )
+    demo.add_argument(
+        "--redis-url",
+        default=os.environ.get("SIDECAR_DEMO_REDIS_URL") or "redis://127.0.0.1:6379/0",
+        help="Redis for the stream target, if reachable (SIDECAR_DEMO_REDIS_URL)",
+    )
+    for sub in (run, check, demo):
         _add_setting_flags(sub)
     return parser
 
@@ -92,12 +121,26 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name in _SETTING_FLAGS}
 
 
+def _local_url() -> str:
+    """This pod's sidecar: where the settings say it listens if they load, else the default."""
+    try:
+        settings = load_settings()
+    except ConfigError:
+        fields = Settings.model_fields
+        return local_url(fields["host"].default, fields["port"].default)
+    return local_url(settings.host, settings.port)
+
+
 # -- run -------------------------------------------------------------------------------------
 
 
 async def serve(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, then shut down in the order Kubernetes needs."""
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:  # a target the installed extras cannot serve
+        print(f"market-data-sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout
     )

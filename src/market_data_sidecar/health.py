@@ -69,6 +69,7 @@ class HealthMonitor:
         self._ready_when_degraded = ready_when_degraded
         self._shutting_down = False
         self._cached: HealthStatus | None = None
+        self._cached_json: tuple[HealthStatus, bytes] | None = None
 
     @property
     def checks(self) -> list[Check]:
@@ -182,6 +183,16 @@ class HealthMonitor:
         if not skipped:
             self._cached = status
         return status
+
+    def status_json(self, status: HealthStatus) -> bytes:
+        """`status` as JSON bytes; the cached status is serialized once, not per probe."""
+        cached = self._cached_json
+        if cached is not None and cached[0] is status:
+            return cached[1]
+        body = status.model_dump_json().encode()
+        if status is self._cached:
+            self._cached_json = (status, body)
+        return body
 
     def _aggregate(self, skipped: set[str]) -> HealthStatus:
         components = self.components()

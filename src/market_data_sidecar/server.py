@@ -1,7 +1,7 @@
 """The sidecar's HTTP surface: thin aiohttp routes that read cached state.
 
-Resources (the check scheduler, later the relay) are owned by `cleanup_ctx` generators,
-so start-up and shutdown read in one place.
+Resources (the check scheduler, the feedback relay) are owned by `cleanup_ctx`
+generators, so start-up and shutdown read in one place.
 """
 
 from __future__ import annotations
@@ -14,13 +14,21 @@ from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar.checks import Check
 from market_data_sidecar.checks.catalog import build_checks
+from market_data_sidecar.checks.feedback import FeedbackCheck
+from market_data_sidecar.feedback.intake import Intake, Rejected
+from market_data_sidecar.feedback.relay import Relay, build_relay
+from market_data_sidecar.feedback.watermarks import QueueSampleSource
 from market_data_sidecar.health import Damping, HealthMonitor
 from market_data_sidecar.metrics import CONTENT_TYPE, Metrics
+from market_data_sidecar.openapi import add_openapi_route
 from market_data_sidecar.settings import Settings
+from market_data_sidecar.status_page import add_status_routes
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 MONITOR = web.AppKey("monitor", HealthMonitor)
+RELAY = web.AppKey("relay", Relay)
+INTAKE = web.AppKey("intake", Intake)
 
 JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -29,10 +37,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(
     settings: Settings, *, checks: Sequence[Check] | None = None, metrics: Metrics | None = None
 ) -> web.Application:
-    """Build the application; checks default to those the settings enable."""
+    """Build the application; checks default to those the settings enable, plus the
+    relay's own `feedback` component. Given `checks` are taken as the complete list."""
     metrics = metrics or Metrics()
+    relay = build_relay(settings, metrics)
     if checks is None:
-        checks = build_checks(settings, metrics)
+        checks = [*build_checks(settings, metrics), _feedback_check(relay, settings)]
+    _feed_watermarks(checks, relay)
     monitor = HealthMonitor(
         checks,
         service=settings.service_name,
@@ -45,12 +56,49 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[MONITOR] = monitor
+    app[RELAY] = relay
+    app[INTAKE] = Intake(
+        metrics,
+        token=settings.token.get_secret_value() if settings.token else None,
+        max_body_bytes=settings.max_body_bytes,
+        max_events=settings.max_events_per_request,
+    )
+    # The relay starts before the checks (the queue check feeds it) and stops after them.
+    app.cleanup_ctx.append(_run_relay)
     app.cleanup_ctx.append(_run_checks)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_post("/feedback", post_feedback)
+    app.router.add_get("/feedback", get_feedback)
+    add_status_routes(app, health=monitor.snapshot, feedback=relay.view)
+    add_openapi_route(app, settings)
     return app
+
+
+def _feedback_check(relay: Relay, settings: Settings) -> FeedbackCheck:
+    return FeedbackCheck(
+        relay,
+        interval=settings.check_interval,
+        timeout=settings.check_timeout,
+        ttl=settings.feedback_ttl,
+    )
+
+
+def _feed_watermarks(checks: Sequence[Check], relay: Relay) -> None:
+    """The queue check's samples drive synthesized feedback."""
+    for check in checks:
+        if isinstance(check, QueueSampleSource):
+            check.add_listener(relay.observe_queues)
+
+
+async def _run_relay(app: web.Application) -> AsyncIterator[None]:
+    relay = app[RELAY]
+    await relay.start()
+    yield
+    # By now the listening socket is closed: no new events arrive while buffers drain.
+    await relay.stop(app[SETTINGS].drain_timeout)
 
 
 async def _run_checks(app: web.Application) -> AsyncIterator[None]:
@@ -89,7 +137,9 @@ def _health_response(request: web.Request, status: HealthStatus, *, ready: bool)
     code = 200 if ready else 503
     if "verbose" in request.query:
         return web.Response(status=code, text=verbose_report(request, status, ready=ready))
-    return web.Response(status=code, body=status.model_dump_json(), content_type=JSON)
+    # Bytes, not str: aiohttp wraps a str body in a payload object, several times slower.
+    body = request.app[MONITOR].status_json(status)
+    return web.Response(status=code, body=body, content_type=JSON)
 
 
 def verbose_report(request: web.Request, status: HealthStatus, *, ready: bool) -> str:
@@ -122,6 +172,29 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE
     return response
+
+
+# -- feedback --------------------------------------------------------------------------------
+
+
+async def post_feedback(request: web.Request) -> web.Response:
+    """Validate, hand to the relay, answer 202: delivery happens afterwards, per target."""
+    intake = request.app[INTAKE]
+    try:
+        intake.admit(request.headers)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise intake.too_large() from None
+        events = intake.decode(body)
+    except Rejected as rejected:
+        return web.json_response(rejected.body, status=rejected.status, headers=rejected.headers)
+    request.app[RELAY].accept(events)
+    return web.json_response({"accepted": len(events)}, status=202)
+
+
+async def get_feedback(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RELAY].view())
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -25,10 +25,14 @@ class DeliveryError(Exception):
         retryable: bool = True,
         retry_after: float | None = None,
         disable: bool = False,
+        detail: str | None = None,
     ) -> None:
-        super().__init__(reason)
+        # str(error) is what `GET /feedback` shows as a target's last error.
+        super().__init__(f"{reason}: {detail}" if detail else reason)
         #: Short, metric-safe label: "timeout", "connection", "http_500", ...
         self.reason = reason
+        #: Free text for operators (never a credential), e.g. "Connection refused".
+        self.detail = detail
         self.retryable = retryable
         #: Seconds the target asked us to wait (HTTP `Retry-After`).
         self.retry_after = retry_after
@@ -41,6 +45,9 @@ class Publisher(ABC):
 
     #: How many events one `deliver` call may carry (stream targets pipeline batches).
     max_batch: int = 1
+    #: Whether a newer undelivered event for a coordinator replaces the older one in
+    #: the router's buffer (feedback is state); False keeps every event, up to a bound.
+    conflate: bool = True
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -1,0 +1,206 @@
+"""`POST /feedback` bodies -> Core `FeedbackEvent`s (+ reason), or a rejection that says why.
+
+Accepts Core `FeedbackEvent` JSON and the store's broadcaster payload (no `ts`, no
+`source`, with `reason` and `utilization`): a missing `ts` is the time received, a
+missing `source` is Core's default `store`, `reason` rides beside the event. One object
+or an array; an array with any invalid element is rejected whole. Fields are validated
+by Core's model in strict mode, so `"850"` or `true` is not a queue size.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from loguru import logger
+from market_data_core.telemetry import FeedbackEvent
+from pydantic import ValidationError
+
+from market_data_sidecar.feedback.model import Feedback
+from market_data_sidecar.metrics import Metrics
+
+#: Longest coordinator id or source accepted: ids are short names in the store, and
+#: every accepted coordinator id is kept in memory until restart.
+MAX_ID_LENGTH = 256
+MAX_REASON_LENGTH = 1024
+
+_CORE_FIELDS = tuple(FeedbackEvent.model_fields)
+
+
+class Rejected(Exception):
+    """A request the intake refuses: an HTTP status, a metric outcome and a message."""
+
+    def __init__(
+        self,
+        status: int,
+        outcome: str,
+        message: str,
+        *,
+        index: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome
+        self.message = message
+        self.index = index
+        self.field = field
+
+    @property
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message}
+        if self.index is not None:
+            body["index"] = self.index
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="feedback"'} if self.status == 401 else {}
+
+
+class Intake:
+    """Checks and decodes feedback requests; counts every outcome."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        token: str | None = None,
+        max_body_bytes: int = 1024 * 1024,
+        max_events: int = 1000,
+    ) -> None:
+        self._metrics = metrics
+        self._token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+        self.max_events = max_events
+
+    def admit(self, headers: Mapping[str, str]) -> None:
+        """Check what is known before reading the body: token, declared size, media type."""
+        if self._token is not None:
+            scheme, _, given = headers.get("Authorization", "").partition(" ")
+            # compare_digest: the time taken must not reveal how much of the token matched.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), self._token
+            ):
+                raise self.reject(401, "unauthorized", "missing or wrong bearer token")
+        length = headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            raise self.too_large()
+        media_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise self.reject(
+                415,
+                "unsupported_media_type",
+                f"expected Content-Type application/json, got {media_type or 'none'!r}"[:200],
+            )
+
+    def too_large(self) -> Rejected:
+        return self.reject(413, "too_large", f"body exceeds {self.max_body_bytes} bytes")
+
+    def decode(self, body: bytes) -> list[Feedback]:
+        """The events in `body`, all valid, or `Rejected`; counts what it accepts."""
+        try:
+            document = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+        except RecursionError:
+            raise self.reject(400, "malformed", "malformed JSON: nested too deeply") from None
+        except UnicodeDecodeError:
+            raise self.reject(400, "malformed", "malformed JSON: not valid UTF-8") from None
+        except ValueError as exc:
+            raise self.reject(400, "malformed", f"malformed JSON: {exc}") from None
+        if isinstance(document, dict):
+            elements, single = [document], True
+        elif isinstance(document, list):
+            elements, single = document, False
+        else:
+            raise self.reject(422, "invalid", "expected a JSON object or an array of objects")
+        if len(elements) > self.max_events:
+            raise self.reject(
+                413,
+                "too_many_events",
+                f"{len(elements)} events exceed the limit of {self.max_events} per request",
+                count=len(elements),
+            )
+        received_ts, received_at = time.time(), time.monotonic()
+        accepted = []
+        for index, element in enumerate(elements):
+            try:
+                accepted.append(_feedback(element, received_ts, received_at))
+            except _Invalid as invalid:
+                where = "" if single else f" at index {index}"
+                what = f"{invalid.field}: {invalid.message}" if invalid.field else invalid.message
+                raise self.reject(
+                    422,
+                    "invalid",
+                    f"invalid feedback event{where}: {what}",
+                    index=None if single else index,
+                    field=invalid.field,
+                    count=len(elements),
+                ) from None
+        self._metrics.feedback_received.labels("accepted").inc(len(accepted))
+        return accepted
+
+    def reject(
+        self,
+        status: int,
+        outcome: str,
+        message: str,
+        *,
+        index: int | None = None,
+        field: str | None = None,
+        count: int = 1,
+    ) -> Rejected:
+        """Count and log a rejection (never the body or headers: they may hold secrets)."""
+        self._metrics.feedback_received.labels(outcome).inc(max(count, 1))
+        logger.info("feedback rejected ({} {}): {}", status, outcome, message)
+        return Rejected(status, outcome, message, index=index, field=field)
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _feedback(element: Any, received_ts: float, received_at: float) -> Feedback:
+    if not isinstance(element, dict):
+        raise _Invalid(None, "expected a JSON object")
+    reason = element.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise _Invalid("reason", "must be a string or null")
+    if reason is not None and len(reason) > MAX_REASON_LENGTH:
+        raise _Invalid("reason", f"longer than {MAX_REASON_LENGTH} characters")
+    fields = {name: element[name] for name in _CORE_FIELDS if name in element}
+    fields.setdefault("ts", received_ts)
+    try:
+        # Through JSON in strict mode: Core's enum accepts its string value there, and
+        # no number hides in a string or a boolean.
+        event = FeedbackEvent.model_validate_json(json.dumps(fields), strict=True)
+    except ValidationError as exc:
+        error = exc.errors(include_input=False, include_url=False)[0]
+        field = ".".join(str(part) for part in error["loc"]) or None
+        raise _Invalid(field, error["msg"]) from None
+    if not math.isfinite(event.ts):
+        raise _Invalid("ts", "must be a finite number")
+    for name in ("coordinator_id", "source"):
+        length = len(getattr(event, name))
+        if not 0 < length <= MAX_ID_LENGTH:
+            raise _Invalid(name, f"must be 1 to {MAX_ID_LENGTH} characters")
+    return Feedback(event, reason=reason, received_at=received_at)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value

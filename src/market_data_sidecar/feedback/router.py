@@ -1,0 +1,349 @@
+"""Fans accepted feedback out to every target, each with its own buffer, worker and circuit.
+
+`Router.submit` only appends to in-memory buffers and never awaits, so neither the intake
+nor another target can be delayed by a target that is slow, failing or hanging. Each
+target's worker is an asyncio task, created in `start` and cancelled in `stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from market_data_sidecar.feedback.buffers import ConflatingBuffer, FifoBuffer, TargetBuffer
+from market_data_sidecar.feedback.model import Feedback
+from market_data_sidecar.feedback.retry import CIRCUIT_GAUGE, Backoff, CircuitBreaker, CircuitState
+from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.publishers import DeliveryError, Publisher
+
+#: How long a publisher may take to open or close its connections.
+PUBLISHER_SETUP_TIMEOUT = 5.0
+#: Seconds between log lines about drops of one reason on one target.
+DROP_LOG_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """A publisher, and what the router needs to know about its target."""
+
+    publisher: Publisher
+    kind: str
+    #: The target's address fit to show: no user, password or query.
+    endpoint: str
+    #: Most undelivered events held; `latest` targets hold one per coordinator anyway.
+    buffer: int = 10_000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    backoff: Backoff
+    circuit_failures: int = 5
+    circuit_cooldown: float = 10.0
+
+
+class TargetLane:
+    """One target's buffer, worker and delivery record."""
+
+    def __init__(self, target: Target, policy: RetryPolicy, metrics: Metrics) -> None:
+        self.target = target
+        self.publisher = target.publisher
+        self.name = target.publisher.name
+        self.buffer: TargetBuffer = (
+            ConflatingBuffer(target.buffer)
+            if self.publisher.conflate
+            else FifoBuffer(target.buffer)
+        )
+        self.circuit = CircuitBreaker(
+            policy.circuit_failures, policy.circuit_cooldown, on_change=self._circuit_changed
+        )
+        self._backoff = policy.backoff
+        #: Events handed to the publisher and not yet delivered or given up.
+        self.in_flight: list[Feedback] = []
+        self.disabled = False
+        self.delivered = 0
+        self.retried = 0
+        self.dropped = 0
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._drop_logged_at: dict[str, float] = {}
+        self._unreported_drops: dict[str, int] = {}
+
+        self._metrics = metrics
+        self._delivered_total = metrics.feedback_delivered.labels(self.name)
+        self._retried_total = metrics.feedback_retried.labels(self.name)
+        self._conflated_total = metrics.feedback_conflated.labels(self.name)
+        self._latency = metrics.feedback_delivery_latency.labels(self.name)
+        self._depth = metrics.feedback_buffer_depth.labels(self.name)
+        self._circuit_gauge = metrics.feedback_circuit_state.labels(self.name)
+        self._depth.set(0)
+        self._circuit_gauge.set(CIRCUIT_GAUGE["closed"])
+
+    @property
+    def depth(self) -> int:
+        """Undelivered events: buffered plus in flight."""
+        return len(self.buffer) + len(self.in_flight)
+
+    # -- intake side (synchronous, never blocks) --------------------------------------------
+
+    def submit(self, feedback: Feedback) -> None:
+        if self.disabled:
+            self.drop([feedback], "disabled")
+            return
+        displaced = self.buffer.put(feedback)
+        if displaced is not None:
+            if displaced.reason == "conflated":
+                self._conflated_total.inc()
+            else:
+                self.drop([displaced.feedback], displaced.reason)
+        self._idle.clear()
+        self._wakeup.set()
+        self._depth.set(self.depth)
+
+    # -- worker ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver until cancelled, or until the target asks never to be called again."""
+        while not self.disabled:
+            if not self.buffer:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self.in_flight = self.buffer.take(self.publisher.max_batch)
+            await self._deliver_in_flight()
+            self.in_flight = []
+            self._depth.set(self.depth)
+        self._idle.set()
+
+    async def _deliver_in_flight(self) -> None:
+        """Attempt until delivered, given up, or replaced by newer events."""
+        while self.in_flight:
+            wait = self.circuit.wait_time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                self._shed_superseded()
+                continue
+            try:
+                await self.publisher.deliver(self.in_flight)
+            except DeliveryError as exc:
+                error = exc
+            except Exception as exc:  # a publisher bug must not end the worker
+                logger.opt(exception=exc).error("feedback target {}: publisher raised", self.name)
+                error = DeliveryError("error", detail=type(exc).__name__)
+            else:
+                self._delivered(self.in_flight)
+                return
+            if not self._failed(error):
+                return
+            await asyncio.sleep(
+                self._backoff.delay(self.circuit.consecutive_failures, error.retry_after)
+            )
+            self._shed_superseded()
+
+    def _delivered(self, batch: Sequence[Feedback]) -> None:
+        now = time.monotonic()
+        for feedback in batch:
+            self._latency.observe(now - feedback.received_at)
+        self.delivered += len(batch)
+        self._delivered_total.inc(len(batch))
+        self.last_success = time.time()
+        if self.circuit.consecutive_failures:
+            logger.info(
+                "feedback target {}: delivering again after {} failed attempts",
+                self.name,
+                self.circuit.consecutive_failures,
+            )
+        self.circuit.record_success()
+
+    def _failed(self, error: DeliveryError) -> bool:
+        """Record a failed attempt; True when the in-flight events are to be retried."""
+        self.last_error, self.last_error_at = str(error), time.time()
+        if error.disable:
+            self._disable(error)
+            return False
+        if not error.retryable:
+            # The target answered: it is up, it just refuses these events.
+            self.circuit.record_success()
+            self.drop(self.in_flight, error.reason)
+            return False
+        if self.circuit.consecutive_failures == 0:
+            logger.warning("feedback target {}: delivery failed ({}), retrying", self.name, error)
+        else:
+            logger.debug("feedback target {}: delivery failed again ({})", self.name, error)
+        self.circuit.record_failure()
+        self.retried += 1
+        self._retried_total.inc()
+        return True
+
+    def _shed_superseded(self) -> None:
+        """Conflate in-flight events too: a retry should carry current state, not stale."""
+        kept = [f for f in self.in_flight if not self.buffer.supersedes(f)]
+        if len(kept) != len(self.in_flight):
+            self._conflated_total.inc(len(self.in_flight) - len(kept))
+            self.in_flight = kept
+            self._depth.set(self.depth)
+
+    def _disable(self, error: DeliveryError) -> None:
+        self.disabled = True
+        logger.error(
+            "feedback target {} asked not to be called again ({}): disabled until restart",
+            self.name,
+            error,
+        )
+        self.abandon("disabled")
+
+    # -- shutdown and accounting -------------------------------------------------------------
+
+    async def wait_idle(self) -> None:
+        """Until nothing is buffered or in flight (or the target is disabled)."""
+        await self._idle.wait()
+
+    def abandon(self, reason: str) -> int:
+        """Drop everything undelivered, counted under `reason`; returns how many."""
+        undelivered = [*self.in_flight, *self.buffer.take(len(self.buffer))]
+        self.in_flight = []
+        self.drop(undelivered, reason)
+        self._depth.set(0)
+        return len(undelivered)
+
+    def drop(self, events: Sequence[Feedback], reason: str) -> None:
+        """Count (and report) events this target will never receive."""
+        if not events:
+            return
+        self.dropped += len(events)
+        self._metrics.feedback_dropped.labels(self.name, reason).inc(len(events))
+        unreported = self._unreported_drops.get(reason, 0) + len(events)
+        now = time.monotonic()
+        # Under overload every event may be dropped: report each reason at most every
+        # DROP_LOG_INTERVAL seconds, with the count since the last report.
+        if now - self._drop_logged_at.get(reason, -DROP_LOG_INTERVAL) < DROP_LOG_INTERVAL:
+            self._unreported_drops[reason] = unreported
+            return
+        self._drop_logged_at[reason] = now
+        self._unreported_drops[reason] = 0
+        logger.warning(
+            "feedback target {}: dropped {} event(s) ({}); latest coordinators {}",
+            self.name,
+            unreported,
+            reason,
+            sorted({f.coordinator_id for f in events[-10:]}),
+        )
+
+    def _circuit_changed(self, state: CircuitState) -> None:
+        self._circuit_gauge.set(CIRCUIT_GAUGE[state])
+        if state == "open":
+            logger.warning(
+                "feedback target {}: circuit open after {} consecutive failures",
+                self.name,
+                self.circuit.consecutive_failures,
+            )
+        elif state == "closed":
+            logger.info("feedback target {}: circuit closed", self.name)
+
+    def status(self) -> dict[str, Any]:
+        """This target's entry in `GET /feedback`."""
+        return {
+            "name": self.name,
+            "kind": self.target.kind,
+            "endpoint": self.target.endpoint,
+            "mode": self.buffer.mode,
+            "buffer_depth": self.depth,
+            "delivered": self.delivered,
+            "retried": self.retried,
+            "dropped": self.dropped,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "circuit": self.circuit.state,
+            "disabled": self.disabled,
+        }
+
+
+class Router:
+    """Every target's lane; `submit` hands an event to all of them."""
+
+    def __init__(self, targets: Sequence[Target], *, metrics: Metrics, policy: RetryPolicy) -> None:
+        names = [target.publisher.name for target in targets]
+        if len(names) != len(set(names)):
+            raise ValueError(f"target names must be unique: {names}")
+        self.lanes = [TargetLane(target, policy, metrics) for target in targets]
+        self._metrics = metrics
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    def lane(self, name: str) -> TargetLane:
+        for lane in self.lanes:
+            if lane.name == name:
+                return lane
+        raise KeyError(name)
+
+    def submit(self, feedback: Feedback) -> None:
+        for lane in self.lanes:
+            if self._closing:
+                lane.drop([feedback], "shutdown")
+            else:
+                lane.submit(feedback)
+
+    async def start(self) -> None:
+        """Open each publisher's connections, then start one worker task per target."""
+        await asyncio.gather(*(self._start_publisher(lane.publisher) for lane in self.lanes))
+        self._tasks = [
+            asyncio.create_task(lane.run(), name=f"feedback-target:{lane.name}")
+            for lane in self.lanes
+        ]
+
+    async def stop(self, drain_timeout: float) -> None:
+        """Drain the buffers for up to `drain_timeout` seconds, then stop the workers.
+
+        What is still undelivered then is counted as dropped (`shutdown`) and logged.
+        """
+        self._closing = True
+        pending = [lane for lane in self.lanes if lane.depth]
+        if pending:
+            logger.info(
+                "draining feedback for up to {:g}s: {}",
+                drain_timeout,
+                ", ".join(f"{lane.name}={lane.depth}" for lane in pending),
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout):
+                await asyncio.gather(*(lane.wait_idle() for lane in self.lanes))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        undelivered = {lane.name: lane.abandon("shutdown") for lane in self.lanes}
+        if any(undelivered.values()):
+            logger.warning(
+                "feedback not delivered before the drain deadline: {}",
+                ", ".join(f"{name}={count}" for name, count in undelivered.items() if count),
+            )
+        elif pending:
+            logger.info("feedback drained")
+        await asyncio.gather(*(self._close_publisher(lane.publisher) for lane in self.lanes))
+
+    @staticmethod
+    async def _start_publisher(publisher: Publisher) -> None:
+        try:
+            async with asyncio.timeout(PUBLISHER_SETUP_TIMEOUT):
+                await publisher.start()
+        except Exception as exc:  # the worker's attempts will report the target's state
+            logger.warning("feedback target {}: could not start: {!r}", publisher.name, exc)
+
+    @staticmethod
+    async def _close_publisher(publisher: Publisher) -> None:
+        try:
+            async with asyncio.timeout(PUBLISHER_SETUP_TIMEOUT):
+                await publisher.close()
+        except Exception as exc:
+            logger.warning("feedback target {}: could not close cleanly: {!r}", publisher.name, exc)

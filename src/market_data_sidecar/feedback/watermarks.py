@@ -1,0 +1,103 @@
+"""Polled queue depths -> `FeedbackEvent`s when a coordinator crosses a watermark.
+
+Mirrors the store's own queue signalling, so synthesized events look like pushed ones:
+`hard` once depth reaches the high watermark, `soft` once it rises above the low one,
+and `ok` with reason `queue_recovered` when it falls back to the low watermark or
+below. In between, the level holds (hysteresis): a queue draining from `hard` stays
+`hard` until it has recovered. Watermarks are whole items, as the store computes them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
+
+RECOVERED = "queue_recovered"
+
+
+class QueueSample(Protocol):
+    """What the queue check reports per coordinator (only what watermarks need)."""
+
+    @property
+    def coordinator_id(self) -> str: ...
+
+    @property
+    def depth(self) -> float: ...
+
+    @property
+    def capacity(self) -> int: ...
+
+
+SampleListener = Callable[[Sequence[QueueSample]], None]
+
+
+@runtime_checkable
+class QueueSampleSource(Protocol):
+    """A check that calls listeners with every successful scrape of the store's queues."""
+
+    def add_listener(self, callback: SampleListener) -> None: ...
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """A coordinator's level changed: the event to relay, and the reason beside it."""
+
+    event: FeedbackEvent
+    reason: str | None
+
+
+class Watermarks:
+    """Per-coordinator level with the store's hysteresis."""
+
+    def __init__(self, low: float, high: float, *, clock: Callable[[], float] = time.time) -> None:
+        if not 0 <= low < high <= 1:
+            raise ValueError("watermarks must satisfy 0 <= low < high <= 1")
+        self.low = low
+        self.high = high
+        self._levels: dict[str, BackpressureLevel] = {}
+        self._clock = clock
+
+    def level_of(self, coordinator_id: str) -> BackpressureLevel:
+        return self._levels.get(coordinator_id, BackpressureLevel.ok)
+
+    def observe(self, samples: Sequence[QueueSample]) -> list[Crossing]:
+        """Update every coordinator's level; return the crossings, in sample order."""
+        crossings = []
+        for sample in samples:
+            if sample.capacity <= 0:
+                continue
+            depth = max(int(sample.depth), 0)
+            previous = self.level_of(sample.coordinator_id)
+            level = self._next_level(previous, depth, sample.capacity)
+            if level == previous:
+                continue
+            self._levels[sample.coordinator_id] = level
+            event = FeedbackEvent(
+                coordinator_id=sample.coordinator_id,
+                queue_size=depth,
+                capacity=sample.capacity,
+                level=level,
+                source="store",
+                ts=self._clock(),
+            )
+            reason = RECOVERED if level == BackpressureLevel.ok else None
+            crossings.append(Crossing(event, reason))
+        return crossings
+
+    def _next_level(
+        self, previous: BackpressureLevel, depth: int, capacity: int
+    ) -> BackpressureLevel:
+        # The store's integer watermarks: int(0.8 * capacity) (at least 1), int(0.5 * capacity).
+        high_mark = max(1, int(self.high * capacity))
+        low_mark = int(self.low * capacity)
+        if depth >= high_mark:
+            return BackpressureLevel.hard
+        if depth <= low_mark:
+            return BackpressureLevel.ok
+        if previous == BackpressureLevel.ok:
+            return BackpressureLevel.soft
+        return previous

@@ -1,0 +1,358 @@
+"""`GET /openapi.json`: an OpenAPI 3.1 description of the sidecar's HTTP surface.
+
+Schemas come from pydantic models, so the document cannot drift from the wire: Core's
+`HealthStatus` and `FeedbackEvent` as Core defines them, and small models of the
+sidecar's own answers (`GET /feedback`, the 202 and error bodies). The intake event is
+Core's `FeedbackEvent` schema loosened the way the intake is (no `ts` needed, the store's
+`reason` and `utilization` allowed) and tightened where it is (id lengths). The document
+depends on the settings (token, limits), so it is built once per application.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Literal
+
+from aiohttp import web
+from market_data_core.telemetry import FeedbackEvent, HealthStatus
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from market_data_sidecar import __version__
+from market_data_sidecar.feedback.intake import MAX_ID_LENGTH, MAX_REASON_LENGTH
+from market_data_sidecar.settings import Settings
+
+PATH = "/openapi.json"
+OPENAPI_VERSION = "3.1.0"
+REF = "#/components/schemas/{model}"
+
+_DOCUMENT = web.AppKey("openapi_document", bytes)
+#: The sidecar's own answers are documented exactly: a field added to one of them fails
+#: the schema tests until it is described here too.
+_EXACT = ConfigDict(extra="forbid")
+
+
+# -- the sidecar's own answers ---------------------------------------------------------------
+
+
+class Accepted(BaseModel):
+    """`POST /feedback` answered before delivery: how many events the relay took."""
+
+    model_config = _EXACT
+
+    accepted: int = Field(ge=0, description="Events accepted; each goes to every target.")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx: what was wrong, never the input itself."""
+
+    model_config = _EXACT
+
+    error: str = Field(description="What was wrong, in one line.")
+    index: int | None = Field(
+        default=None, ge=0, description="The first invalid element of an array body."
+    )
+    field: str | None = Field(default=None, description="The invalid field, when one is.")
+
+
+class RelayedEvent(FeedbackEvent):
+    """The latest event of one coordinator: Core's fields, plus what rides beside them."""
+
+    reason: str | None = Field(description="Why the level changed, as the store said.")
+    id: str = Field(description="Delivery id, stable across retries (`webhook-id`).")
+    origin: Literal["store", "synthesized"] = Field(
+        description="Pushed by the store, or derived from polled queue depths."
+    )
+
+
+class TargetState(BaseModel):
+    """One target's delivery record."""
+
+    model_config = _EXACT
+
+    name: str
+    kind: Literal["http", "redis-pubsub", "redis-stream"]
+    endpoint: str = Field(description="The target's address without user, password or query.")
+    mode: Literal["latest", "all"] = Field(
+        description="`latest` keeps one undelivered event per coordinator; `all` keeps each."
+    )
+    buffer_depth: int = Field(ge=0, description="Undelivered events, buffered or in flight.")
+    delivered: int = Field(ge=0)
+    retried: int = Field(ge=0)
+    dropped: int = Field(ge=0)
+    last_success: float | None = Field(description="Unix time of the last delivery.")
+    last_error: str | None
+    last_error_at: float | None
+    circuit: Literal["closed", "open", "half-open"]
+    disabled: bool = Field(description="The target answered 410 Gone: not called until restart.")
+
+
+class RelayState(BaseModel):
+    """`GET /feedback`: latest event per coordinator, and every target's state."""
+
+    model_config = _EXACT
+
+    coordinators: dict[str, RelayedEvent]
+    targets: list[TargetState]
+    last_store_event_at: float | None = Field(
+        description="Unix time the store last pushed an event."
+    )
+    synthesizing: bool = Field(
+        description="Whether events are being derived from polled queue depths."
+    )
+
+
+# -- the document ----------------------------------------------------------------------------
+
+
+def add_openapi_route(app: web.Application, settings: Settings) -> None:
+    """Serve the document at `GET /openapi.json`, rendered once from `settings`."""
+    app[_DOCUMENT] = json.dumps(openapi_document(settings), separators=(",", ":")).encode()
+    app.router.add_get(PATH, openapi_endpoint)
+
+
+async def openapi_endpoint(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_DOCUMENT], content_type="application/json")
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for a sidecar configured by `settings`."""
+    protected = settings.token is not None
+    document: dict[str, Any] = {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "market-data-sidecar",
+            "version": __version__,
+            "summary": "Health probes and backpressure feedback relay beside a "
+            "market-data-store pod.",
+        },
+        "paths": {
+            "/": {"get": _status_page()},
+            "/livez": {"get": _livez()},
+            "/readyz": {"get": _health("readyz", "Readiness", _NOT_READY)},
+            "/healthz": {"get": _health("healthz", "Full health", "Unhealthy.")},
+            "/metrics": {"get": _metrics()},
+            "/feedback": {"get": _get_feedback(), "post": _post_feedback(settings, protected)},
+            PATH: {"get": _openapi()},
+        },
+        "components": {"schemas": component_schemas()},
+    }
+    if protected:
+        document["components"]["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "`SIDECAR_TOKEN`; only `POST /feedback` asks for it.",
+            }
+        }
+    return document
+
+
+def component_schemas() -> dict[str, Any]:
+    """Every named schema: Core's models as Core defines them, and the sidecar's."""
+    models: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
+        (HealthStatus, "serialization"),
+        (FeedbackEvent, "validation"),
+        (RelayState, "serialization"),
+        (Accepted, "serialization"),
+        (ErrorBody, "serialization"),
+    ]
+    _, top = models_json_schema(models, ref_template=REF)
+    schemas: dict[str, Any] = top.get("$defs", {})
+    schemas["FeedbackIntakeEvent"] = _intake_event(schemas["FeedbackEvent"])
+    return dict(sorted(schemas.items()))
+
+
+def _intake_event(core: dict[str, Any]) -> dict[str, Any]:
+    """Core's `FeedbackEvent` as the intake takes it: what the store's broadcaster sends
+    (no `ts`, no `source`, with `reason` and `utilization`) is accepted too."""
+    schema = copy.deepcopy(core)
+    schema["title"] = "FeedbackIntakeEvent"
+    schema["description"] = (
+        "A Core `FeedbackEvent`, or the store broadcaster's payload: a missing `ts` is the "
+        "time received, a missing `source` is `store`, `reason` is relayed beside the event. "
+        "Numbers must be JSON numbers (strict: `\"850\"` is no queue size); other fields are "
+        "ignored."
+    )
+    schema["required"] = [name for name in schema["required"] if name != "ts"]
+    properties = schema["properties"]
+    for name in ("coordinator_id", "source"):
+        properties[name] = {**properties[name], "minLength": 1, "maxLength": MAX_ID_LENGTH}
+    properties["ts"] = {**properties["ts"], "description": "Unix epoch seconds; default: now."}
+    properties["reason"] = {
+        "anyOf": [{"type": "string", "maxLength": MAX_REASON_LENGTH}, {"type": "null"}],
+        "description": "Why the level changed (the store sends `queue_recovered`, ...).",
+    }
+    # No type: the intake ignores it (Core derives nothing from it), so it takes anything.
+    properties["utilization"] = {
+        "description": "Queue size over capacity, as the store's broadcaster sends it. "
+        "Informational: not validated, not relayed."
+    }
+    return schema
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _text(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str, **headers: Any) -> dict[str, Any]:
+    response = _json(description, _ref("ErrorBody"))
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _status_page() -> dict[str, Any]:
+    return {
+        "summary": "Status page",
+        "description": "A self-contained HTML page of the cached health and relay state.",
+        "operationId": "statusPage",
+        "parameters": [
+            {
+                "name": "refresh",
+                "in": "query",
+                "description": "Seconds between reloads (0: off, at most 3600); a value that "
+                "is not an integer means the default, 5.",
+                "schema": {"type": "string"},
+            }
+        ],
+        "responses": {
+            "200": {
+                "description": "The page.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
+
+def _livez() -> dict[str, Any]:
+    return {
+        "summary": "Liveness",
+        "description": "200 while the check scheduler makes progress; never depends on the "
+        "database, disk or queues.",
+        "operationId": "livez",
+        "responses": {
+            "200": _text("Alive."),
+            "503": _text("The check scheduler has stalled: restart the sidecar."),
+        },
+    }
+
+
+_NOT_READY = "Unhealthy, still checking for the first time, or shutting down (and, when so configured, degraded)."
+
+
+def _health(operation_id: str, summary: str, unhealthy: str) -> dict[str, Any]:
+    status = {
+        "application/json": {"schema": _ref("HealthStatus")},
+        # kube-apiserver's format: `[+]disk ok`, `[-]database failed: reason`.
+        "text/plain": {"schema": {"type": "string"}},
+    }
+    return {
+        "summary": summary,
+        "description": "Core `HealthStatus` from the cached snapshot; no request waits on "
+        "a check. With `verbose`, lines like kube-apiserver's instead.",
+        "operationId": operation_id,
+        "parameters": [
+            {
+                "name": "exclude",
+                "in": "query",
+                "description": "Leave a component out of the aggregate (repeatable).",
+                "style": "form",
+                "explode": True,
+                "schema": {"type": "array", "items": {"type": "string"}},
+            },
+            {
+                "name": "verbose",
+                "in": "query",
+                "description": "Present (any value): answer in text lines.",
+                "allowEmptyValue": True,
+                "schema": {"type": "string"},
+            },
+        ],
+        "responses": {
+            "200": {"description": "Healthy enough.", "content": status},
+            "503": {"description": unhealthy, "content": status},
+        },
+    }
+
+
+def _metrics() -> dict[str, Any]:
+    return {
+        "summary": "Prometheus metrics",
+        "description": "The sidecar's own registry, in the Prometheus text format.",
+        "operationId": "metrics",
+        "responses": {"200": _text("The exposition.")},
+    }
+
+
+def _get_feedback() -> dict[str, Any]:
+    return {
+        "summary": "Relay state",
+        "description": "Latest event per coordinator, and per target: buffer depth, "
+        "last success, last error, circuit state.",
+        "operationId": "getFeedback",
+        "responses": {"200": _json("The relay's state.", _ref("RelayState"))},
+    }
+
+
+def _post_feedback(settings: Settings, protected: bool) -> dict[str, Any]:
+    limit = settings.max_events_per_request
+    operation: dict[str, Any] = {
+        "summary": "Feedback intake",
+        "description": "One event or an array of events, validated and answered 202 before "
+        "delivery; every target then receives each event. An array with any invalid "
+        f"element is rejected whole. Bodies over {settings.max_body_bytes} bytes are refused.",
+        "operationId": "postFeedback",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            _ref("FeedbackIntakeEvent"),
+                            {
+                                "type": "array",
+                                "items": _ref("FeedbackIntakeEvent"),
+                                "maxItems": limit,
+                            },
+                        ]
+                    }
+                }
+            },
+        },
+        "responses": {
+            "202": _json("Accepted for delivery.", _ref("Accepted")),
+            "400": _error("Malformed JSON."),
+            "413": _error(f"Body over the size limit, or more than {limit} events."),
+            "415": _error("Not JSON (Content-Type `application/json` or `+json`)."),
+            "422": _error("An invalid event; `index` and `field` say where."),
+        },
+    }
+    if protected:
+        operation["security"] = [{"bearer": []}]
+        operation["responses"]["401"] = _error(
+            "Missing or wrong bearer token.",
+            **{"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+        )
+        operation["responses"] = dict(sorted(operation["responses"].items()))
+    return operation
+
+
+def _openapi() -> dict[str, Any]:
+    return {
+        "summary": "This document",
+        "operationId": "openapi",
+        "responses": {"200": _json("OpenAPI 3.1.", {"type": "object"})},
+    }

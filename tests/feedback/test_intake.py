@@ -1,0 +1,258 @@
+"""`POST /feedback` on a running sidecar: what it accepts, relays, and rejects (and how)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+from loguru import logger
+
+from market_data_sidecar.server import RELAY
+from market_data_sidecar.settings import Settings
+from tests.feedback.conftest import http_target, store_payload
+from tests.helpers import eventually
+from tests.publishers.conftest import StartOrchestrator
+
+#: Byte for byte what the store's HttpFeedbackBroadcaster sends (DESIGN.md).
+STORE_BODY = (
+    b'{"coordinator_id": "bars-coord", "queue_size": 850, "capacity": 1000,\n'
+    b' "level": "soft", "reason": null, "utilization": 0.85}'
+)
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def logs() -> Iterator[list[str]]:
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
+    yield lines
+    logger.remove(sink)
+
+
+def received(client: Any, outcome: str) -> float:
+    registry = client.app[RELAY]._metrics.registry
+    return registry.get_sample_value("sidecar_feedback_received_total", {"outcome": outcome}) or 0
+
+
+async def test_the_stores_exact_payload_is_accepted_and_relayed_with_its_reason(
+    orchestrator: StartOrchestrator,
+    sidecar_client: Callable[..., Any],
+    relay_settings: Callable[..., Settings],
+) -> None:
+    receiver = await orchestrator()
+    client = await sidecar_client(relay_settings(targets=[http_target("orch", receiver.url)]))
+    before = time.time()
+
+    response = await client.post("/feedback", data=STORE_BODY, headers=JSON_HEADERS)
+    recovered = store_payload(queue_size=400, level="ok", reason="queue_recovered")
+    second = await client.post("/feedback", json=recovered)
+
+    assert response.status == 202
+    assert await response.json() == {"accepted": 1}
+    assert second.status == 202
+    await eventually(lambda: len(receiver.delivered) == 2, message="both relayed")
+    soft, ok = receiver.events()
+    assert set(soft) == {
+        "coordinator_id",
+        "queue_size",
+        "capacity",
+        "level",
+        "source",
+        "ts",
+        "reason",
+    }
+    assert soft["coordinator_id"] == "bars-coord"
+    assert (soft["queue_size"], soft["capacity"], soft["level"]) == (850, 1000, "soft")
+    assert soft["reason"] is None
+    assert soft["source"] == "store"  # missing source: the store
+    assert before <= soft["ts"] <= time.time()  # missing ts: the time received
+    assert (ok["level"], ok["reason"]) == ("ok", "queue_recovered")
+    assert received(client, "accepted") == 2
+
+
+async def test_core_events_keep_ts_and_source_and_arrays_keep_their_order(
+    orchestrator: StartOrchestrator,
+    sidecar_client: Callable[..., Any],
+    relay_settings: Callable[..., Settings],
+) -> None:
+    receiver = await orchestrator()
+    client = await sidecar_client(relay_settings(targets=[http_target("orch", receiver.url)]))
+    events = [
+        {
+            "coordinator_id": f"coord-{n}",
+            "queue_size": n,
+            "capacity": 10,
+            "level": "hard",
+            "source": "pipeline",
+            "ts": 1700000000.5 + n,
+        }
+        for n in range(3)
+    ]
+
+    response = await client.post("/feedback", json=events)
+
+    assert response.status == 202
+    assert await response.json() == {"accepted": 3}
+    await eventually(lambda: len(receiver.delivered) == 3, message="all relayed")
+    assert receiver.events() == [{**event, "reason": None} for event in events]
+
+
+async def test_202_is_answered_before_delivery(
+    orchestrator: StartOrchestrator,
+    sidecar_client: Callable[..., Any],
+    relay_settings: Callable[..., Settings],
+) -> None:
+    receiver = await orchestrator()
+    receiver.hang()
+    client = await sidecar_client(
+        relay_settings(targets=[http_target("stuck", receiver.url, timeout=5)])
+    )
+    await client.post("/feedback", json=store_payload("first"))
+    await eventually(lambda: receiver.attempts, message="the target is holding a request")
+
+    started = time.monotonic()
+    response = await client.post("/feedback", json=store_payload("second"))
+
+    assert response.status == 202
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "error"),
+    [
+        (b'{"coordinator_id": ', JSON_HEADERS, 400, "malformed JSON"),
+        (b"\xff\xfe\x00garbage", JSON_HEADERS, 400, "malformed JSON"),
+        (b'{"queue_size": NaN}', JSON_HEADERS, 400, "malformed JSON"),
+        (STORE_BODY, {"Content-Type": "text/plain"}, 415, "application/json"),
+        (STORE_BODY, {}, 415, "application/json"),
+        (b'"just a string"', JSON_HEADERS, 422, "JSON object or an array"),
+    ],
+)
+async def test_bad_requests_get_a_json_error_that_names_the_problem(
+    sidecar_client: Callable[..., Any],
+    relay_settings: Callable[..., Settings],
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    error: str,
+) -> None:
+    client = await sidecar_client(relay_settings())
+    response = await client.post("/feedback", data=body, headers=headers)
+    assert response.status == status
+    assert error in (await response.json())["error"]
+
+
+async def test_invalid_fields_are_named(
+    sidecar_client: Callable[..., Any], relay_settings: Callable[..., Settings]
+) -> None:
+    client = await sidecar_client(relay_settings())
+    cases = {
+        "coordinator_id": {k: v for k, v in store_payload().items() if k != "coordinator_id"},
+        "queue_size": {**store_payload(), "queue_size": -1},
+        "capacity": {**store_payload(), "capacity": 0},
+        "level": {**store_payload(), "level": "panic"},
+        "reason": {**store_payload(), "reason": 42},
+        "ts": {**store_payload(), "ts": "yesterday"},
+    }
+    for field, payload in cases.items():
+        response = await client.post("/feedback", json=payload)
+        body = await response.json()
+        assert response.status == 422, field
+        assert body["field"] == field
+        assert field in body["error"]
+        assert "index" not in body
+
+
+async def test_an_array_with_one_bad_element_is_rejected_whole(
+    orchestrator: StartOrchestrator,
+    sidecar_client: Callable[..., Any],
+    relay_settings: Callable[..., Settings],
+) -> None:
+    receiver = await orchestrator()
+    client = await sidecar_client(relay_settings(targets=[http_target("orch", receiver.url)]))
+    batch = [store_payload("a"), store_payload("b"), {**store_payload("c"), "queue_size": "lots"}]
+
+    response = await client.post("/feedback", json=batch)
+
+    assert response.status == 422
+    body = await response.json()
+    assert (body["index"], body["field"]) == (2, "queue_size")
+    assert "index 2" in body["error"]
+    state = await (await client.get("/feedback")).json()
+    assert state["coordinators"] == {}
+    assert state["last_store_event_at"] is None
+    assert client.app[RELAY].router.lane("orch").depth == 0
+    assert received(client, "invalid") == 3
+    assert received(client, "accepted") == 0
+
+
+async def test_size_limits(
+    sidecar_client: Callable[..., Any], relay_settings: Callable[..., Settings]
+) -> None:
+    client = await sidecar_client(relay_settings(max_body_bytes=2048, max_events_per_request=5))
+    big = json.dumps([store_payload(reason="x" * 500) for _ in range(5)]).encode()
+    assert len(big) > 2048
+
+    declared = await client.post("/feedback", data=big, headers=JSON_HEADERS)
+
+    async def chunks() -> Any:  # no Content-Length: the limit applies while reading
+        for start in range(0, len(big), 512):
+            yield big[start : start + 512]
+
+    streamed = await client.post("/feedback", data=chunks(), headers=JSON_HEADERS)
+    too_many = await client.post("/feedback", json=[store_payload()] * 6)
+
+    assert declared.status == 413
+    assert "2048 bytes" in (await declared.json())["error"]
+    assert streamed.status == 413
+    assert too_many.status == 413
+    assert "6 events exceed the limit of 5" in (await too_many.json())["error"]
+    assert received(client, "too_large") == 2
+    assert received(client, "too_many_events") == 6
+
+
+async def test_a_configured_token_is_required_for_intake_only(
+    sidecar_client: Callable[..., Any], relay_settings: Callable[..., Settings], logs: list[str]
+) -> None:
+    client = await sidecar_client(relay_settings(token="intake-token-123"))
+
+    missing = await client.post("/feedback", json=store_payload())
+    wrong = await client.post(
+        "/feedback", json=store_payload(), headers={"Authorization": "Bearer intake-token-12"}
+    )
+    basic = await client.post(
+        "/feedback", json=store_payload(), headers={"Authorization": "Basic intake-token-123"}
+    )
+    right = await client.post(
+        "/feedback", json=store_payload(), headers={"Authorization": "Bearer intake-token-123"}
+    )
+
+    for response in (missing, wrong, basic):
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "token" in (await response.json())["error"]
+    assert right.status == 202
+    for path in ("/livez", "/metrics", "/feedback"):
+        assert (await client.get(path)).status == 200, path
+    assert received(client, "unauthorized") == 3
+    assert all("intake-token" not in line for line in logs)
+    assert any("feedback rejected (401" in line for line in logs)
+
+
+async def test_no_client_input_reaches_a_5xx_with_a_real_client(
+    sidecar_client: Callable[..., Any], relay_settings: Callable[..., Settings]
+) -> None:
+    """A few hand-picked nasties over a real connection (the fuzz test covers the rest)."""
+    client = await sidecar_client(relay_settings())
+    url = str(client.make_url("/feedback"))
+    bodies = [b"", b"[]", b"{}", b"[" * 50_000, b"1" * 5000, b'{"a": 1e999}', b"null"]
+    async with ClientSession() as session:
+        for body in bodies:
+            async with session.post(url, data=body, headers=JSON_HEADERS) as response:
+                assert response.status < 500, body[:20]
+                payload = await response.json()
+                assert ("accepted" in payload) if response.status == 202 else ("error" in payload)

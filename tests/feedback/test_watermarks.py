@@ -1,0 +1,84 @@
+"""Synthesized levels follow the store's queue hysteresis exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from market_data_core.telemetry import BackpressureLevel
+
+from market_data_sidecar.feedback.watermarks import Watermarks
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Shaped like the queue check's CoordinatorSample (what watermarks read of it)."""
+
+    coordinator_id: str
+    depth: int
+    capacity: int = 1000
+
+
+def levels(watermarks: Watermarks, depths: list[int], coordinator: str = "c") -> list[str]:
+    """The crossings, as `level@depth`, for a series of polled depths."""
+    out = []
+    for depth in depths:
+        for crossing in watermarks.observe([Sample(coordinator, depth)]):
+            out.append(f"{crossing.event.level.value}@{crossing.event.queue_size}")
+    return out
+
+
+def test_soft_above_low_hard_at_high_ok_at_or_below_low() -> None:
+    marks = Watermarks(0.5, 0.8)
+    # The store's marks for capacity 1000: low 500, high 800.
+    assert levels(marks, [0, 500, 501, 700, 799, 800, 900, 600, 501, 500, 400]) == [
+        "soft@501",
+        "hard@800",
+        "ok@500",
+    ]
+
+
+def test_hard_holds_until_recovered_and_soft_does_not_repeat() -> None:
+    marks = Watermarks(0.5, 0.8)
+    assert levels(marks, [900, 700, 650, 900, 100, 600, 650, 100]) == [
+        "hard@900",
+        "ok@100",
+        "soft@600",
+        "ok@100",
+    ]
+
+
+def test_recovery_carries_the_store_reason_and_core_fields() -> None:
+    marks = Watermarks(0.5, 0.8, clock=lambda: 1234.5)
+    [hard] = marks.observe([Sample("bars", 850)])
+    [ok] = marks.observe([Sample("bars", 10)])
+    assert hard.reason is None
+    assert ok.reason == "queue_recovered"
+    assert ok.event.level == BackpressureLevel.ok
+    assert ok.event.model_dump() == {
+        "coordinator_id": "bars",
+        "queue_size": 10,
+        "capacity": 1000,
+        "level": BackpressureLevel.ok,
+        "source": "store",
+        "ts": 1234.5,
+    }
+
+
+def test_coordinators_are_tracked_separately_and_quiet_queues_say_nothing() -> None:
+    marks = Watermarks(0.5, 0.8)
+    crossings = marks.observe([Sample("a", 10), Sample("b", 900), Sample("c", 600)])
+    assert [(c.event.coordinator_id, c.event.level.value) for c in crossings] == [
+        ("b", "hard"),
+        ("c", "soft"),
+    ]
+    assert marks.level_of("a") == BackpressureLevel.ok
+    assert marks.observe([Sample("a", 10), Sample("b", 900), Sample("c", 600)]) == []
+
+
+def test_integer_watermarks_as_the_store_computes_them() -> None:
+    # capacity 3: high = max(1, int(2.4)) = 2, low = int(1.5) = 1.
+    marks = Watermarks(0.5, 0.8)
+    out = []
+    for depth in [1, 2, 1]:
+        out += [c.event.level.value for c in marks.observe([Sample("t", depth, capacity=3)])]
+    assert out == ["hard", "ok"]
