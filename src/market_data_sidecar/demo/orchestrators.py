@@ -1,0 +1,163 @@
+"""Local orchestrators for the demo: where the relayed feedback actually arrives.
+
+`HttpReceiver` is a webhook receiver as an orchestrator runs one; `StreamConsumer` reads
+the Redis Stream exactly as the pipeline and the orchestrator do, through Core's
+`RedisStreamsBus(...).subscribe("telemetry.feedback", group=..., consumer=...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from market_data_sidecar.status_view import ReceiverRow
+
+FEEDBACK_STREAM = "telemetry.feedback"
+
+
+@dataclass
+class Received:
+    """What one receiver has seen."""
+
+    count: int = 0
+    last: str = ""
+
+
+class HttpReceiver:
+    """Accepts Standard Webhooks POSTs of feedback and counts them (unique by `webhook-id`)."""
+
+    name = "http-orchestrator"
+
+    def __init__(self) -> None:
+        self.received = Received()
+        self._ids: set[str] = set()
+        self.url = ""
+
+    @asynccontextmanager
+    async def serving(self, host: str = "127.0.0.1") -> AsyncIterator[str]:
+        """Listen on a free port; yields the webhook URL."""
+        app = web.Application()
+        app.router.add_post("/feedback", self._receive)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://{host}:{port}/feedback"
+        try:
+            yield self.url
+        finally:
+            await runner.cleanup()
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        event = await request.json()
+        event_id = request.headers.get("webhook-id", "")
+        if event_id and event_id in self._ids:
+            return web.Response(status=204)  # a retried delivery: already acted on
+        self._ids.add(event_id)
+        self.received.count += 1
+        self.received.last = f"{event.get('coordinator_id')} {event.get('level')}"
+        return web.Response(status=204)
+
+    def row(self) -> ReceiverRow:
+        return ReceiverRow(self.name, "http", self.received.count, self.received.last)
+
+
+class StreamConsumer:
+    """A consumer group on `{namespace}:telemetry.feedback`, read with Core's subscriber."""
+
+    name = "stream-consumer"
+    group = "demo-orchestrator"
+    consumer = "demo-1"
+
+    def __init__(self, redis_url: str, namespace: str) -> None:
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self.received = Received()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}:{FEEDBACK_STREAM}"
+
+    @asynccontextmanager
+    async def consuming(self) -> AsyncIterator[None]:
+        """Create the group first (so no event is missed), consume, and clean up the keys."""
+        import redis.asyncio as aioredis
+        from market_data_core.events import RedisStreamsBus
+
+        client: Any = aioredis.from_url(self.redis_url)
+        bus = RedisStreamsBus(redis_url=self.redis_url, namespace=self.namespace)
+        try:
+            # From id 0, before the sidecar writes anything: Core's subscribe would create
+            # the group at `$`, after events the sidecar may already have written.
+            await client.xgroup_create(self.key, self.group, id="0", mkstream=True)
+            self._task = asyncio.create_task(self._consume(bus), name="demo:stream-consumer")
+            yield
+        finally:
+            if self._task is not None:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await bus.close()
+            # The namespace is this run's own: leave the user's Redis as it was.
+            with contextlib.suppress(Exception):
+                await client.delete(self.key, f"{self.key}.dlq")
+            await client.aclose()
+
+    async def _consume(self, bus: Any) -> None:
+        try:
+            async for envelope in bus.subscribe(
+                FEEDBACK_STREAM, group=self.group, consumer=self.consumer, block_ms=500
+            ):
+                event = envelope.payload
+                self.received.count += 1
+                self.received.last = f"{event.coordinator_id} {event.level.value}"
+                await bus.ack(FEEDBACK_STREAM, envelope.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the demo goes on without it, and says why
+            logger.warning("stream consumer stopped: {}: {}", type(exc).__name__, exc)
+
+    def row(self) -> ReceiverRow:
+        return ReceiverRow(self.name, "redis-stream", self.received.count, self.received.last)
+
+
+async def redis_reachable(url: str, deadline: float = 1.5) -> str | None:
+    """None when Redis answers PING at `url`; else why not, in a few words."""
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        return "redis-py is not installed (pip install 'market-data-sidecar[redis]')"
+    try:
+        client: Any = aioredis.from_url(url, socket_connect_timeout=deadline)
+    except ValueError as exc:
+        return f"invalid URL: {exc}"
+    try:
+        async with asyncio.timeout(deadline):
+            await client.ping()
+    except TimeoutError:
+        return f"no answer within {deadline:g}s"
+    except Exception as exc:
+        return _reason(exc)
+    finally:
+        await client.aclose()
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """`connection refused` rather than redis-py's "Error 111 connecting to ..."."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno).lower()
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
