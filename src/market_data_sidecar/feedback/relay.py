@@ -131,7 +131,7 @@ def build_relay(
 ) -> Relay:
     """The relay the settings describe: one router target per configured target."""
     if publishers is None:
-        publishers = build_publishers(settings)
+        publishers = build_publishers(settings, metrics)
     # build_publishers makes one publisher per configured target, in order.
     targets = [
         Target(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers import Publisher
 from market_data_sidecar.settings import (
     ConfigError,
@@ -12,7 +13,7 @@ from market_data_sidecar.settings import (
 )
 
 
-def build_publishers(settings: Settings) -> list[Publisher]:
+def build_publishers(settings: Settings, metrics: Metrics | None = None) -> list[Publisher]:
     """One publisher per configured target, in configuration order."""
     publishers: list[Publisher] = []
     for index, target in enumerate(settings.targets):
@@ -29,7 +30,7 @@ def build_publishers(settings: Settings) -> list[Publisher]:
                 "redis-py: pip install 'market-data-sidecar[redis]'"
             ) from None
         if isinstance(target, RedisPubSubTargetSettings):
-            publishers.append(redis_publishers.RedisPubSubPublisher(target))
+            publishers.append(redis_publishers.RedisPubSubPublisher(target, metrics=metrics))
         elif isinstance(target, RedisStreamTargetSettings):
-            publishers.append(redis_publishers.RedisStreamPublisher(target))
+            publishers.append(redis_publishers.RedisStreamPublisher(target, metrics=metrics))
     return publishers

@@ -1,0 +1,319 @@
+"""Redis targets: each event `PUBLISH`ed as JSON, or `XADD`ed to a Stream in Core's format.
+
+The stream entry is what Core's `RedisStreamsBus.subscribe` reads: key
+`{namespace}:telemetry.feedback`, field `data`, a `JsonCodec` envelope with
+`meta.schema_id == "telemetry.FeedbackEvent"`. Core's envelope has no room for the
+relay's extras, so they travel in `meta.headers`: `event_id` (stable across retries,
+for de-duplication) and `reason` (absent when the store gave none).
+
+redis-py reconnects per command through its connection pool, so a target comes back
+on the next attempt after Redis restarts; the router decides when that attempt is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import redis.asyncio as aioredis
+from loguru import logger
+from market_data_core.events import JsonCodec
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from market_data_sidecar.feedback.model import Feedback
+from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.publishers import DeliveryError, Publisher
+from market_data_sidecar.settings import (
+    ConfigError,
+    RedisPubSubTargetSettings,
+    RedisStreamTargetSettings,
+)
+
+STREAM = "telemetry.feedback"
+SCHEMA_ID = "telemetry.FeedbackEvent"
+TRACK = "v1"
+#: A pooled connection idle this long is PINGed before reuse, so a Redis restarted
+#: in between is noticed (and the connection replaced) before an event is sent on it.
+HEALTH_CHECK_INTERVAL = 10.0
+#: `health_details` runs inside the feedback check; a hanging Redis must not time it out.
+PING_BUDGET = 1.0
+
+# Replies that describe a passing condition (failover, loading, memory pressure): retry.
+_TRANSIENT_REPLIES = frozenset({"BUSY", "CLUSTERDOWN", "MASTERDOWN", "OOM", "READONLY", "TRYAGAIN"})
+_TRANSIENT_REPLY_ERRORS = (ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError)
+
+
+class _RedisPublisher(Publisher):
+    """One redis-py client per target; classifies failures and reports reachability."""
+
+    def __init__(
+        self,
+        target: RedisPubSubTargetSettings | RedisStreamTargetSettings,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(target.label)
+        self.target = target
+        self.url = redact_url(target.url)
+        self._secrets = _secrets_in(target.url)
+        try:
+            parse_url(target.url)
+        except ValueError as exc:
+            problem = self._scrub(str(exc))
+            raise ConfigError(
+                f"invalid configuration: target {self.name!r}: url: {problem}"
+            ) from None
+        self._metrics = metrics
+        self._client: aioredis.Redis | None = None
+        self._reachable: bool | None = None
+        self._ping_seconds: float | None = None
+        self._last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.url!r})"
+
+    async def start(self) -> None:
+        """Create the client; connections open on first use, so a down Redis is fine here."""
+        if self._client is not None:
+            return
+        self._client = aioredis.Redis.from_url(
+            self.target.url,
+            socket_connect_timeout=self.target.timeout,
+            # No socket_timeout: redis-py enforces it with `asyncio.wait_for`, which on
+            # Python 3.11 swallows a cancellation that lands as a write completes, so
+            # the router's workers could not be stopped. Every attempt is bounded by
+            # `asyncio.timeout(target.timeout)` instead; redis-py drops a connection
+            # whose read was interrupted, so no reply is ever read out of turn.
+            socket_timeout=None,
+            health_check_interval=HEALTH_CHECK_INTERVAL,
+            # One immediate retry, on connection errors only: it replaces a pooled
+            # connection that died with a restarted Redis. Backoff and everything
+            # else is the router's.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def deliver(self, batch: Sequence[Feedback]) -> None:
+        """Send `batch` in one pipeline; raises `DeliveryError` (detail without secrets)."""
+        if not batch:
+            return
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
+        try:
+            async with asyncio.timeout(self.target.timeout):
+                await self._send(self._client, batch)
+        except (RedisError, OSError) as exc:  # OSError covers asyncio's TimeoutError
+            raise self._failed(exc, timeout=self.target.timeout) from exc
+        self._set_reachable(True)
+
+    async def _send(self, client: aioredis.Redis, batch: Sequence[Feedback]) -> None:
+        raise NotImplementedError
+
+    async def health_details(self) -> dict[str, str]:
+        """Reachability and PING latency now, and the last error seen."""
+        if self._client is None:
+            return {"url": self.url, "reachable": "false", "last_redis_error": "not started"}
+        budget = min(PING_BUDGET, self.target.timeout)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(budget):
+                await self._client.ping()
+        except (RedisError, OSError) as exc:
+            self._failed(exc, timeout=budget)
+        else:
+            self._ping_seconds = time.perf_counter() - started
+            if self._metrics is not None:
+                self._metrics.redis_ping_latency.labels(self.name).set(self._ping_seconds)
+            self._set_reachable(True)
+        details = {"url": self.url, "reachable": str(bool(self._reachable)).lower()}
+        if self._reachable and self._ping_seconds is not None:
+            details["ping_ms"] = f"{self._ping_seconds * 1000:.3f}"
+        if self._last_error is not None:
+            # Not `last_error`: the router reports its own under that name.
+            details["last_redis_error"] = self._last_error
+        return details | self._describe()
+
+    def _describe(self) -> dict[str, str]:
+        return {}
+
+    def _failed(self, exc: BaseException, *, timeout: float | None = None) -> DeliveryError:
+        """Record a failure and classify it for the router."""
+        detail = self._scrub(str(exc))
+        if not detail:  # asyncio's TimeoutError says nothing
+            detail = f"no answer within {timeout:g}s" if timeout else type(exc).__name__
+        error = classify(exc, detail)
+        self._last_error = str(error)
+        # A server reply, even an error, proves Redis is there.
+        self._set_reachable(error.reason not in {"connection", "timeout", "loading"})
+        return error
+
+    def _set_reachable(self, reachable: bool) -> None:
+        if reachable != self._reachable:
+            if reachable and self._reachable is False:
+                logger.info("redis target {} ({}) reachable again", self.name, self.url)
+            elif not reachable:
+                logger.warning(
+                    "redis target {} ({}) unreachable: {}", self.name, self.url, self._last_error
+                )
+        self._reachable = reachable
+        if self._metrics is not None:
+            self._metrics.redis_up.labels(self.name).set(1 if reachable else 0)
+
+    def _scrub(self, text: str) -> str:
+        text = text.replace(self.target.url, self.url)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class RedisPubSubPublisher(_RedisPublisher):
+    """`PUBLISH <channel>` the flat event JSON (Core's fields plus `reason`)."""
+
+    #: PUBLISHes pipelined per round trip when the target is behind.
+    max_batch = 100
+
+    def __init__(
+        self, target: RedisPubSubTargetSettings, *, metrics: Metrics | None = None
+    ) -> None:
+        super().__init__(target, metrics=metrics)
+        self.channel = target.channel
+        self._subscribers: int | None = None
+
+    async def _send(self, client: aioredis.Redis, batch: Sequence[Feedback]) -> None:
+        async with client.pipeline(transaction=False) as pipe:
+            for feedback in batch:
+                pipe.publish(self.channel, json.dumps(feedback.wire()))
+            receivers = _replies(await pipe.execute(raise_on_error=False))
+        # Pub/sub is fire-and-forget: nobody listening still counts as delivered, but
+        # operators can see it.
+        self._subscribers = int(receivers[-1])
+
+    def _describe(self) -> dict[str, str]:
+        details = {"channel": self.channel}
+        if self._subscribers is not None:
+            details["subscribers"] = str(self._subscribers)
+        return details
+
+
+class RedisStreamPublisher(_RedisPublisher):
+    """`XADD {namespace}:telemetry.feedback MAXLEN ~ N * data <Core envelope>`, pipelined."""
+
+    def __init__(
+        self, target: RedisStreamTargetSettings, *, metrics: Metrics | None = None
+    ) -> None:
+        super().__init__(target, metrics=metrics)
+        self.stream = f"{target.namespace}:{STREAM}"
+        self.max_batch = target.batch
+        # `latest`: feedback is state, a consumer behind needs only the newest per
+        # coordinator. `all`: a log, every event kept up to the router's bound.
+        self.conflate = target.mode == "latest"
+        self.mode = target.mode
+        self._maxlen = target.maxlen
+        self._codec = JsonCodec(track=TRACK)
+
+    async def _send(self, client: aioredis.Redis, batch: Sequence[Feedback]) -> None:
+        # No MULTI: entries are independent, and a transaction would only add round
+        # trips and hold the server for the whole batch.
+        async with client.pipeline(transaction=False) as pipe:
+            for feedback in batch:
+                pipe.xadd(
+                    self.stream,
+                    {"data": self.envelope(feedback)},
+                    maxlen=self._maxlen,
+                    approximate=True,
+                )
+            _replies(await pipe.execute(raise_on_error=False))
+
+    def envelope(self, feedback: Feedback) -> bytes:
+        """The Core `JsonCodec` envelope, with the relay's extras in `meta.headers`."""
+        body = json.loads(
+            self._codec.encode(SCHEMA_ID, feedback.event, key=feedback.coordinator_id)
+        )
+        headers = {"event_id": feedback.id}
+        if feedback.reason is not None:
+            headers["reason"] = feedback.reason
+        body["meta"]["headers"] = headers
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _describe(self) -> dict[str, str]:
+        return {"stream": self.stream, "mode": self.mode}
+
+
+def _replies(replies: list[Any]) -> list[Any]:
+    """Pipeline replies, raising the first error reply as Redis phrased it (redis-py's
+    own `raise_on_error` rewrites the message around the whole command)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def classify(exc: BaseException, detail: str | None = None) -> DeliveryError:
+    """What a redis-py failure means for the router: retry, or give the events up."""
+    if isinstance(exc, AuthenticationError | AuthorizationError):
+        # Wrong password or ACL: retrying cannot help until an operator acts.
+        return DeliveryError("auth", retryable=False, detail=detail)
+    if isinstance(exc, BusyLoadingError):
+        return DeliveryError("loading", detail=detail)
+    if isinstance(exc, RedisTimeoutError | TimeoutError):
+        return DeliveryError("timeout", detail=detail)
+    if isinstance(exc, RedisConnectionError | OSError):
+        return DeliveryError("connection", detail=detail)
+    if isinstance(exc, ResponseError):
+        code = _reply_code(exc)
+        transient = isinstance(exc, _TRANSIENT_REPLY_ERRORS) or code in _TRANSIENT_REPLIES
+        return DeliveryError(f"redis_{code.lower()}", retryable=transient, detail=detail)
+    # Protocol errors and the like: redis-py drops the connection, the next attempt
+    # starts afresh.
+    return DeliveryError("redis_error", detail=detail)
+
+
+def _reply_code(exc: ResponseError) -> str:
+    """`WRONGTYPE` from "WRONGTYPE Operation against a key holding the wrong kind of value"."""
+    code = getattr(exc, "status_code", None)  # set by redis-py >= 6 on mapped replies
+    if not isinstance(code, str) or not code:
+        code = str(exc).split(" ", 1)[0]
+    return code if code.isalpha() and code.isupper() else "ERR"
+
+
+def redact_url(url: str) -> str:
+    """The URL without user, password or a `password=` query parameter, fit to show."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = urlencode(
+        [(k, v) for k, v in parse_qsl(parts.query) if k not in {"password", "username"}]
+    )
+    # Not urlunsplit: it turns `unix:///path` into `unix:/path`.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def _secrets_in(url: str) -> list[str]:
+    parts = urlsplit(url)
+    raw = [parts.password or ""]
+    raw += [v for k, v in parse_qsl(parts.query) if k == "password"]
+    secrets = {s for value in raw for s in (value, unquote(value)) if s}
+    return sorted(secrets, key=len, reverse=True)

@@ -1,0 +1,48 @@
+"""Without redis-py installed, a Redis target stops start-up with one line naming the extra."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port
+
+
+@pytest.mark.parametrize("kind", ["redis-pubsub", "redis-stream"])
+def test_redis_target_without_redis_py_exits_2_naming_the_extra(tmp_path: Path, kind: str) -> None:
+    # `sitecustomize` runs before the program: with `None` in `sys.modules`, every
+    # `import redis` raises ModuleNotFoundError, exactly as when it is not installed.
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['redis'] = None\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path),
+        "SIDECAR_TARGETS": json.dumps([{"kind": kind, "url": "redis://:pw@127.0.0.1:6379/0"}]),
+        "SIDECAR_STORE_METRICS_URL": "",
+        "SIDECAR_DISK_PATHS": '["/"]',
+        "SIDECAR_PORT": str(free_port()),
+    }
+    probe = subprocess.run(
+        [sys.executable, "-c", "import redis"], env=env, capture_output=True, text=True
+    )
+    assert "ModuleNotFoundError" in probe.stderr
+
+    result = subprocess.run(
+        [sys.executable, "-m", "market_data_sidecar", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    [line] = (result.stdout + result.stderr).strip().splitlines()
+    assert line == (
+        f"market-data-sidecar: invalid configuration: SIDECAR_TARGETS[0]: kind {kind!r} "
+        "needs redis-py: pip install 'market-data-sidecar[redis]'"
+    )

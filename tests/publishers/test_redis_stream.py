@@ -1,0 +1,207 @@
+"""The stream target writes what Core's own `RedisStreamsBus` consumers read, unchanged."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+from market_data_core.events import JsonCodec, RedisStreamsBus
+from market_data_core.protocols import FeedbackPublisher
+
+from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.publishers import DeliveryError
+from market_data_sidecar.publishers.redis import RedisStreamPublisher
+from market_data_sidecar.settings import RedisStreamTargetSettings
+from tests.helpers import eventually
+from tests.redis_helpers import (
+    FEEDBACK_STREAM,
+    SHARED_REDIS_URL,
+    CoreConsumer,
+    RedisServer,
+    dead_letters,
+    feedback,
+)
+
+pytest_plugins = ["tests.redis_fixtures"]
+
+
+def stream_target(url: str, namespace: str, **options: object) -> RedisStreamTargetSettings:
+    return RedisStreamTargetSettings.model_validate(
+        {"kind": "redis-stream", "url": url, "namespace": namespace, **options}
+    )
+
+
+@pytest.fixture
+async def publisher_factory() -> AsyncIterator[Callable[..., RedisStreamPublisher]]:
+    """`publisher_factory(url, namespace, **options)`; every publisher is closed."""
+    made: list[RedisStreamPublisher] = []
+
+    def make(
+        url: str, namespace: str, *, metrics: Metrics | None = None, **options: object
+    ) -> RedisStreamPublisher:
+        publisher = RedisStreamPublisher(stream_target(url, namespace, **options), metrics=metrics)
+        made.append(publisher)
+        return publisher
+
+    yield make
+    for publisher in made:
+        await publisher.close()
+
+
+async def test_core_consumer_groups_each_receive_every_event(
+    publisher_factory: Callable[..., RedisStreamPublisher],
+    namespace: str,
+    shared_redis: aioredis.Redis,
+) -> None:
+    publisher = publisher_factory(SHARED_REDIS_URL, namespace, batch=7)
+    await publisher.start()
+    sent = [
+        feedback(f"coord-{i % 3}", queue_size=i, level=("ok", "soft", "hard")[i % 3])
+        for i in range(20)
+    ]
+    sent[4] = feedback("coord-1", 4, level="ok", reason="queue_recovered")
+
+    async with (
+        CoreConsumer(SHARED_REDIS_URL, namespace, "pipeline") as pipeline,
+        CoreConsumer(SHARED_REDIS_URL, namespace, "orchestrator") as orchestrator,
+    ):
+        for start in range(0, len(sent), publisher.max_batch):
+            await publisher.deliver(sent[start : start + publisher.max_batch])
+        for consumer in (pipeline, orchestrator):
+            received = await consumer.take(len(sent))
+            assert [envelope.payload for envelope in received] == [f.event for f in sent]
+            assert {envelope.meta.schema_id for envelope in received} == {"telemetry.FeedbackEvent"}
+            assert {envelope.meta.track for envelope in received} == {"v1"}
+            assert [envelope.meta.headers.get("event_id") for envelope in received] == [
+                f.id for f in sent
+            ]
+            assert [envelope.meta.headers.get("reason") for envelope in received] == [
+                f.reason for f in sent
+            ]
+            assert [envelope.key for envelope in received] == [f.coordinator_id for f in sent]
+
+    assert await dead_letters(shared_redis, namespace) == 0
+
+
+async def test_dead_letter_check_catches_a_schema_core_does_not_route(
+    namespace: str, shared_redis: aioredis.Redis
+) -> None:
+    """Control for the test above: Core's own `publish` labels the event so that its
+    subscriber dead-letters it; an empty `.dlq` therefore means something."""
+    async with CoreConsumer(SHARED_REDIS_URL, namespace, "pipeline"):
+        bus = RedisStreamsBus(redis_url=SHARED_REDIS_URL, namespace=namespace)
+        try:
+            await bus.publish(FEEDBACK_STREAM, feedback().event)
+        finally:
+            await bus.close()
+        await eventually(lambda: dead_letters(shared_redis, namespace), message="a dead letter")
+
+
+async def test_entry_is_a_core_envelope_with_relay_headers(
+    publisher_factory: Callable[..., RedisStreamPublisher],
+    namespace: str,
+    shared_redis: aioredis.Redis,
+) -> None:
+    publisher = publisher_factory(SHARED_REDIS_URL, namespace)
+    sent = feedback("bars-coord", 850, level="soft", reason="high_watermark")
+    await publisher.publish(sent)  # Core's protocol entry point, without start()
+    without_reason = feedback("ticks-coord", 10, level="ok")
+    await publisher.deliver([without_reason])
+
+    entries = await shared_redis.xrange(f"{namespace}:telemetry.feedback")
+    assert [set(fields) for _, fields in entries] == [{"data"}, {"data"}]
+    raw = [fields["data"] for _, fields in entries]
+    envelope = JsonCodec().decode(raw[0].encode(), type(sent.event))
+    assert envelope.payload == sent.event
+    assert envelope.meta.schema_id == "telemetry.FeedbackEvent"
+    assert envelope.meta.track == "v1"
+    assert envelope.meta.headers == {"event_id": sent.id, "reason": "high_watermark"}
+    assert json.loads(raw[1])["meta"]["headers"] == {"event_id": without_reason.id}
+
+
+async def test_stream_is_trimmed_approximately_to_maxlen(
+    publisher_factory: Callable[..., RedisStreamPublisher],
+    namespace: str,
+    shared_redis: aioredis.Redis,
+) -> None:
+    publisher = publisher_factory(SHARED_REDIS_URL, namespace, maxlen=10, batch=100)
+    events = [feedback(queue_size=i) for i in range(300)]
+    for start in range(0, len(events), 100):
+        await publisher.deliver(events[start : start + 100])
+
+    length = await shared_redis.xlen(f"{namespace}:telemetry.feedback")
+    # `MAXLEN ~` trims whole radix-tree nodes (100 entries by default): never below
+    # the bound, well below what was written.
+    assert 10 <= length <= 200
+    newest = await shared_redis.xrevrange(f"{namespace}:telemetry.feedback", count=1)
+    assert json.loads(newest[0][1]["data"])["payload"]["queue_size"] == 299
+
+
+async def test_batches_are_pipelined_without_transactions(
+    publisher_factory: Callable[..., RedisStreamPublisher], redis_server: RedisServer
+) -> None:
+    publisher = publisher_factory(redis_server.url, "mdp", batch=50)
+    await publisher.deliver([feedback(queue_size=i) for i in range(50)])
+
+    async with aioredis.Redis.from_url(redis_server.url, decode_responses=True) as client:
+        stats = await client.info("commandstats")
+        entries = await client.xrange("mdp:telemetry.feedback")
+    assert stats["cmdstat_xadd"]["calls"] == 50
+    assert "cmdstat_multi" not in stats
+    assert "cmdstat_exec" not in stats
+    assert [json.loads(f["data"])["payload"]["queue_size"] for _, f in entries] == list(range(50))
+
+
+async def test_server_error_reply_is_permanent_and_named(
+    publisher_factory: Callable[..., RedisStreamPublisher],
+    namespace: str,
+    shared_redis: aioredis.Redis,
+) -> None:
+    await shared_redis.set(f"{namespace}:telemetry.feedback", "not a stream")
+    metrics = Metrics()
+    publisher = publisher_factory(SHARED_REDIS_URL, namespace, metrics=metrics)
+
+    with pytest.raises(DeliveryError) as failure:
+        await publisher.deliver([feedback()])
+
+    assert failure.value.reason == "redis_wrongtype"
+    assert failure.value.retryable is False
+    details = await publisher.health_details()
+    assert details["reachable"] == "true"
+    assert details["last_redis_error"].startswith("redis_wrongtype: WRONGTYPE")
+    assert metrics.registry.get_sample_value("sidecar_redis_up", {"target": publisher.name}) == 1
+
+
+async def test_health_details_report_ping_and_update_metrics(
+    publisher_factory: Callable[..., RedisStreamPublisher], namespace: str
+) -> None:
+    metrics = Metrics()
+    publisher = publisher_factory(
+        SHARED_REDIS_URL, namespace, name="pipeline-stream", mode="all", metrics=metrics
+    )
+    await publisher.start()
+
+    details = await publisher.health_details()
+
+    assert details["reachable"] == "true"
+    assert float(details["ping_ms"]) > 0
+    assert "last_redis_error" not in details
+    assert details["stream"] == f"{namespace}:telemetry.feedback"
+    assert details["mode"] == "all"
+    labels = {"target": "pipeline-stream"}
+    assert metrics.registry.get_sample_value("sidecar_redis_up", labels) == 1
+    assert metrics.registry.get_sample_value("sidecar_redis_ping_latency_seconds", labels) == (
+        pytest.approx(float(details["ping_ms"]) / 1000, abs=1e-6)
+    )
+
+
+def test_mode_and_batch_tell_the_router_how_to_buffer() -> None:
+    latest = RedisStreamPublisher(stream_target(SHARED_REDIS_URL, "mdp", batch=25))
+    every = RedisStreamPublisher(stream_target(SHARED_REDIS_URL, "mdp", mode="all"))
+
+    assert (latest.conflate, latest.max_batch) == (True, 25)
+    assert (every.conflate, every.max_batch) == (False, 100)
+    assert isinstance(latest, FeedbackPublisher)
+    assert latest.stream == "mdp:telemetry.feedback"
