@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -30,6 +31,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 ENV_PREFIX = "SIDECAR_"
@@ -60,7 +62,8 @@ class HttpTargetSettings(_Target):
     """An orchestrator or pipeline that receives feedback as Standard Webhooks."""
 
     kind: Literal["http"]
-    url: AnyHttpUrl
+    # repr=False: a URL may carry credentials; what is shown is `redact_url(endpoint)`.
+    url: AnyHttpUrl = Field(repr=False)
     #: Standard Webhooks signing secret: `whsec_<base64>` (the key is the decoded part)
     #: or any other string (the key is its UTF-8 bytes).
     secret: SecretStr | None = None
@@ -94,7 +97,7 @@ class RedisPubSubTargetSettings(_Target):
     """A Redis channel that receives each event as JSON."""
 
     kind: Literal["redis-pubsub"]
-    url: str
+    url: str = Field(repr=False)
     channel: str = "feedback"
     timeout: PositiveSeconds = 2.5
 
@@ -105,7 +108,7 @@ class RedisStreamTargetSettings(_Target):
     """A Redis Stream in Core's event-bus wire format."""
 
     kind: Literal["redis-stream"]
-    url: str
+    url: str = Field(repr=False)
     namespace: str = "mdp"
     mode: Literal["latest", "all"] = "latest"
     maxlen: int = Field(default=100_000, gt=0)
@@ -265,6 +268,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc)) from None
+    except SettingsError as exc:
+        # pydantic-settings' own error when a list or map setting is not JSON.
+        field = re.search(r'field "(\w+)"', str(exc))
+        setting = ENV_PREFIX + field.group(1).upper() if field else "a setting"
+        raise ConfigError(f"invalid configuration: {setting}: not valid JSON") from None
     finally:
         _config_file.reset(token)
 
