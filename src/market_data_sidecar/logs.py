@@ -28,7 +28,16 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     if fmt == "json":
         logger.add(_json_sink, level=level, format="{message}")
     else:
-        logger.add(sys.stderr, level=level, format=TEXT_FORMAT, colorize=None)
+        # diagnose=False: loguru would print every local variable of a traceback,
+        # tokens and connection strings included.
+        logger.add(
+            sys.stderr,
+            level=level,
+            format=TEXT_FORMAT,
+            colorize=None,
+            backtrace=False,
+            diagnose=False,
+        )
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
 
 
