@@ -59,6 +59,7 @@ class TargetLane:
             if self.publisher.conflate
             else FifoBuffer(target.buffer)
         )
+        self._circuit_reported_open = False
         self.circuit = CircuitBreaker(
             policy.circuit_failures, policy.circuit_cooldown, on_change=self._circuit_changed
         )
@@ -241,13 +242,16 @@ class TargetLane:
 
     def _circuit_changed(self, state: CircuitState) -> None:
         self._circuit_gauge.set(CIRCUIT_GAUGE[state])
-        if state == "open":
+        if state == "open" and not self._circuit_reported_open:
+            # Once per outage: a failed half-open trial re-opens it without a new line.
+            self._circuit_reported_open = True
             logger.warning(
                 "feedback target {}: circuit open after {} consecutive failures",
                 self.name,
                 self.circuit.consecutive_failures,
             )
         elif state == "closed":
+            self._circuit_reported_open = False
             logger.info("feedback target {}: circuit closed", self.name)
 
     def status(self) -> dict[str, Any]:
