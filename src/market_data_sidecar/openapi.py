@@ -172,8 +172,8 @@ def _intake_event(core: dict[str, Any]) -> dict[str, Any]:
     schema["description"] = (
         "A Core `FeedbackEvent`, or the store broadcaster's payload: a missing `ts` is the "
         "time received, a missing `source` is `store`, `reason` is relayed beside the event. "
-        "Numbers must be JSON numbers (strict: `\"850\"` is no queue size); other fields are "
-        "ignored."
+        "Validated strictly: a queue size or capacity is a JSON integer written without a "
+        'fraction (`"850"` and `850.0` are refused). Other fields are ignored.'
     )
     schema["required"] = [name for name in schema["required"] if name != "ts"]
     properties = schema["properties"]
@@ -250,7 +250,7 @@ def _livez() -> dict[str, Any]:
     }
 
 
-_NOT_READY = "Unhealthy, still checking for the first time, or shutting down (and, when so configured, degraded)."
+_NOT_READY = "Unhealthy, not checked yet, or shutting down (and degraded, when so configured)."
 
 
 def _health(operation_id: str, summary: str, unhealthy: str) -> dict[str, Any]:

@@ -85,8 +85,10 @@ class Intake:
         if self._token is not None:
             scheme, _, given = headers.get("Authorization", "").partition(" ")
             # compare_digest: the time taken must not reveal how much of the token matched.
+            # aiohttp decodes header bytes that are not UTF-8 as surrogates (surrogateescape):
+            # encoding them back the same way compares the bytes sent, and cannot raise.
             if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), self._token
+                given.strip().encode("utf-8", "surrogateescape"), self._token
             ):
                 raise self.reject(401, "unauthorized", "missing or wrong bearer token")
         length = headers.get("Content-Length", "")
