@@ -15,9 +15,8 @@ VENV="${VENV:-$ROOT/.venv}"
 PYTHON="$VENV/bin/python"
 SIDECAR="$VENV/bin/market-data-sidecar"
 DATABASE_URL="${SIDECAR_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
-PROM_DIR="${PROM_DIR:-$ROOT/.cache/prom}"
-PROMTOOL="$PROM_DIR/usr/bin/promtool"
-PROMETHEUS_DEB_VERSION="${PROMETHEUS_DEB_VERSION:-2.42.0+ds-5+deb12u1}"
+# shellcheck source=lib/promtool.sh
+source "$ROOT/.ci/lib/promtool.sh"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/metrics-check.XXXXXX")"
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -44,17 +43,7 @@ free_port() {
 # -- promtool ----------------------------------------------------------------------------------
 
 step "promtool"
-if [[ ! -x "$PROMTOOL" ]]; then
-    mkdir -p "$PROM_DIR/deb"
-    (
-        cd "$PROM_DIR/deb"
-        apt-get download "prometheus=$PROMETHEUS_DEB_VERSION" 2>/dev/null || {
-            apt-get update -qq
-            apt-get download "prometheus=$PROMETHEUS_DEB_VERSION"
-        }
-    )
-    dpkg-deb -x "$PROM_DIR"/deb/prometheus_*.deb "$PROM_DIR"
-fi
+install_promtool
 "$PROMTOOL" --version 2>&1 | head -1
 
 # -- a store metrics endpoint --------------------------------------------------------------------
