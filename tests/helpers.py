@@ -1,4 +1,5 @@
-"""Test helpers: waiting on conditions with deadlines, free ports, a sidecar process."""
+"""Test helpers: waiting on conditions with deadlines, free ports, a sidecar process, and
+feedback as the store and Core send it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
+
+from market_data_sidecar.feedback.model import Feedback
 
 
 def free_port() -> int:
@@ -105,3 +109,45 @@ class SidecarProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+# -- feedback ------------------------------------------------------------------------------------
+
+
+def feedback(
+    coordinator_id: str = "bars-coord",
+    queue_size: int = 850,
+    *,
+    capacity: int = 1000,
+    level: BackpressureLevel | str = "soft",
+    reason: str | None = None,
+    ts: float | None = None,
+) -> Feedback:
+    """A Core `FeedbackEvent` as the intake hands it on, with the store's `reason`."""
+    event = FeedbackEvent(
+        coordinator_id=coordinator_id,
+        queue_size=queue_size,
+        capacity=capacity,
+        level=BackpressureLevel(level),
+        ts=time.time() if ts is None else ts,
+    )
+    return Feedback(event, reason=reason)
+
+
+def store_payload(
+    coordinator_id: str = "bars-coord",
+    queue_size: int = 850,
+    *,
+    capacity: int = 1000,
+    level: str = "soft",
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """What the store's HttpFeedbackBroadcaster POSTs today: no `ts`, no `source`."""
+    return {
+        "coordinator_id": coordinator_id,
+        "queue_size": queue_size,
+        "capacity": capacity,
+        "level": level,
+        "reason": reason,
+        "utilization": queue_size / capacity,
+    }

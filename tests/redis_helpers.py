@@ -1,4 +1,4 @@
-"""Redis test helpers: a private `redis-server`, Core's own stream consumer, events.
+"""Redis test helpers: a private `redis-server`, Core's own stream consumer, dead letters.
 
 The fixtures that use them are in `tests/redis_fixtures.py`.
 """
@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,32 +17,11 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from market_data_core.events import EventEnvelope, RedisStreamsBus
-from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
 
-from market_data_sidecar.feedback.model import Feedback
 from tests.helpers import eventually, free_port, wait_until
 
 SHARED_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FEEDBACK_STREAM = "telemetry.feedback"
-
-
-def feedback(
-    coordinator_id: str = "bars-coord",
-    queue_size: int = 850,
-    *,
-    capacity: int = 1000,
-    level: BackpressureLevel | str = "soft",
-    reason: str | None = None,
-    ts: float | None = None,
-) -> Feedback:
-    event = FeedbackEvent(
-        coordinator_id=coordinator_id,
-        queue_size=queue_size,
-        capacity=capacity,
-        level=BackpressureLevel(level),
-        ts=time.time() if ts is None else ts,
-    )
-    return Feedback(event, reason=reason)
 
 
 # -- a private redis-server ------------------------------------------------------------------

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
 
-from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.settings import Settings
 from tests.conftest import make_settings
 from tests.publishers.conftest import orchestrator  # noqa: F401 - the same real receivers
@@ -36,39 +33,3 @@ def relay_settings() -> Callable[..., Settings]:
         return make_settings(**{**FAST_RELAY, **overrides})
 
     return build
-
-
-def store_payload(
-    coordinator_id: str = "bars-coord",
-    queue_size: int = 850,
-    *,
-    capacity: int = 1000,
-    level: str = "soft",
-    reason: str | None = None,
-) -> dict[str, Any]:
-    """What the store's HttpFeedbackBroadcaster POSTs today: no `ts`, no `source`."""
-    return {
-        "coordinator_id": coordinator_id,
-        "queue_size": queue_size,
-        "capacity": capacity,
-        "level": level,
-        "reason": reason,
-        "utilization": queue_size / capacity,
-    }
-
-
-def feedback(
-    coordinator_id: str = "bars-coord",
-    queue_size: int = 850,
-    *,
-    level: str = "soft",
-    reason: str | None = None,
-) -> Feedback:
-    event = FeedbackEvent(
-        coordinator_id=coordinator_id,
-        queue_size=queue_size,
-        capacity=1000,
-        level=BackpressureLevel(level),
-        ts=time.time(),
-    )
-    return Feedback(event, reason=reason)

@@ -13,8 +13,8 @@ from loguru import logger
 
 from market_data_sidecar.server import RELAY
 from market_data_sidecar.settings import Settings
-from tests.feedback.conftest import http_target, store_payload
-from tests.helpers import eventually
+from tests.feedback.conftest import http_target
+from tests.helpers import eventually, store_payload
 from tests.publishers.conftest import StartOrchestrator
 
 #: Byte for byte what the store's HttpFeedbackBroadcaster sends (DESIGN.md).

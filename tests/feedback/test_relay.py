@@ -16,8 +16,8 @@ from aiohttp import web
 
 from market_data_sidecar.server import RELAY
 from market_data_sidecar.settings import Settings
-from tests.feedback.conftest import http_target, store_payload
-from tests.helpers import eventually, free_port
+from tests.feedback.conftest import http_target
+from tests.helpers import eventually, free_port, store_payload
 from tests.publishers.conftest import Orchestrator, StartOrchestrator, closed_port_url
 
 #: The shape others build a status page and a CLI against.

@@ -9,8 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.feedback.conftest import store_payload
-from tests.helpers import SidecarProcess, eventually
+from tests.helpers import SidecarProcess, eventually, store_payload
 from tests.publishers.conftest import StartOrchestrator
 
 

@@ -15,10 +15,10 @@ import pytest
 from market_data_core.protocols import FeedbackPublisher
 from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
 
-from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.publishers import DeliveryError
 from market_data_sidecar.publishers.http import HttpPublisher, parse_retry_after
 from market_data_sidecar.settings import ConfigError, HttpTargetSettings, load_settings
+from tests.helpers import feedback
 from tests.publishers.conftest import StartOrchestrator, closed_port_url
 
 SECRET_BYTES = b"orchestrator-shared-signing-key!"
@@ -52,17 +52,6 @@ def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes) -
 
 def http_target(url: str, **options: Any) -> HttpTargetSettings:
     return HttpTargetSettings(kind="http", url=url, **{"timeout": 0.5, **options})
-
-
-def feedback(coordinator_id: str = "bars-coord", queue_size: int = 850, **kw: Any) -> Feedback:
-    event = FeedbackEvent(
-        coordinator_id=coordinator_id,
-        queue_size=queue_size,
-        capacity=1000,
-        level=kw.pop("level", BackpressureLevel.soft),
-        ts=time.time(),
-    )
-    return Feedback(event, reason=kw.pop("reason", None))
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from market_data_sidecar.publishers.redis import (
     redact_url,
 )
 from market_data_sidecar.settings import RedisPubSubTargetSettings, RedisStreamTargetSettings
-from tests.helpers import eventually
-from tests.redis_helpers import RedisServer, feedback
+from tests.helpers import eventually, feedback
+from tests.redis_helpers import RedisServer
 
 pytest_plugins = ["tests.redis_fixtures"]
 

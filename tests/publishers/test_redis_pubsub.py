@@ -13,8 +13,8 @@ from market_data_core.protocols import FeedbackPublisher
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis import RedisPubSubPublisher
 from market_data_sidecar.settings import RedisPubSubTargetSettings
-from tests.helpers import eventually
-from tests.redis_helpers import SHARED_REDIS_URL, feedback
+from tests.helpers import eventually, feedback
+from tests.redis_helpers import SHARED_REDIS_URL
 
 pytest_plugins = ["tests.redis_fixtures"]
 

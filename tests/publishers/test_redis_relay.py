@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,11 +11,11 @@ import aiohttp
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from market_data_core.events import JsonCodec
-from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
+from market_data_core.telemetry import FeedbackEvent
 
 from market_data_sidecar.server import METRICS
 from tests.conftest import make_settings
-from tests.helpers import SidecarProcess, eventually
+from tests.helpers import SidecarProcess, eventually, feedback, store_payload
 from tests.redis_helpers import SHARED_REDIS_URL, CoreConsumer, RedisServer, dead_letters
 
 pytest_plugins = ["tests.redis_fixtures"]
@@ -38,13 +37,7 @@ def stream_target(url: str, **options: Any) -> dict[str, Any]:
 
 def core_event(coordinator_id: str, queue_size: int, level: str) -> dict[str, Any]:
     """A Core `FeedbackEvent` as JSON, with `ts` and `source`, plus the store's `reason`."""
-    event = FeedbackEvent(
-        coordinator_id=coordinator_id,
-        queue_size=queue_size,
-        capacity=1000,
-        level=BackpressureLevel(level),
-        ts=time.time(),
-    )
+    event = feedback(coordinator_id, queue_size, level=level).event
     return {**event.model_dump(mode="json"), "reason": f"{level}_{queue_size}"}
 
 
@@ -76,21 +69,14 @@ async def test_core_subscribers_receive_what_the_store_posted(
     posted = [
         core_event(f"coord-{n % 4}", 100 * n, ("ok", "soft", "hard")[n % 3]) for n in range(9)
     ]
-    store_payload = {  # what the store's broadcaster sends: no ts, no source
-        "coordinator_id": "bars-coord",
-        "queue_size": 850,
-        "capacity": 1000,
-        "level": "soft",
-        "reason": "high_watermark",
-        "utilization": 0.85,
-    }
+    from_store = store_payload("bars-coord", 850, reason="high_watermark")
 
     async with (
         CoreConsumer(SHARED_REDIS_URL, namespace, "pipeline") as pipeline,
         CoreConsumer(SHARED_REDIS_URL, namespace, "orchestrator") as orchestrator,
     ):
         await post(client, posted[:5])
-        await post(client, [*posted[5:], store_payload])
+        await post(client, [*posted[5:], from_store])
         expected = [FeedbackEvent.model_validate(event) for event in posted]
         for consumer in (pipeline, orchestrator):
             received = await consumer.take(len(posted) + 1)

@@ -14,14 +14,13 @@ from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers import DeliveryError
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import RedisStreamTargetSettings
-from tests.helpers import eventually
+from tests.helpers import eventually, feedback
 from tests.redis_helpers import (
     FEEDBACK_STREAM,
     SHARED_REDIS_URL,
     CoreConsumer,
     RedisServer,
     dead_letters,
-    feedback,
 )
 
 pytest_plugins = ["tests.redis_fixtures"]

@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 
 from market_data_sidecar.publishers.http import sign
 from tests.checks.conftest import PostgresInstance
-from tests.helpers import SidecarProcess, eventually, free_port
+from tests.helpers import SidecarProcess, eventually, free_port, store_payload
 from tests.publishers.conftest import Orchestrator, StartOrchestrator
 from tests.redis_helpers import RedisServer
 from tests.reliability.conftest import FAST_RELAY_ENV, raw_request, relay_state, targets_env
@@ -164,14 +164,7 @@ async def test_no_secret_in_responses_logs_metrics_or_what_targets_receive(
     def call(label: str, method: str, path: str, body: bytes = b"", **headers: Any) -> int:
         return seen.record(label, raw_request(sidecar.port, method, path, body, headers))
 
-    valid = {
-        "coordinator_id": "bars-coord",
-        "queue_size": 850,
-        "capacity": 1000,
-        "level": "soft",
-        "reason": "high_watermark",
-        "utilization": 0.85,
-    }
+    valid = store_payload("bars-coord", 850, reason="high_watermark")
     event = json.dumps(valid).encode()
     json_type = {"Content-Type": "application/json"}
     auth = {"Authorization": f"Bearer {TOKEN}", **json_type}
