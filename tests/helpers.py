@@ -1,5 +1,5 @@
-"""Test helpers: waiting on conditions with deadlines, free ports, a sidecar process, and
-feedback as the store and Core send it."""
+"""Test helpers: waiting on conditions with deadlines, free ports, the sidecar as a process
+(serving, or one command to its end), and feedback as the store and Core send it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ import aiohttp
 from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
 
 from market_data_sidecar.feedback.model import Feedback
+
+#: `market-data-sidecar`, run by the interpreter running the tests.
+SIDECAR_COMMAND = [sys.executable, "-m", "market_data_sidecar"]
 
 
 def free_port() -> int:
@@ -60,6 +63,19 @@ def wait_until(
         time.sleep(0.02)
 
 
+def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """One `market-data-sidecar` command to its end (no store, disk `/`), output captured."""
+    base = {"SIDECAR_STORE_METRICS_URL": "", "SIDECAR_DISK_PATHS": '["/"]'}
+    return subprocess.run(
+        [*SIDECAR_COMMAND, *args],
+        env={**os.environ, **base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 class SidecarProcess:
     """`market-data-sidecar run` in a subprocess, as a user (or Kubernetes) runs it."""
 
@@ -70,7 +86,7 @@ class SidecarProcess:
         full_env = {**os.environ, "SIDECAR_PORT": str(self.port), **env}
         self._log = self.log_path.open("w+b")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "market_data_sidecar", *(args or ["run"])],
+            [*SIDECAR_COMMAND, *(args or ["run"])],
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

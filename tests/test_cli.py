@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,21 +11,7 @@ from typing import Any
 from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar import __version__
-from tests.helpers import SidecarProcess, eventually, wait_until
-
-CLI = [sys.executable, "-m", "market_data_sidecar"]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {"SIDECAR_STORE_METRICS_URL": "", "SIDECAR_DISK_PATHS": '["/"]'}
-    return subprocess.run(
-        [*CLI, *args],
-        env={**os.environ, **base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+from tests.helpers import SidecarProcess, eventually, run_cli, wait_until
 
 
 def test_version_and_help() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, run_cli
 
 
 @pytest.mark.parametrize("kind", ["redis-pubsub", "redis-stream"])
@@ -19,26 +19,19 @@ def test_redis_target_without_redis_py_exits_2_naming_the_extra(tmp_path: Path, 
     # `import redis` raises ModuleNotFoundError, exactly as when it is not installed.
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['redis'] = None\n")
     env = {
-        **os.environ,
         "PYTHONPATH": str(tmp_path),
         "SIDECAR_TARGETS": json.dumps([{"kind": kind, "url": "redis://:pw@127.0.0.1:6379/0"}]),
-        "SIDECAR_STORE_METRICS_URL": "",
-        "SIDECAR_DISK_PATHS": '["/"]',
         "SIDECAR_PORT": str(free_port()),
     }
     probe = subprocess.run(
-        [sys.executable, "-c", "import redis"], env=env, capture_output=True, text=True
+        [sys.executable, "-c", "import redis"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
     )
     assert "ModuleNotFoundError" in probe.stderr
 
-    result = subprocess.run(
-        [sys.executable, "-m", "market_data_sidecar", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_cli("run", env=env)
 
     assert result.returncode == 2
     [line] = (result.stdout + result.stderr).strip().splitlines()

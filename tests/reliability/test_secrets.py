@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 
 from market_data_sidecar.publishers.http import sign
 from tests.checks.conftest import PostgresInstance
-from tests.helpers import SidecarProcess, eventually, free_port, store_payload
+from tests.helpers import SidecarProcess, eventually, free_port, run_cli, store_payload
 from tests.publishers.conftest import Orchestrator, StartOrchestrator
 from tests.redis_helpers import RedisServer
 from tests.reliability.conftest import FAST_RELAY_ENV, raw_request, relay_state, targets_env
@@ -298,15 +298,7 @@ BAD_SETTINGS: dict[str, dict[str, str]] = {
 @functools.cache
 def _start_with(bad: str) -> subprocess.CompletedProcess[str]:
     """`market-data-sidecar run` with every secret and one bad setting (run once per case)."""
-    env = {**os.environ, **_secret_env(), **BAD_SETTINGS[bad]}
-    return subprocess.run(
-        [sys.executable, "-m", "market_data_sidecar", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_cli("run", env={**_secret_env(), **BAD_SETTINGS[bad]})
 
 
 @pytest.mark.parametrize("bad", sorted(BAD_SETTINGS))
@@ -332,15 +324,8 @@ def test_a_configuration_error_is_one_line_naming_the_setting_and_exits_2(bad: s
 @pytest.mark.parametrize("password", [DATABASE_PASSWORD, WRONG_DATABASE_PASSWORD])
 def test_check_shows_no_database_password(database_role: str, password: str) -> None:
     dsn = database_role.replace(DATABASE_PASSWORD, password)
-    env = {**os.environ, **_secret_env(), "SIDECAR_DATABASE_URL": dsn}
-    result = subprocess.run(
-        [sys.executable, "-m", "market_data_sidecar", "check", "--json", "--log-level", "DEBUG"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    env = {**_secret_env(), "SIDECAR_DATABASE_URL": dsn}
+    result = run_cli("check", "--json", "--log-level", "DEBUG", env=env)
     components = {c["name"]: c for c in json.loads(result.stdout)["components"]}
     database = components["database"]
     if password == DATABASE_PASSWORD:
