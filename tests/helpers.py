@@ -63,6 +63,16 @@ def wait_until(
         time.sleep(0.02)
 
 
+def stop_process(proc: subprocess.Popen[bytes], *, grace: float) -> None:
+    """Terminate `proc` and wait for it; kill it if it is still there after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """One `market-data-sidecar` command to its end (no store, disk `/`), output captured."""
     base = {"SIDECAR_STORE_METRICS_URL": "", "SIDECAR_DISK_PATHS": '["/"]'}
@@ -117,12 +127,7 @@ class SidecarProcess:
 
     def stop(self) -> int:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, grace=20)
         self._log.close()
         return self.proc.returncode
 

@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aioredis
 from market_data_core.events import EventEnvelope, RedisStreamsBus
 
-from tests.helpers import eventually, free_port, wait_until
+from tests.helpers import eventually, free_port, stop_process, wait_until
 
 SHARED_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FEEDBACK_STREAM = "telemetry.feedback"
@@ -81,12 +81,7 @@ class RedisServer:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.thaw()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, grace=10)
 
     def freeze(self) -> None:
         """SIGSTOP: connections are still accepted by the kernel, nothing answers."""
