@@ -8,4 +8,5 @@ PostgreSQL are used when present), and shows the same view as `market-data-sidec
 - `orchestrators.py`: what receives feedback: an HTTP webhook receiver and a consumer of
   the Redis Stream through Core's own `RedisStreamsBus`;
 - `runner.py`: wires them to a real sidecar app and draws the live view.
+- `listening.py`: serves each app (store, receiver, sidecar) on its local port.
 """

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
+from market_data_sidecar.demo.listening import listening
 from market_data_sidecar.status_view import ReceiverRow
 
 FEEDBACK_STREAM = "telemetry.feedback"
@@ -46,16 +47,9 @@ class HttpReceiver:
         """Listen on a free port; yields the webhook URL."""
         app = web.Application()
         app.router.add_post("/feedback", self._receive)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://{host}:{port}/feedback"
-        try:
+        async with listening(app, host) as port:
+            self.url = f"http://{host}:{port}/feedback"
             yield self.url
-        finally:
-            await runner.cleanup()
 
     async def _receive(self, request: web.Request) -> web.Response:
         event = await request.json()

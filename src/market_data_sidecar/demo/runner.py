@@ -17,13 +17,12 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from typing import Any, TextIO
 
-from aiohttp import web
 from loguru import logger
 
+from market_data_sidecar.demo.listening import listening
 from market_data_sidecar.demo.orchestrators import HttpReceiver, StreamConsumer, redis_reachable
 from market_data_sidecar.demo.store import SimulatedStore, demo_queues
 from market_data_sidecar.logs import configure_logging
@@ -103,7 +102,10 @@ async def _run(
         base = local_url(sidecar.host, sidecar.port)
         screen.intro(sidecar, base, store_url, receiver_url, redis_url, redis_problem, stream)
         try:
-            app = await stack.enter_async_context(_serving(sidecar))
+            app = create_app(sidecar)
+            await stack.enter_async_context(
+                listening(app, sidecar.host, sidecar.port, shutdown_timeout=1.0)
+            )
         except OSError as exc:
             print(
                 f"market-data-sidecar: cannot listen on {sidecar.host}:{sidecar.port}: "
@@ -161,23 +163,6 @@ def demo_settings(
         drain_timeout=min(settings.drain_timeout, 1.0),
     )
     return load_settings(**current)
-
-
-@asynccontextmanager
-async def _serving(settings: Settings) -> AsyncIterator[web.Application]:
-    """The real sidecar app on its configured host and port."""
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    try:
-        yield app
-    finally:
-        await runner.cleanup()
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

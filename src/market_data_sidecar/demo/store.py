@@ -24,6 +24,8 @@ from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from market_data_sidecar.demo.listening import listening
+
 #: How often the simulated queues move.
 TICK = 0.1
 #: The store's HTTP broadcaster: 3 attempts, linear backoff, 2.5 s timeout.
@@ -147,16 +149,9 @@ class SimulatedStore:
         """Serve `/metrics` on a free port; yields its URL."""
         app = web.Application()
         app.router.add_get("/metrics", self._metrics_endpoint)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.metrics_url = f"http://{host}:{port}/metrics"
-        try:
+        async with listening(app, host) as port:
+            self.metrics_url = f"http://{host}:{port}/metrics"
             yield self.metrics_url
-        finally:
-            await runner.cleanup()
 
     async def _metrics_endpoint(self, request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(self._registry))
