@@ -133,10 +133,12 @@ async def test_get_feedback_shows_coordinators_and_targets_without_credentials(
         json=store_payload("bars", 300, level="ok", reason="queue_recovered"),
         headers=auth,
     )
-    await eventually(lambda: len(receiver.delivered) == 2, message="relayed")
-    await eventually(
-        lambda: client.app[RELAY].router.lane("gone").retried > 0, message="gone attempted"
-    )
+    router = client.app[RELAY].router
+    # The orchestrator records an event before the router has read its answer.
+    await eventually(lambda: router.lane("orch").delivered == 2, message="relayed")
+    await eventually(lambda: router.lane("gone").retried > 0, message="gone attempted")
+    # The stale attempt stays in flight until the next retry sheds it for the newer event.
+    await eventually(lambda: router.lane("gone").depth == 1, message="gone conflated")
 
     response = await client.get("/feedback")
     text = await response.text()
@@ -201,7 +203,8 @@ async def test_the_feedback_component_degrades_while_a_circuit_is_open(
         return (await feedback_component())["state"] == "healthy"
 
     await eventually(healthy_again, message="feedback healthy after recovery")
-    assert len(receiver.delivered) == 1
+    # Half-open is healthy already: the trial may still be on its way to the orchestrator.
+    await eventually(lambda: len(receiver.delivered) == 1, message="delivered after recovery")
 
 
 class StoreMetrics:
@@ -284,5 +287,6 @@ async def test_watermark_crossings_are_synthesized_until_the_store_pushes(
     state = await (await client.get("/feedback")).json()
     assert state["synthesizing"] is False
     assert state["coordinators"]["bars"]["origin"] == "store"
-    assert len(receiver.delivered) == 4
+    # The push is relayed in the background: the scrapes do not wait for it.
+    await eventually(lambda: len(receiver.delivered) == 4, message="the store's push relayed")
     assert metric(client, "sidecar_feedback_synthesized_total", level="hard") == 1

@@ -100,6 +100,8 @@ async def test_core_subscribers_receive_what_the_store_posted(
         ]
 
     assert await dead_letters(shared_redis, namespace) == 0
+    # Consumers can read an entry before the router has read Redis's reply to its XADD.
+    await eventually(lambda: _delivered(client, len(posted) + 1), message="delivered")
     assert (await target_state(client))["delivered"] == len(posted) + 1
 
 
@@ -133,6 +135,8 @@ async def test_latest_state_of_every_coordinator_arrives_after_redis_restarts(
     for coordinator in latest:
         sizes = [e.queue_size for e in arrived if e.coordinator_id == coordinator]
         assert sizes == sorted(sizes)
+    # The stream holds the entries before the router has read Redis's reply to them.
+    await eventually(lambda: _circuit(client, "closed"), message="the router saw them written")
     state = await target_state(client)
     assert (state["mode"], state["dropped"], state["circuit"]) == ("latest", 0, "closed")
 
@@ -234,6 +238,10 @@ async def _stream_length(url: str) -> int:
 
 async def _delivered(client: TestClient[Any, Any], count: int) -> bool:
     return int((await target_state(client))["delivered"]) >= count
+
+
+async def _circuit(client: TestClient[Any, Any], state: str) -> bool:
+    return (await target_state(client))["circuit"] == state
 
 
 async def _failing(client: TestClient[Any, Any]) -> bool:
