@@ -1,4 +1,5 @@
-"""Fixtures for relay tests: real orchestrators, and sidecars configured to reach them."""
+"""Fixtures for relay tests: real orchestrators, the store's metrics endpoint, and
+sidecars configured to reach them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 
 from market_data_sidecar.settings import Settings
+from tests.checks.conftest import store_metrics  # noqa: F401 - the checks' store
 from tests.conftest import make_settings
 from tests.publishers.conftest import orchestrator  # noqa: F401 - the same real receivers
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
-
-import pytest
-from aiohttp import web
 
 from market_data_sidecar.server import RELAY
 from market_data_sidecar.settings import Settings
+from tests.checks.conftest import Coordinator, StoreMetrics
 from tests.feedback.conftest import http_target
 from tests.helpers import eventually, free_port, store_payload
 from tests.publishers.conftest import Orchestrator, StartOrchestrator, closed_port_url
@@ -207,42 +205,6 @@ async def test_the_feedback_component_degrades_while_a_circuit_is_open(
     await eventually(lambda: len(receiver.delivered) == 1, message="delivered after recovery")
 
 
-class StoreMetrics:
-    """A real HTTP server exporting the store's coordinator series, depths set by the test."""
-
-    def __init__(self) -> None:
-        self.depths: dict[str, int] = {}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/metrics"
-        self._runner: web.AppRunner | None = None
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        lines = ["# TYPE mds_coord_queue_depth gauge"]
-        lines += [f'mds_coord_queue_depth{{coord_id="{c}"}} {d}' for c, d in self.depths.items()]
-        lines += ["# TYPE mds_coord_workers_alive gauge"]
-        lines += [f'mds_coord_workers_alive{{coord_id="{c}"}} 4' for c in self.depths]
-        return web.Response(text="\n".join(lines) + "\n")
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-@pytest.fixture
-async def store_metrics() -> AsyncIterator[StoreMetrics]:
-    store = StoreMetrics()
-    await store.start()
-    yield store
-    await store.stop()
-
-
 async def test_watermark_crossings_are_synthesized_until_the_store_pushes(
     orchestrator: StartOrchestrator,
     store_metrics: StoreMetrics,
@@ -250,7 +212,8 @@ async def test_watermark_crossings_are_synthesized_until_the_store_pushes(
     relay_settings: Callable[..., Settings],
 ) -> None:
     receiver = await orchestrator()
-    store_metrics.depths = {"bars": 100}
+    store_metrics.coordinators = {"bars": Coordinator(depth=100)}
+    bars = store_metrics.coordinators["bars"]
     settings = relay_settings(
         targets=[http_target("orch", receiver.url)],
         store_metrics_url=store_metrics.url,
@@ -268,8 +231,8 @@ async def test_watermark_crossings_are_synthesized_until_the_store_pushes(
     await eventually(lambda: scraped(100), message="first scrape")
     assert receiver.events() == []  # a quiet queue says nothing
     for depth in (600, 900, 700, 100):
-        store_metrics.depths["bars"] = depth
-        await eventually(lambda: scraped(store_metrics.depths["bars"]), message=f"scraped {depth}")
+        bars.depth = depth
+        await eventually(lambda: scraped(bars.depth), message=f"scraped {depth}")
     await eventually(lambda: len(receiver.delivered) == 3, message="three crossings relayed")
     assert await levels() == [("soft", None), ("hard", None), ("ok", "queue_recovered")]
     state = await (await client.get("/feedback")).json()
@@ -280,9 +243,9 @@ async def test_watermark_crossings_are_synthesized_until_the_store_pushes(
 
     # The store speaks for itself now: its push is relayed, polling stays quiet.
     await client.post("/feedback", json=store_payload("bars", 50, level="ok"))
-    store_metrics.depths["bars"] = 950
+    bars.depth = 950
     await eventually(lambda: scraped(950), message="scraped 950")
-    store_metrics.depths["bars"] = 960
+    bars.depth = 960
     await eventually(lambda: scraped(960), message="scraped again")
     state = await (await client.get("/feedback")).json()
     assert state["synthesizing"] is False
