@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from loguru import logger
-from market_data_core.telemetry import FeedbackEvent
+from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
 from pydantic import ValidationError
 
 from market_data_sidecar.feedback.model import Feedback
@@ -29,6 +29,7 @@ MAX_ID_LENGTH = 256
 MAX_REASON_LENGTH = 1024
 
 _CORE_FIELDS = tuple(FeedbackEvent.model_fields)
+_LEVEL_CHOICES = "Input should be one of " + ", ".join(repr(level.value) for level in BackpressureLevel)
 
 
 class Rejected(Exception):
@@ -180,10 +181,16 @@ def _feedback(element: Any, received_ts: float, received_at: float) -> Feedback:
         raise _Invalid("reason", f"longer than {MAX_REASON_LENGTH} characters")
     fields = {name: element[name] for name in _CORE_FIELDS if name in element}
     fields.setdefault("ts", received_ts)
+    level = fields.get("level")
+    if isinstance(level, str):
+        # Strict mode takes only enum members: the wire's string is converted here.
+        try:
+            fields["level"] = BackpressureLevel(level)
+        except ValueError:
+            raise _Invalid("level", _LEVEL_CHOICES) from None
     try:
-        # Through JSON in strict mode: Core's enum accepts its string value there, and
-        # no number hides in a string or a boolean.
-        event = FeedbackEvent.model_validate_json(json.dumps(fields), strict=True)
+        # Strict: no number hides in a string, a boolean or a float.
+        event = FeedbackEvent.model_validate(fields, strict=True)
     except ValidationError as exc:
         error = exc.errors(include_input=False, include_url=False)[0]
         field = ".".join(str(part) for part in error["loc"]) or None

@@ -7,16 +7,23 @@ time next to the unchanged Core event.
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from market_data_core.telemetry import FeedbackEvent
 
+#: Random per process, so ids stay unique across restarts; a counter makes the rest
+#: (a uuid4 per event cost more than validating it).
+_ID_PREFIX = f"evt_{secrets.token_hex(8)}"
+_id_counter = itertools.count()
+
 
 def new_event_id() -> str:
-    return f"evt_{uuid.uuid4().hex}"
+    """A delivery id: unique, and kept across retries so receivers can de-duplicate."""
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 @dataclass(frozen=True, slots=True)
