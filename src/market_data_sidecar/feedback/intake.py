@@ -29,7 +29,7 @@ MAX_ID_LENGTH = 256
 MAX_REASON_LENGTH = 1024
 
 _CORE_FIELDS = tuple(FeedbackEvent.model_fields)
-_LEVEL_CHOICES = "Input should be one of " + ", ".join(repr(level.value) for level in BackpressureLevel)
+_LEVEL_CHOICES = "Input should be one of " + ", ".join(repr(lvl.value) for lvl in BackpressureLevel)
 
 
 class Rejected(Exception):
