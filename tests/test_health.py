@@ -239,3 +239,19 @@ async def test_unknown_route_is_a_json_404(sidecar_client: Callable[..., Any]) -
     response = await client.post("/readyz")
     assert response.status == 405
     assert "GET" in response.headers["Allow"]
+
+
+async def test_probe_bodies_are_serialized_once_per_change() -> None:
+    check = ScriptedCheck("steady", ["healthy", "degraded"])
+    monitor = HealthMonitor([check], service="store", metrics=Metrics())
+    first = await monitor.run_once()
+    body = monitor.status_json(monitor.snapshot())
+    assert monitor.status_json(monitor.snapshot()) is body, "unchanged status: cached bytes"
+    assert HealthStatus.model_validate_json(body) == first
+
+    second = await monitor.run_once()
+    changed = monitor.status_json(monitor.snapshot())
+    assert changed != body
+    assert HealthStatus.model_validate_json(changed).state == second.state == "degraded"
+    excluded = monitor.snapshot(exclude=["steady"])
+    assert HealthStatus.model_validate_json(monitor.status_json(excluded)).state == "healthy"
