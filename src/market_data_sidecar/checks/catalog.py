@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING, TypeVar
+
 from market_data_sidecar.checks import Check
 from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
 from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds
 from market_data_sidecar.checks.queue import QueueCheck
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.settings import Settings
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
+
+
+def thresholds_from(kind: type[T], settings: Settings, prefix: str) -> T:
+    """A check's thresholds from the settings of the same name after `prefix`.
+
+    Every field is taken from the settings, so a threshold added to a check cannot
+    silently keep its dataclass default in production.
+    """
+    names = [field.name for field in dataclasses.fields(kind)]
+    return kind(**{name: getattr(settings, prefix + name) for name in names})
 
 
 def build_checks(settings: Settings, metrics: Metrics) -> list[Check]:
@@ -18,14 +36,7 @@ def build_checks(settings: Settings, metrics: Metrics) -> list[Check]:
         checks.append(
             DatabaseCheck(
                 settings.database_url,
-                thresholds=DatabaseThresholds(
-                    latency_degraded=settings.database_latency_degraded,
-                    connections_degraded=settings.database_connections_degraded,
-                    connections_unhealthy=settings.database_connections_unhealthy,
-                    replication_lag_degraded=settings.database_replication_lag_degraded,
-                    replication_lag_unhealthy=settings.database_replication_lag_unhealthy,
-                    transaction_age_degraded=settings.database_transaction_age_degraded,
-                ),
+                thresholds=thresholds_from(DatabaseThresholds, settings, "database_"),
                 metrics=metrics,
                 connect_timeout=settings.database_connect_timeout,
                 statement_timeout=settings.database_statement_timeout,
@@ -36,12 +47,7 @@ def build_checks(settings: Settings, metrics: Metrics) -> list[Check]:
     checks.append(
         DiskCheck(
             settings.disk_paths,
-            thresholds=DiskThresholds(
-                free_degraded=settings.disk_free_degraded,
-                free_unhealthy=settings.disk_free_unhealthy,
-                inodes_free_degraded=settings.disk_inodes_free_degraded,
-                inodes_free_unhealthy=settings.disk_inodes_free_unhealthy,
-            ),
+            thresholds=thresholds_from(DiskThresholds, settings, "disk_"),
             metrics=metrics,
             **timing,
         )

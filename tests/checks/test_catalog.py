@@ -1,0 +1,39 @@
+"""The catalog hands every threshold setting to its check."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from market_data_sidecar.checks.catalog import thresholds_from
+from market_data_sidecar.checks.database import DatabaseThresholds
+from market_data_sidecar.checks.disk import DiskThresholds
+from market_data_sidecar.settings import Settings
+from tests.conftest import make_settings
+
+
+@pytest.mark.parametrize(
+    ("kind", "prefix"), [(DatabaseThresholds, "database_"), (DiskThresholds, "disk_")]
+)
+def test_every_threshold_comes_from_its_setting(kind: type, prefix: str) -> None:
+    names = [field.name for field in dataclasses.fields(kind)]
+    # Distinct values in (0, 1], valid for ratios and seconds, ordered so that each
+    # "unhealthy" setting stays below its "degraded" twin where the settings check that.
+    values = {prefix + name: round(0.9 - 0.1 * index, 1) for index, name in enumerate(names)}
+    settings = make_settings(**values)
+
+    thresholds = thresholds_from(kind, settings, prefix)
+
+    assert dataclasses.asdict(thresholds) == {name: values[prefix + name] for name in names}
+
+
+@pytest.mark.parametrize(
+    ("kind", "prefix"), [(DatabaseThresholds, "database_"), (DiskThresholds, "disk_")]
+)
+def test_dataclass_defaults_match_the_settings_defaults(kind: type, prefix: str) -> None:
+    defaults = {
+        f.name: Settings.model_fields[prefix + f.name].default
+        for f in dataclasses.fields(kind)
+    }
+    assert dataclasses.asdict(kind()) == defaults
