@@ -33,7 +33,6 @@ def test_every_threshold_comes_from_its_setting(kind: type, prefix: str) -> None
 )
 def test_dataclass_defaults_match_the_settings_defaults(kind: type, prefix: str) -> None:
     defaults = {
-        f.name: Settings.model_fields[prefix + f.name].default
-        for f in dataclasses.fields(kind)
+        f.name: Settings.model_fields[prefix + f.name].default for f in dataclasses.fields(kind)
     }
     assert dataclasses.asdict(kind()) == defaults
