@@ -10,7 +10,8 @@ import pytest
 from loguru import logger
 from market_data_core.telemetry import BackpressureLevel
 
-from market_data_sidecar.checks.queue import CoordinatorSample, QueueCheck, level_for, parse
+from market_data_sidecar.checks.queue import CoordinatorSample, QueueCheck, parse
+from market_data_sidecar.feedback.watermarks import level_for
 from market_data_sidecar.metrics import Metrics
 from tests.checks.conftest import Coordinator, StoreMetrics, probing
 from tests.conftest import make_settings

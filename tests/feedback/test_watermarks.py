@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from market_data_core.telemetry import BackpressureLevel
 
-from market_data_sidecar.feedback.watermarks import Watermarks
+from market_data_sidecar.checks.queue import CoordinatorSeries, QueueCheck
+from market_data_sidecar.feedback.watermarks import Marks, Watermarks, level_for
+from market_data_sidecar.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,51 @@ def test_integer_watermarks_as_the_store_computes_them() -> None:
     for depth in [1, 2, 1]:
         out += [c.event.level.value for c in marks.observe([Sample("t", depth, capacity=3)])]
     assert out == ["hard", "ok"]
+
+
+def _capacities() -> list[int]:
+    """Every small capacity, and large ones around the store's defaults."""
+    return [*range(1, 201), 999, 1000, 1001, 4096, 9999, 10_000, 12_345, 20_000]
+
+
+def _depths(capacity: int) -> list[int]:
+    """Every depth of a small queue; around both marks (and the ends) of a large one."""
+    if capacity <= 200:
+        return list(range(capacity + 2))
+    marks = Marks.of(capacity, 0.5, 0.8)
+    near = {d for mark in (marks.low, marks.high) for d in range(mark - 2, mark + 3)}
+    return sorted(near | {0, capacity, capacity + 1})
+
+
+def test_queue_check_and_synthesized_events_agree_on_every_level() -> None:
+    """The level the queue component reports is the level a rising queue is synthesized at."""
+    check = QueueCheck(
+        "http://127.0.0.1:1/metrics",
+        capacities={},
+        default_capacity=1,
+        low_watermark=0.5,
+        high_watermark=0.8,
+        metrics=Metrics(),
+        interval=1.0,
+        timeout=1.0,
+    )
+    disagreements = []
+    for capacity in _capacities():
+        check.default_capacity = capacity
+        for depth in _depths(capacity):
+            series = CoordinatorSeries(
+                depth={"c": depth}, workers_alive={}, circuit_state={}, dropped={}
+            )
+            (sample,) = check._samples(series)
+            crossings = Watermarks(0.5, 0.8).observe([sample])
+            synthesized = crossings[0].event.level if crossings else BackpressureLevel.ok
+            if sample.level != synthesized:
+                disagreements.append((capacity, depth, sample.level.value, synthesized.value))
+    assert disagreements == []
+
+
+def test_store_marks_are_whole_items() -> None:
+    """At capacity 4 the store's hard mark is int(0.8 * 4) = 3 items, not 3.2."""
+    assert Marks.of(4, 0.5, 0.8) == Marks(low=2, high=3)
+    assert level_for(3, 4, 0.5, 0.8) is BackpressureLevel.hard
+    assert Marks.of(1, 0.5, 0.8) == Marks(low=0, high=1)

@@ -11,7 +11,7 @@ import contextlib
 import math
 import os
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -21,6 +21,7 @@ from market_data_core.telemetry import BackpressureLevel, HealthComponent, Healt
 from prometheus_client.parser import text_string_to_metric_families
 
 from market_data_sidecar.checks import Check, worst
+from market_data_sidecar.feedback.watermarks import SampleListener, level_for
 from market_data_sidecar.metrics import Metrics
 
 DEPTH = "mds_coord_queue_depth"
@@ -47,23 +48,6 @@ class CoordinatorSample:
     level: BackpressureLevel
     workers_alive: int | None
     circuit_state: int | None
-
-
-SampleListener = Callable[[Sequence[CoordinatorSample]], None]
-
-
-def level_for(depth: int, capacity: int, low: float, high: float) -> BackpressureLevel:
-    """The store's levels, statelessly: above the low watermark soft, at the high one hard.
-
-    `low` and `high` are fractions of `capacity`. Hysteresis (staying soft until depth
-    falls back to the low watermark) belongs to whoever turns levels into events.
-    """
-    utilization = depth / capacity
-    if utilization >= high:
-        return BackpressureLevel.hard
-    if utilization > low:
-        return BackpressureLevel.soft
-    return BackpressureLevel.ok
 
 
 class ScrapeError(Exception):
@@ -99,6 +83,7 @@ class QueueCheck(Check):
         self._last_error: str | None = None
 
     def capacity_of(self, coordinator_id: str) -> int:
+        """A coordinator's queue capacity: the store does not export it."""
         return self.capacities.get(coordinator_id, self.default_capacity)
 
     def add_listener(self, callback: SampleListener) -> None:

@@ -43,6 +43,36 @@ class QueueSampleSource(Protocol):
 
 
 @dataclass(frozen=True)
+class Marks:
+    """A coordinator's watermarks in whole items, as the store computes them."""
+
+    low: int
+    high: int
+
+    @classmethod
+    def of(cls, capacity: int, low: float, high: float) -> Marks:
+        """`int(low * capacity)` and `int(high * capacity)` (at least 1), the store's formula."""
+        return cls(low=int(low * capacity), high=max(1, int(high * capacity)))
+
+    def level(self, depth: int) -> BackpressureLevel:
+        """The level without hysteresis: hard at the high mark, soft above the low one."""
+        if depth >= self.high:
+            return BackpressureLevel.hard
+        if depth > self.low:
+            return BackpressureLevel.soft
+        return BackpressureLevel.ok
+
+
+def level_for(depth: int, capacity: int, low: float, high: float) -> BackpressureLevel:
+    """The store's level for `depth` items of `capacity`; `low`/`high` are fractions.
+
+    The one level function: the queue check reports it, and `Watermarks` adds only
+    the hysteresis on top when it turns levels into events.
+    """
+    return Marks.of(capacity, low, high).level(depth)
+
+
+@dataclass(frozen=True)
 class Crossing:
     """A coordinator's level changed: the event to relay, and the reason beside it."""
 
@@ -91,13 +121,8 @@ class Watermarks:
     def _next_level(
         self, previous: BackpressureLevel, depth: int, capacity: int
     ) -> BackpressureLevel:
-        # The store's integer watermarks: int(0.8 * capacity) (at least 1), int(0.5 * capacity).
-        high_mark = max(1, int(self.high * capacity))
-        low_mark = int(self.low * capacity)
-        if depth >= high_mark:
-            return BackpressureLevel.hard
-        if depth <= low_mark:
-            return BackpressureLevel.ok
-        if previous == BackpressureLevel.ok:
-            return BackpressureLevel.soft
-        return previous
+        level = level_for(depth, capacity, self.low, self.high)
+        # Hysteresis: between the marks, a queue draining from hard stays hard.
+        if level == BackpressureLevel.soft and previous == BackpressureLevel.hard:
+            return previous
+        return level
