@@ -252,10 +252,6 @@ class Settings(BaseSettings):
             return (init_settings, env_settings)
         return (init_settings, env_settings, InitSettingsSource(settings_cls, _read_config(path)))
 
-    def capacity_of(self, coordinator_id: str) -> int:
-        """A coordinator's queue capacity: the store does not export it."""
-        return self.queue_capacities.get(coordinator_id, self.queue_capacity)
-
 
 class ConfigError(Exception):
     """Invalid configuration, phrased as one line that names the setting."""
