@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from market_data_sidecar.checks.feedback import FeedbackCheck
+from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers import DeliveryError, Publisher
 from tests.helpers import eventually, feedback
 
 POLICY = RetryPolicy(Backoff(0.01, 0.02), circuit_failures=2, circuit_cooldown=30)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers import Publisher
 from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.settings import HttpTargetSettings
 from tests.helpers import eventually, feedback

@@ -15,7 +15,7 @@ import pytest
 from market_data_core.protocols import FeedbackPublisher
 from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
 
-from market_data_sidecar.publishers import DeliveryError
+from market_data_sidecar.feedback.delivery import DeliveryError
 from market_data_sidecar.publishers.http import HttpPublisher, parse_retry_after
 from market_data_sidecar.settings import ConfigError, HttpTargetSettings, load_settings
 from tests.helpers import feedback

@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from loguru import logger
 
+from market_data_sidecar.feedback.delivery import DeliveryError
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers import DeliveryError
 from market_data_sidecar.publishers.redis import (
     RedisPubSubPublisher,
     RedisStreamPublisher,

@@ -10,8 +10,8 @@ import redis.asyncio as aioredis
 from market_data_core.events import JsonCodec, RedisStreamsBus
 from market_data_core.protocols import FeedbackPublisher
 
+from market_data_sidecar.feedback.delivery import DeliveryError
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers import DeliveryError
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import RedisStreamTargetSettings
 from tests.helpers import eventually, feedback

@@ -15,12 +15,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
 
+from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
 from market_data_sidecar.feedback.watermarks import QueueSample, Watermarks
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers import Publisher
 from market_data_sidecar.publishers.catalog import build_publishers
 from market_data_sidecar.settings import Settings
 

@@ -17,10 +17,10 @@ from typing import Any
 from loguru import logger
 
 from market_data_sidecar.feedback.buffers import ConflatingBuffer, FifoBuffer, TargetBuffer
+from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import CIRCUIT_GAUGE, Backoff, CircuitBreaker, CircuitState
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers import DeliveryError, Publisher
 
 #: How long a publisher may take to open or close its connections.
 PUBLISHER_SETUP_TIMEOUT = 5.0

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers import Publisher
 from market_data_sidecar.settings import (
     ConfigError,
     HttpTargetSettings,

@@ -26,8 +26,8 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 
 from market_data_sidecar import __version__
+from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.publishers import DeliveryError, Publisher
 from market_data_sidecar.settings import HttpTargetSettings, signing_key
 
 #: Response bodies are not used; reading a little lets the connection be reused.

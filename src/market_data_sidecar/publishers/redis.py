@@ -40,9 +40,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers import DeliveryError, Publisher
 from market_data_sidecar.settings import (
     ConfigError,
     RedisPubSubTargetSettings,

@@ -1,0 +1,71 @@
+"""The delivery interface the router needs; each module of `publishers` implements it.
+
+A publisher does one delivery attempt and reports the outcome by raising
+`DeliveryError`; retries, backoff, buffering and circuit breaking belong to the router.
+Every publisher satisfies Core's `FeedbackPublisher` protocol through `publish`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from market_data_core.telemetry import FeedbackEvent
+
+from market_data_sidecar.feedback.model import Feedback, as_feedback
+
+
+class DeliveryError(Exception):
+    """A failed delivery attempt, classified for the router."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        disable: bool = False,
+        detail: str | None = None,
+    ) -> None:
+        # str(error) is what `GET /feedback` shows as a target's last error.
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        #: Short, metric-safe label: "timeout", "connection", "http_500", ...
+        self.reason = reason
+        #: Free text for operators (never a credential), e.g. "Connection refused".
+        self.detail = detail
+        self.retryable = retryable
+        #: Seconds the target asked us to wait (HTTP `Retry-After`).
+        self.retry_after = retry_after
+        #: The target asked never to be called again (HTTP 410 Gone).
+        self.disable = disable
+
+
+class Publisher(ABC):
+    """Delivers feedback to one target."""
+
+    #: How many events one `deliver` call may carry (stream targets pipeline batches).
+    max_batch: int = 1
+    #: Whether a newer undelivered event for a coordinator replaces the older one in
+    #: the router's buffer (feedback is state); False keeps every event, up to a bound.
+    conflate: bool = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def publish(self, event: FeedbackEvent | Feedback) -> None:
+        """Core's `FeedbackPublisher` protocol: deliver one event now."""
+        await self.deliver([as_feedback(event)])
+
+    @abstractmethod
+    async def deliver(self, batch: Sequence[Feedback]) -> None:
+        """One attempt to deliver `batch`, in order; raises `DeliveryError` on failure."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections; must not fail when the target is down."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    async def health_details(self) -> dict[str, str]:
+        """Extra details for the `feedback` component (Redis: reachable, ping latency)."""
+        return {}
