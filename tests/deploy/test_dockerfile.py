@@ -40,8 +40,9 @@ def parse(path: Path) -> list[Stage]:
         if keyword == "FROM":
             base, _, name = args.partition(" AS ")
             stages.append(Stage(base.strip(), name.strip()))
+        elif not stages:
+            assert keyword == "ARG", f"{keyword} before FROM"
         else:
-            assert stages, f"{keyword} before FROM"
             stages[-1].instructions.append((keyword, args.strip()))
     return stages
 
@@ -51,9 +52,19 @@ def stages() -> list[Stage]:
     return parse(DOCKERFILE)
 
 
+def base_image_default() -> str:
+    """The default of the global `ARG BASE_IMAGE`, declared before the first FROM."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    head = text.split("\nFROM ", 1)[0]
+    match = re.search(r"^ARG BASE_IMAGE=(\S+)$", head, re.MULTILINE)
+    assert match, "no global ARG BASE_IMAGE=... before the first FROM"
+    return match.group(1)
+
+
 def test_multi_stage_on_slim_python(stages: list[Stage]) -> None:
     assert len(stages) >= 2
-    assert {stage.base for stage in stages} == {"python:3.11-slim"}
+    assert {stage.base for stage in stages} == {"${BASE_IMAGE}"}
+    assert base_image_default() == "python:3.11-slim"
     final = stages[-1]
     assert any("--from=builder" in args for args in final.args_of("COPY"))
 
@@ -73,6 +84,20 @@ def test_runs_as_non_root(stages: list[Stage]) -> None:
     uid = user.split(":")[0]
     assert uid.isdigit()
     assert int(uid) != 0
+
+
+def test_working_directory_is_created_before_it_is_used(stages: list[Stage]) -> None:
+    """buildah's WORKDIR does not create it, and a read-only root cannot create it later."""
+    final = stages[-1]
+    (workdir,) = final.args_of("WORKDIR")
+    position = final.instructions.index(("WORKDIR", workdir))
+    created = [
+        args
+        for keyword, args in final.instructions[:position]
+        if keyword == "RUN" and re.search(rf"mkdir -p [^;&]*{re.escape(workdir)}\b", args)
+    ]
+    assert created, f"no RUN mkdir -p {workdir} before WORKDIR"
+    assert "chown 10001:10001 " + workdir in created[0]
 
 
 def test_exposes_the_sidecar_port(stages: list[Stage]) -> None:
