@@ -26,7 +26,7 @@ NAME = "stream"
 BATCH = 100
 MIN_RATIO = 4.0
 NAMESPACE = "bench"
-STREAM = f"{NAMESPACE}:telemetry.feedback"
+STREAM = f"{NAMESPACE}:{NAMESPACE}.telemetry.feedback"
 
 
 def run(ctx: Context) -> list[Row]:

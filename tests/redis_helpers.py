@@ -24,6 +24,16 @@ SHARED_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FEEDBACK_STREAM = "telemetry.feedback"
 
 
+def feedback_stream(namespace: str) -> str:
+    """The stream the real consumers read in a namespace (Core's bus adds the prefix)."""
+    return f"{namespace}.{FEEDBACK_STREAM}"
+
+
+def feedback_key(namespace: str) -> str:
+    """The Redis key a default `redis-stream` target writes."""
+    return f"{namespace}:{feedback_stream(namespace)}"
+
+
 # -- a private redis-server ------------------------------------------------------------------
 
 
@@ -108,7 +118,8 @@ class CoreConsumer:
     def __init__(self, redis_url: str, namespace: str, group: str, consumer: str = "c1") -> None:
         self.bus = RedisStreamsBus(redis_url=redis_url, namespace=namespace)
         self._admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
-        self.key = f"{namespace}:{FEEDBACK_STREAM}"
+        self.stream = feedback_stream(namespace)
+        self.key = feedback_key(namespace)
         self.group = group
         self.consumer = consumer
         self.received: list[EventEnvelope[Any]] = []
@@ -117,7 +128,7 @@ class CoreConsumer:
 
     async def __aenter__(self) -> CoreConsumer:
         self._subscription = self.bus.subscribe(
-            FEEDBACK_STREAM, group=self.group, consumer=self.consumer
+            self.stream, group=self.group, consumer=self.consumer
         )
         self._task = asyncio.create_task(self._read(), name=f"core-consumer-{self.group}")
         self._task.add_done_callback(lambda _: self._arrived.set())
@@ -170,4 +181,4 @@ class CoreConsumer:
 
 async def dead_letters(client: aioredis.Redis, namespace: str) -> int:
     """Entries Core's subscriber dead-lettered (could not decode)."""
-    return int(await client.xlen(f"{namespace}:{FEEDBACK_STREAM}.dlq"))
+    return int(await client.xlen(f"{feedback_key(namespace)}.dlq"))

@@ -109,13 +109,48 @@ class RedisStreamTargetSettings(_Target):
 
     kind: Literal["redis-stream"]
     url: str = Field(repr=False)
+    #: Core's bus prefix; the key is `{namespace}:{stream}`.
     namespace: str = "mdp"
+    #: Default `{namespace}.telemetry.feedback`: the stream the pipeline's
+    #: `FeedbackConsumer` and the orchestrator's `PulseObserver` read.
+    stream: str = ""
     mode: Literal["latest", "all"] = "latest"
     maxlen: int = Field(default=100_000, gt=0)
     batch: int = Field(default=100, gt=0)
     timeout: PositiveSeconds = 2.5
 
     _check_url = field_validator("url")(lambda v: _redis_url(v))
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        return _stream_part(value, "namespace", _NAMESPACE)
+
+    @field_validator("stream")
+    @classmethod
+    def _check_stream(cls, value: str) -> str:
+        if value.endswith(".dlq"):
+            raise ValueError("stream must not end in .dlq: that is the dead-letter stream")
+        return value and _stream_part(value, "stream", _STREAM)
+
+    @property
+    def key(self) -> str:
+        """The Redis key written, as Core's `RedisStreamsBus` names it."""
+        return f"{self.namespace}:{self.stream or self.namespace + '.telemetry.feedback'}"
+
+
+# What Core's bus and both consumers build keys from (`{namespace}:{stream}`): the
+# namespace may not hold the `:` separator, neither may hold spaces or control bytes.
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_STREAM = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+
+
+def _stream_part(value: str, what: str, pattern: re.Pattern[str]) -> str:
+    if not pattern.fullmatch(value):
+        colon = ", ':'" if what == "stream" else ""
+        limit = 64 if what == "namespace" else 200
+        raise ValueError(f"{what} must be 1-{limit} of letters, digits, '_', '.', '-'{colon}")
+    return value
 
 
 TargetSettings = Annotated[

@@ -24,7 +24,7 @@ from tests.redis_helpers import RedisServer
 
 pytest_plugins = ["tests.redis_fixtures"]
 
-STREAM = "mdp:telemetry.feedback"
+STREAM = "mdp:mdp.telemetry.feedback"
 
 
 @pytest.fixture

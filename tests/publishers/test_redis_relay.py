@@ -20,7 +20,7 @@ from tests.redis_helpers import SHARED_REDIS_URL, CoreConsumer, RedisServer, dea
 
 pytest_plugins = ["tests.redis_fixtures"]
 
-STREAM = "mdp:telemetry.feedback"
+STREAM = "mdp:mdp.telemetry.feedback"
 #: Fast pacing so fault tests take seconds; the behaviour is that of the defaults.
 FAST_RELAY: dict[str, Any] = {
     "retry_initial": 0.02,

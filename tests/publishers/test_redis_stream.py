@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 from market_data_core.events import JsonCodec, RedisStreamsBus
 from market_data_core.protocols import FeedbackPublisher
+from pydantic import ValidationError
 
 from market_data_sidecar.feedback.delivery import DeliveryError
 from market_data_sidecar.metrics import Metrics
@@ -16,11 +17,12 @@ from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import RedisStreamTargetSettings
 from tests.helpers import eventually, feedback
 from tests.redis_helpers import (
-    FEEDBACK_STREAM,
     SHARED_REDIS_URL,
     CoreConsumer,
     RedisServer,
     dead_letters,
+    feedback_key,
+    feedback_stream,
 )
 
 pytest_plugins = ["tests.redis_fixtures"]
@@ -92,7 +94,7 @@ async def test_dead_letter_check_catches_a_schema_core_does_not_route(
     async with CoreConsumer(SHARED_REDIS_URL, namespace, "pipeline"):
         bus = RedisStreamsBus(redis_url=SHARED_REDIS_URL, namespace=namespace)
         try:
-            await bus.publish(FEEDBACK_STREAM, feedback().event)
+            await bus.publish(feedback_stream(namespace), feedback().event)
         finally:
             await bus.close()
         await eventually(lambda: dead_letters(shared_redis, namespace), message="a dead letter")
@@ -109,7 +111,7 @@ async def test_entry_is_a_core_envelope_with_relay_headers(
     without_reason = feedback("ticks-coord", 10, level="ok")
     await publisher.deliver([without_reason])
 
-    entries = await shared_redis.xrange(f"{namespace}:telemetry.feedback")
+    entries = await shared_redis.xrange(feedback_key(namespace))
     assert [set(fields) for _, fields in entries] == [{"data"}, {"data"}]
     raw = [fields["data"] for _, fields in entries]
     envelope = JsonCodec().decode(raw[0].encode(), type(sent.event))
@@ -130,11 +132,11 @@ async def test_stream_is_trimmed_approximately_to_maxlen(
     for start in range(0, len(events), 100):
         await publisher.deliver(events[start : start + 100])
 
-    length = await shared_redis.xlen(f"{namespace}:telemetry.feedback")
+    length = await shared_redis.xlen(feedback_key(namespace))
     # `MAXLEN ~` trims whole radix-tree nodes (100 entries by default): never below
     # the bound, well below what was written.
     assert 10 <= length <= 200
-    newest = await shared_redis.xrevrange(f"{namespace}:telemetry.feedback", count=1)
+    newest = await shared_redis.xrevrange(feedback_key(namespace), count=1)
     assert json.loads(newest[0][1]["data"])["payload"]["queue_size"] == 299
 
 
@@ -146,7 +148,7 @@ async def test_batches_are_pipelined_without_transactions(
 
     async with aioredis.Redis.from_url(redis_server.url, decode_responses=True) as client:
         stats = await client.info("commandstats")
-        entries = await client.xrange("mdp:telemetry.feedback")
+        entries = await client.xrange("mdp:mdp.telemetry.feedback")
     assert stats["cmdstat_xadd"]["calls"] == 50
     assert "cmdstat_multi" not in stats
     assert "cmdstat_exec" not in stats
@@ -158,7 +160,7 @@ async def test_server_error_reply_is_permanent_and_named(
     namespace: str,
     shared_redis: aioredis.Redis,
 ) -> None:
-    await shared_redis.set(f"{namespace}:telemetry.feedback", "not a stream")
+    await shared_redis.set(feedback_key(namespace), "not a stream")
     metrics = Metrics()
     publisher = publisher_factory(SHARED_REDIS_URL, namespace, metrics=metrics)
 
@@ -187,7 +189,7 @@ async def test_health_details_report_ping_and_update_metrics(
     assert details["reachable"] == "true"
     assert float(details["ping_ms"]) > 0
     assert "last_redis_error" not in details
-    assert details["stream"] == f"{namespace}:telemetry.feedback"
+    assert details["stream"] == feedback_key(namespace)
     assert details["mode"] == "all"
     labels = {"target": "pipeline-stream"}
     assert metrics.registry.get_sample_value("sidecar_redis_up", labels) == 1
@@ -203,4 +205,52 @@ def test_mode_and_batch_tell_the_router_how_to_buffer() -> None:
     assert (latest.conflate, latest.max_batch) == (True, 25)
     assert (every.conflate, every.max_batch) == (False, 100)
     assert isinstance(latest, FeedbackPublisher)
-    assert latest.stream == "mdp:telemetry.feedback"
+    assert latest.stream == "mdp:mdp.telemetry.feedback"
+
+
+def test_default_key_is_the_one_the_pipeline_and_orchestrator_read() -> None:
+    default = RedisStreamTargetSettings.model_validate({"kind": "redis-stream", "url": "redis://h"})
+    tenant = stream_target("redis://h", "x")
+    legacy = stream_target("redis://h", "mdp", stream="telemetry.feedback")
+    orchestrator = stream_target("redis://h", "mdp", stream="x.telemetry.feedback")
+
+    assert default.key == "mdp:mdp.telemetry.feedback"
+    assert tenant.key == "x:x.telemetry.feedback"
+    assert legacy.key == "mdp:telemetry.feedback"
+    assert orchestrator.key == "mdp:x.telemetry.feedback"
+    assert RedisStreamPublisher(legacy).stream == "mdp:telemetry.feedback"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("namespace", ""),
+        ("namespace", "a:b"),
+        ("namespace", "has space"),
+        ("namespace", "x" * 65),
+        ("namespace", "caf\u00e9"),
+        ("stream", "tele metry"),
+        ("stream", "line\nbreak"),
+        ("stream", "x" * 201),
+        ("stream", "mdp.telemetry.feedback.dlq"),
+    ],
+)
+def test_a_key_redis_or_core_cannot_use_is_rejected(option: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=option):
+        RedisStreamTargetSettings.model_validate(
+            {"kind": "redis-stream", "url": "redis://h", option: value}
+        )
+
+
+async def test_custom_stream_reaches_cores_subscriber_on_that_stream(
+    publisher_factory: Callable[..., RedisStreamPublisher],
+    namespace: str,
+    shared_redis: aioredis.Redis,
+) -> None:
+    """`MD_NAMESPACE=x`: the orchestrator reads `mdp:x.telemetry.feedback`."""
+    publisher = publisher_factory(SHARED_REDIS_URL, namespace, stream="x.telemetry.feedback")
+    await publisher.deliver([feedback("bars-coord", 850, level="soft")])
+
+    entries = await shared_redis.xrange(f"{namespace}:x.telemetry.feedback")
+    assert len(entries) == 1
+    assert await shared_redis.exists(feedback_key(namespace)) == 0

@@ -248,7 +248,7 @@ async def _stream(client: aioredis.Redis, namespace: str) -> list[Entry]:
     """Every entry of a stream target, decoded by Core's codec as its consumers do."""
     codec = JsonCodec()
     entries = []
-    for _, fields in await client.xrange(f"{namespace}:{STREAM}") or []:
+    for _, fields in await client.xrange(f"{namespace}:{namespace}.{STREAM}") or []:
         data: bytes = fields[b"data"]
         envelope = codec.decode(data, FeedbackEvent)
         event_id = json.loads(data)["meta"]["headers"]["event_id"]

@@ -224,7 +224,7 @@ async def test_no_secret_in_responses_logs_metrics_or_what_targets_receive(
     async with aioredis.Redis.from_url(
         f"redis://:{REDIS_PASSWORD}@127.0.0.1:{redis_server.port}/0"
     ) as client:
-        entries = await client.xrange("secrets:telemetry.feedback")
+        entries = await client.xrange("secrets:secrets.telemetry.feedback")
     assert entries
     assert not leaks(repr(entries), NOT_FOR_TARGETS)
     # The secrets were used, not just hidden: signatures verify with each target's key,

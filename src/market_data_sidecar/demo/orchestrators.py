@@ -66,7 +66,8 @@ class HttpReceiver:
 
 
 class StreamConsumer:
-    """A consumer group on `{namespace}:telemetry.feedback`, read with Core's subscriber."""
+    """A consumer group on `{namespace}:{namespace}.telemetry.feedback` (the key the
+    pipeline and orchestrator read), read with Core's subscriber."""
 
     name = "stream-consumer"
     group = "demo-orchestrator"
@@ -75,12 +76,13 @@ class StreamConsumer:
     def __init__(self, redis_url: str, namespace: str) -> None:
         self.redis_url = redis_url
         self.namespace = namespace
+        self.stream = f"{namespace}.{FEEDBACK_STREAM}"
         self.received = Received()
         self._task: asyncio.Task[None] | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}:{FEEDBACK_STREAM}"
+        return f"{self.namespace}:{self.stream}"
 
     @asynccontextmanager
     async def consuming(self) -> AsyncIterator[None]:
@@ -110,12 +112,12 @@ class StreamConsumer:
     async def _consume(self, bus: Any) -> None:
         try:
             async for envelope in bus.subscribe(
-                FEEDBACK_STREAM, group=self.group, consumer=self.consumer, block_ms=500
+                self.stream, group=self.group, consumer=self.consumer, block_ms=500
             ):
                 event = envelope.payload
                 self.received.count += 1
                 self.received.last = f"{event.coordinator_id} {event.level.value}"
-                await bus.ack(FEEDBACK_STREAM, envelope.id)
+                await bus.ack(self.stream, envelope.id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the demo goes on without it, and says why

@@ -1,10 +1,13 @@
 """Redis targets: each event `PUBLISH`ed as JSON, or `XADD`ed to a Stream in Core's format.
 
-The stream entry is what Core's `RedisStreamsBus.subscribe` reads: key
-`{namespace}:telemetry.feedback`, field `data`, a `JsonCodec` envelope with
-`meta.schema_id == "telemetry.FeedbackEvent"`. Core's envelope has no room for the
-relay's extras, so they travel in `meta.headers`: `event_id` (stable across retries,
-for de-duplication) and `reason` (absent when the store gave none).
+The stream entry is what Core's `RedisStreamsBus.subscribe` reads, and so what the
+pipeline's `FeedbackConsumer` and the orchestrator's `PulseObserver` consume: key
+`{namespace}:{stream}` (by default `mdp:mdp.telemetry.feedback`), field `data`, a
+`JsonCodec` envelope with `meta.schema_id == "telemetry.FeedbackEvent"` and the
+coordinator id as its `key`. Core's envelope has no room for the relay's extras, so
+they travel in `meta.headers`, as the store's own publisher sets them: `event_id`
+(stable across retries, for de-duplication), `utilization`, and `reason` (absent
+when the store gave none).
 
 redis-py reconnects per command through its connection pool, so a target comes back
 on the next attempt after Redis restarts; the router decides when that attempt is.
@@ -49,7 +52,6 @@ from market_data_sidecar.settings import (
     RedisStreamTargetSettings,
 )
 
-STREAM = "telemetry.feedback"
 SCHEMA_ID = "telemetry.FeedbackEvent"
 TRACK = "v1"
 #: A pooled connection idle this long is PINGed before reuse, so a Redis restarted
@@ -221,13 +223,13 @@ class RedisPubSubPublisher(_RedisPublisher):
 
 
 class RedisStreamPublisher(_RedisPublisher):
-    """`XADD {namespace}:telemetry.feedback MAXLEN ~ N * data <Core envelope>`, pipelined."""
+    """`XADD {namespace}:{stream} MAXLEN ~ N * data <Core envelope>`, pipelined."""
 
     def __init__(
         self, target: RedisStreamTargetSettings, *, metrics: Metrics | None = None
     ) -> None:
         super().__init__(target, metrics=metrics)
-        self.stream = f"{target.namespace}:{STREAM}"
+        self.stream = target.key
         self.max_batch = target.batch
         # `latest`: feedback is state, a consumer behind needs only the newest per
         # coordinator. `all`: a log, every event kept up to the router's bound.
