@@ -163,8 +163,20 @@ def helm_path() -> Path:
 
 
 def helm_binary() -> Path | None:
+    """helm from HELM_BIN or the cache; else fetched by the installer CI uses (.ci/tools.sh)."""
     candidate = helm_path()
-    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return candidate
+    fetched = subprocess.run(
+        ["bash", str(REPO_ROOT / ".ci" / "tools.sh"), "helm"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if fetched.returncode != 0:
+        pytest.fail(f"helm is missing and .ci/tools.sh helm failed: {fetched.stderr.strip()}")
+    return Path(fetched.stdout.strip())
 
 
 @pytest.fixture(scope="session")
