@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 
 from market_data_sidecar import __version__
 from market_data_sidecar.feedback.intake import MAX_ID_LENGTH, MAX_REASON_LENGTH
+from market_data_sidecar.feedback.state import RelayState
 from market_data_sidecar.settings import Settings
 
 PATH = "/openapi.json"
@@ -54,53 +55,6 @@ class ErrorBody(BaseModel):
         default=None, ge=0, description="The first invalid element of an array body."
     )
     field: str | None = Field(default=None, description="The invalid field, when one is.")
-
-
-class RelayedEvent(FeedbackEvent):
-    """The latest event of one coordinator: Core's fields, plus what rides beside them."""
-
-    reason: str | None = Field(description="Why the level changed, as the store said.")
-    id: str = Field(description="Delivery id, stable across retries (`webhook-id`).")
-    origin: Literal["store", "synthesized"] = Field(
-        description="Pushed by the store, or derived from polled queue depths."
-    )
-
-
-class TargetState(BaseModel):
-    """One target's delivery record."""
-
-    model_config = _EXACT
-
-    name: str
-    kind: Literal["http", "redis-pubsub", "redis-stream"]
-    endpoint: str = Field(description="The target's address without user, password or query.")
-    mode: Literal["latest", "all"] = Field(
-        description="`latest` keeps one undelivered event per coordinator; `all` keeps each."
-    )
-    buffer_depth: int = Field(ge=0, description="Undelivered events, buffered or in flight.")
-    delivered: int = Field(ge=0)
-    retried: int = Field(ge=0)
-    dropped: int = Field(ge=0)
-    last_success: float | None = Field(description="Unix time of the last delivery.")
-    last_error: str | None
-    last_error_at: float | None
-    circuit: Literal["closed", "open", "half-open"]
-    disabled: bool = Field(description="The target answered 410 Gone: not called until restart.")
-
-
-class RelayState(BaseModel):
-    """`GET /feedback`: latest event per coordinator, and every target's state."""
-
-    model_config = _EXACT
-
-    coordinators: dict[str, RelayedEvent]
-    targets: list[TargetState]
-    last_store_event_at: float | None = Field(
-        description="Unix time the store last pushed an event."
-    )
-    synthesizing: bool = Field(
-        description="Whether events are being derived from polled queue depths."
-    )
 
 
 # -- the document ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from market_data_sidecar.checks.catalog import build_checks
 from market_data_sidecar.checks.feedback import FeedbackCheck
 from market_data_sidecar.feedback.intake import Intake, Rejected
 from market_data_sidecar.feedback.relay import Relay, build_relay
+from market_data_sidecar.feedback.state import encode
 from market_data_sidecar.feedback.watermarks import QueueSampleSource
 from market_data_sidecar.health import Damping, HealthMonitor
 from market_data_sidecar.metrics import CONTENT_TYPE, Metrics
@@ -194,7 +195,7 @@ async def post_feedback(request: web.Request) -> web.Response:
 
 
 async def get_feedback(request: web.Request) -> web.Response:
-    return web.json_response(request.app[RELAY].view())
+    return web.Response(body=encode(request.app[RELAY].view()), content_type=JSON)
 
 
 # -- errors ----------------------------------------------------------------------------------

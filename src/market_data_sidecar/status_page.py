@@ -10,14 +10,14 @@ relative, so the page also works behind a path prefix (`kubectl proxy`, an ingre
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from html import escape
-from typing import Any
 
 from aiohttp import web
 from market_data_core.telemetry import HealthStatus
 
+from market_data_sidecar.feedback.state import RelayState
 from market_data_sidecar.status_view import (
     BOOKKEEPING,
     CoordinatorRow,
@@ -26,7 +26,7 @@ from market_data_sidecar.status_view import (
 )
 
 HealthSource = Callable[[], HealthStatus]
-FeedbackSource = Callable[[], Mapping[str, Any] | None]
+FeedbackSource = Callable[[], RelayState | None]
 
 DEFAULT_REFRESH = 5
 _MAX_REFRESH = 3600
@@ -60,7 +60,8 @@ async def status_page(request: web.Request) -> web.Response:
     """`?refresh=SECONDS` sets the reload interval; `?refresh=0` turns it off."""
     refresh = _refresh(request.query.get("refresh"))
     status = request.app[_HEALTH_SOURCE]()
-    feedback = request.app[_FEEDBACK_SOURCE]()
+    relay = request.app[_FEEDBACK_SOURCE]()
+    feedback = relay.model_dump(mode="json") if relay is not None else None
     view = StatusView.from_json(status.model_dump(mode="json"), feedback)
     return web.Response(
         text=render_page(view, refresh=refresh), content_type="text/html", headers=_HEADERS

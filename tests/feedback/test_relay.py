@@ -143,7 +143,14 @@ async def test_get_feedback_shows_coordinators_and_targets_without_credentials(
     state = await response.json()
 
     assert response.status == 200
-    assert set(state) == {"coordinators", "targets", "last_store_event_at", "synthesizing"}
+    assert set(state) == {
+        "coordinators",
+        "levels",
+        "omitted",
+        "targets",
+        "last_store_event_at",
+        "synthesizing",
+    }
     assert before <= state["last_store_event_at"] <= time.time()
     assert state["synthesizing"] is False  # no queue check configured
     bars = state["coordinators"]["bars"]

@@ -184,7 +184,7 @@ async def test_410_disables_the_target_and_counts_what_it_will_not_get(
     assert (
         metric(routed, "sidecar_feedback_dropped_total", target="retired", reason="http_410") == 0
     )
-    assert lane.status()["disabled"] is True
+    assert lane.status().disabled is True
 
 
 async def test_other_4xx_drops_the_event_and_moves_on(
@@ -241,7 +241,7 @@ async def test_a_target_in_mode_all_keeps_every_event_up_to_its_bound(
     for event in events[1:]:
         routed.submit(event)
     assert lane.buffer.high_water == 20
-    assert lane.status()["mode"] == "all"
+    assert lane.status().mode == "all"
     stream.gate.set()
     await eventually(lambda: lane.depth == 0, message="drained")
 

@@ -7,10 +7,11 @@ state `GET /feedback` shows.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
@@ -19,6 +20,13 @@ from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
+from market_data_sidecar.feedback.state import (
+    DEFAULT_LIMIT,
+    LEVEL_SEVERITY,
+    Omitted,
+    RelayedEvent,
+    RelayState,
+)
 from market_data_sidecar.feedback.watermarks import QueueSample, Watermarks
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.catalog import build_publishers
@@ -110,21 +118,33 @@ class Relay:
 
     # -- out ---------------------------------------------------------------------------------
 
-    def view(self) -> dict[str, Any]:
-        """`GET /feedback`: latest event per coordinator, and every target's state."""
-        coordinators = {}
-        for coordinator_id, (feedback, origin) in self._latest.items():
-            entry = feedback.wire()
-            entry["id"] = feedback.id
-            entry["origin"] = origin
-            coordinators[coordinator_id] = entry
-        return {
-            "coordinators": coordinators,
-            "targets": [lane.status() for lane in self.router.lanes],
-            "last_store_event_at": self.last_store_event_at,
-            "synthesizing": self.synthesizing,
+    def view(self, limit: int = DEFAULT_LIMIT) -> RelayState:
+        """`GET /feedback`: the latest event of at most `limit` coordinators, hard before
+        soft before ok and the latest first within a level, and every target's state.
+        One pass over what is remembered, keeping no more than `limit` per level."""
+        levels: Counter[str] = Counter()
+        shown: dict[str, list[tuple[Feedback, Origin]]] = {level: [] for level in LEVEL_SEVERITY}
+        for feedback, origin in reversed(self._latest.values()):
+            level = feedback.event.level.value
+            levels[level] += 1
+            bucket = shown.setdefault(level, [])
+            if len(bucket) < limit:
+                bucket.append((feedback, origin))
+        chosen = itertools.islice(itertools.chain.from_iterable(shown.values()), limit)
+        coordinators = {
+            feedback.coordinator_id: RelayedEvent.model_construct(
+                **dict(feedback.event), reason=feedback.reason, id=feedback.id, origin=origin
+            )
+            for feedback, origin in chosen
         }
-
+        return RelayState(
+            coordinators=coordinators,
+            levels=dict(levels),
+            omitted=Omitted(coordinators=len(self._latest) - len(coordinators)),
+            targets=[lane.status() for lane in self.router.lanes],
+            last_store_event_at=self.last_store_event_at,
+            synthesizing=self.synthesizing,
+        )
 
 def build_relay(
     settings: Settings, metrics: Metrics, publishers: Sequence[Publisher] | None = None

@@ -12,7 +12,6 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from loguru import logger
 
@@ -20,6 +19,7 @@ from market_data_sidecar.feedback.buffers import ConflatingBuffer, FifoBuffer, T
 from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import CIRCUIT_GAUGE, Backoff, CircuitBreaker, CircuitState
+from market_data_sidecar.feedback.state import MAX_ERROR_LENGTH, TargetState, clip
 from market_data_sidecar.metrics import Metrics
 
 #: How long a publisher may take to open or close its connections.
@@ -254,23 +254,23 @@ class TargetLane:
             self._circuit_reported_open = False
             logger.info("feedback target {}: circuit closed", self.name)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> TargetState:
         """This target's entry in `GET /feedback`."""
-        return {
-            "name": self.name,
-            "kind": self.target.kind,
-            "endpoint": self.target.endpoint,
-            "mode": self.buffer.mode,
-            "buffer_depth": self.depth,
-            "delivered": self.delivered,
-            "retried": self.retried,
-            "dropped": self.dropped,
-            "last_success": self.last_success,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-            "circuit": self.circuit.state,
-            "disabled": self.disabled,
-        }
+        return TargetState(
+            name=self.name,
+            kind=self.target.kind,
+            endpoint=self.target.endpoint,
+            mode=self.buffer.mode,
+            buffer_depth=self.depth,
+            delivered=self.delivered,
+            retried=self.retried,
+            dropped=self.dropped,
+            last_success=self.last_success,
+            last_error=clip(self.last_error, MAX_ERROR_LENGTH),
+            last_error_at=self.last_error_at,
+            circuit=self.circuit.state,
+            disabled=self.disabled,
+        )
 
 
 class Router:

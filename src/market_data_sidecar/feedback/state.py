@@ -1,0 +1,134 @@
+"""What `GET /feedback` shows, as pydantic models: the one wire shape of the relay's state.
+
+The handler serves these models, the OpenAPI document is generated from them and the
+views render them. Every answer is bounded: at most `limit` coordinators, the most severe
+and most recent first, with counts of what was left out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+from market_data_core.telemetry import FeedbackEvent
+from pydantic import BaseModel, ConfigDict, Field
+
+Origin = Literal["store", "synthesized"]
+
+#: Levels by severity, most severe first: the order coordinators are shown in.
+LEVEL_SEVERITY = ("hard", "soft", "ok")
+#: Coordinators in one answer unless `?limit=` says otherwise, and the most it may ask.
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+#: A target's last error is display text: longer ones are cut to this many characters.
+MAX_ERROR_LENGTH = 500
+
+#: The sidecar's own answers are documented exactly (a new field fails the schema tests
+#: until it is described), and every field is required in what is served.
+_EXACT = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+
+class RelayedEvent(FeedbackEvent):
+    """The latest event of one coordinator: Core's fields, plus what rides beside them."""
+
+    reason: str | None = Field(description="Why the level changed, as the store said.")
+    id: str = Field(description="Delivery id, stable across retries (`webhook-id`).")
+    origin: Origin = Field(description="Pushed by the store, or derived from polled queue depths.")
+
+
+class TargetState(BaseModel):
+    """One target's delivery record. Defaults are what a reader assumes of a field it
+    cannot read; the served document always carries every field."""
+
+    model_config = _EXACT
+
+    name: str = "?"
+    kind: str = Field(default="", description="`http`, `redis-pubsub` or `redis-stream`.")
+    endpoint: str = Field(
+        default="", description="The target's address without user, password or query."
+    )
+    mode: Literal["latest", "all"] = Field(
+        default="latest",
+        description="`latest` keeps one undelivered event per coordinator; `all` keeps each.",
+    )
+    buffer_depth: int = Field(default=0, ge=0, description="Undelivered events, in flight too.")
+    delivered: int = Field(default=0, ge=0)
+    retried: int = Field(default=0, ge=0)
+    dropped: int = Field(default=0, ge=0)
+    last_success: float | None = Field(default=None, description="Unix time of the last delivery.")
+    last_error: str | None = Field(
+        default=None, description=f"At most {MAX_ERROR_LENGTH} characters."
+    )
+    last_error_at: float | None = None
+    circuit: Literal["closed", "open", "half-open"] = "closed"
+    disabled: bool = Field(
+        default=False, description="The target answered 410 Gone: not called until restart."
+    )
+
+    @property
+    def state(self) -> str:
+        """A health word for the target: what an operator should feel about it."""
+        if self.disabled or self.circuit == "open":
+            return "unhealthy"
+        if self.circuit == "half-open" or (self.buffer_depth > 0 and self.last_error):
+            return "degraded"
+        return "healthy"
+
+
+class Omitted(BaseModel):
+    """What an answer left out to stay bounded."""
+
+    model_config = _EXACT
+
+    coordinators: int = Field(default=0, ge=0, description="Known coordinators not listed.")
+
+
+class RelayState(BaseModel):
+    """`GET /feedback`: the latest event of the most severe, most recent coordinators (hard,
+    then soft, then ok; the latest first), every target's state, and what was left out."""
+
+    model_config = _EXACT
+
+    coordinators: dict[str, RelayedEvent] = Field(
+        default_factory=dict, description="In display order: by level severity, then recency."
+    )
+    levels: dict[str, int] = Field(
+        default_factory=dict, description="Every known coordinator, counted by latest level."
+    )
+    omitted: Omitted = Field(default_factory=Omitted)
+    targets: list[TargetState] = Field(default_factory=list)
+    last_store_event_at: float | None = Field(
+        default=None, description="Unix time the store last pushed an event."
+    )
+    synthesizing: bool = Field(
+        default=False, description="Whether events are being derived from polled queue depths."
+    )
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    """`text` cut to `limit` characters, marked with an ellipsis when it was cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+def encode(state: RelayState) -> bytes:
+    """JSON any client can parse, whatever was accepted: non-finite numbers as `null`, a
+    lone surrogate as its `\\uXXXX` escape, everything else UTF-8 (a third of the bytes
+    of ASCII escapes for non-Latin text)."""
+    document = _finite(state.model_dump(mode="json"))
+    text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    # Outside strings the text is ASCII, so a surrogate can only sit inside one, where
+    # `\udXXX` is exactly the JSON escape for it.
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
