@@ -146,6 +146,7 @@ class Relay:
             synthesizing=self.synthesizing,
         )
 
+
 def build_relay(
     settings: Settings, metrics: Metrics, publishers: Sequence[Publisher] | None = None
 ) -> Relay:
