@@ -22,7 +22,12 @@ from market_data_sidecar.health import HealthMonitor
 from market_data_sidecar.logs import configure_logging
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.server import MONITOR, create_app
-from market_data_sidecar.settings import ConfigError, Settings, load_settings
+from market_data_sidecar.settings import (
+    ConfigError,
+    Settings,
+    load_settings,
+    unknown_variables,
+)
 from market_data_sidecar.status_view import local_url, show_status
 
 EXIT_CONFIG = 2
@@ -47,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `check` prints a table: only problems belong beside it on stderr.
     quiet = command == "check" and args.log_level is None
     configure_logging(settings.log_format, "WARNING" if quiet else settings.log_level)
+    for warning in unknown_variables(os.environ):
+        logger.warning(warning)
     if command == "run":
         return asyncio.run(serve(settings))
     if command == "check":

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -257,6 +259,20 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value in ("", None) else value
 
+    @field_validator("token")
+    @classmethod
+    def _sendable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # An error, not a silent strip: a Secret written with `echo` ends in a newline,
+        # and a token the store cannot send in a header would reject every request.
+        text = value.get_secret_value() if value is not None else ""
+        if text != text.strip():
+            raise ValueError(
+                "must not begin or end with whitespace (write the Secret with printf or echo -n)"
+            )
+        if not all("!" <= char <= "~" for char in text):
+            raise ValueError("must be printable ASCII without spaces")
+        return value
+
     @field_validator("store_metrics_url", mode="before")
     @classmethod
     def _empty_url_is_unset(cls, value: Any) -> Any:
@@ -306,6 +322,23 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"invalid configuration: {setting}: not valid JSON") from None
     finally:
         _config_file.reset(token)
+
+
+#: SIDECAR_ variables read by something other than `Settings`.
+OTHER_VARIABLES = frozenset({"SIDECAR_DEMO_REDIS_URL"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each `SIDECAR_` variable no setting reads, naming the nearest one."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | OTHER_VARIABLES
+    warnings = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in known:
+            continue
+        nearest = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {nearest[0]}?" if nearest else ""
+        warnings.append(f"unknown setting {name} is ignored{hint}")
+    return warnings
 
 
 def describe_errors(exc: ValidationError) -> str:
