@@ -73,8 +73,10 @@ cap_eff="$(podman exec "$NAME" sh -c "awk '/^CapEff/ {print \$2}' /proc/1/status
 grep -qx ok <(curl -sf "http://127.0.0.1:$PORT/livez") || die "/livez is not ok"
 curl -sf "http://127.0.0.1:$PORT/readyz" | python3 -c \
     'import json, sys; s = json.load(sys.stdin); assert s["state"] == "healthy", s; print("readyz:", s["state"])'
-curl -sf "http://127.0.0.1:$PORT/metrics" | grep -q '^sidecar_component_state' \
-    || die "/metrics has no sidecar_component_state"
+# Read the whole body first: `curl | grep -q` under pipefail fails when grep exits
+# early and curl gets SIGPIPE.
+metrics="$(curl -sf "http://127.0.0.1:$PORT/metrics")" || die "/metrics did not answer"
+grep -q '^sidecar_component_state' <<<"$metrics" || die "/metrics has no sidecar_component_state"
 echo "livez, readyz and metrics answer"
 podman healthcheck run "$NAME" || die "the image's HEALTHCHECK failed"
 echo "HEALTHCHECK: passed"
