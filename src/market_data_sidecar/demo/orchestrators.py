@@ -65,6 +65,10 @@ class HttpReceiver:
         return ReceiverRow(self.name, "http", self.received.count, self.received.last)
 
 
+#: Seconds the demo waits for its stream consumer to honour a cancellation.
+CANCEL_TIMEOUT = 2.0
+
+
 class StreamConsumer:
     """A consumer group on `{namespace}:{namespace}.telemetry.feedback` (the key the
     pipeline and orchestrator read), read with Core's subscriber."""
@@ -101,7 +105,9 @@ class StreamConsumer:
         finally:
             if self._task is not None:
                 self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+                # Bounded: redis-py can swallow a cancellation that lands inside a blocking
+                # read, and the demo must still exit on Ctrl-C.
+                await asyncio.wait({self._task}, timeout=CANCEL_TIMEOUT)
             with contextlib.suppress(Exception):
                 await bus.close()
             # The namespace is this run's own: leave the user's Redis as it was.
