@@ -11,7 +11,6 @@ import itertools
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
@@ -24,6 +23,7 @@ from market_data_sidecar.feedback.state import (
     DEFAULT_LIMIT,
     LEVEL_SEVERITY,
     Omitted,
+    Origin,
     RelayedEvent,
     RelayState,
 )
@@ -31,8 +31,6 @@ from market_data_sidecar.feedback.watermarks import QueueSample, Watermarks
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.catalog import build_publishers
 from market_data_sidecar.settings import Settings
-
-Origin = Literal["store", "synthesized"]
 
 #: Coordinators remembered for `GET /feedback`; the oldest is forgotten beyond this, so
 #: a client inventing coordinator ids cannot grow memory without bound.

@@ -18,9 +18,8 @@ Origin = Literal["store", "synthesized"]
 
 #: Levels by severity, most severe first: the order coordinators are shown in.
 LEVEL_SEVERITY = ("hard", "soft", "ok")
-#: Coordinators in one answer unless `?limit=` says otherwise, and the most it may ask.
+#: Coordinators in one answer.
 DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 #: A target's last error is display text: longer ones are cut to this many characters.
 MAX_ERROR_LENGTH = 500
 
@@ -65,15 +64,6 @@ class TargetState(BaseModel):
     disabled: bool = Field(
         default=False, description="The target answered 410 Gone: not called until restart."
     )
-
-    @property
-    def state(self) -> str:
-        """A health word for the target: what an operator should feel about it."""
-        if self.disabled or self.circuit == "open":
-            return "unhealthy"
-        if self.circuit == "half-open" or (self.buffer_depth > 0 and self.last_error):
-            return "degraded"
-        return "healthy"
 
 
 class Omitted(BaseModel):
