@@ -138,20 +138,26 @@ class RedisStreamTargetSettings(_Target):
     @property
     def key(self) -> str:
         """The Redis key written, as Core's `RedisStreamsBus` names it."""
-        return f"{self.namespace}:{self.stream or self.namespace + '.telemetry.feedback'}"
+        return f"{self.namespace}:{self.stream or consumers_stream(self.namespace)}"
+
+
+def consumers_stream(namespace: str) -> str:
+    """The stream the pipeline's `FeedbackConsumer` and the orchestrator's `PulseObserver`
+    read in `namespace` (Core's bus prefixes the key with its own namespace)."""
+    return f"{namespace}.telemetry.feedback"
 
 
 # What Core's bus and both consumers build keys from (`{namespace}:{stream}`): the
 # namespace may not hold the `:` separator, neither may hold spaces or control bytes.
-_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_STREAM = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+# Each rule is its pattern and the words that describe it in the error.
+_NAMESPACE = (re.compile(r"[A-Za-z0-9_.-]{1,64}"), "1-64 of letters, digits, '_', '.', '-'")
+_STREAM = (re.compile(r"[A-Za-z0-9_.:-]{1,200}"), "1-200 of letters, digits, '_', '.', '-', ':'")
 
 
-def _stream_part(value: str, what: str, pattern: re.Pattern[str]) -> str:
+def _stream_part(value: str, what: str, rule: tuple[re.Pattern[str], str]) -> str:
+    pattern, allowed = rule
     if not pattern.fullmatch(value):
-        colon = ", ':'" if what == "stream" else ""
-        limit = 64 if what == "namespace" else 200
-        raise ValueError(f"{what} must be 1-{limit} of letters, digits, '_', '.', '-'{colon}")
+        raise ValueError(f"{what} must be {allowed}")
     return value
 
 

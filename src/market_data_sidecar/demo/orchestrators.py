@@ -19,9 +19,8 @@ from aiohttp import web
 from loguru import logger
 
 from market_data_sidecar.demo.listening import listening
+from market_data_sidecar.settings import consumers_stream
 from market_data_sidecar.status_view import ReceiverRow
-
-FEEDBACK_STREAM = "telemetry.feedback"
 
 
 @dataclass
@@ -80,7 +79,7 @@ class StreamConsumer:
     def __init__(self, redis_url: str, namespace: str) -> None:
         self.redis_url = redis_url
         self.namespace = namespace
-        self.stream = f"{namespace}.{FEEDBACK_STREAM}"
+        self.stream = consumers_stream(namespace)
         self.received = Received()
         self._task: asyncio.Task[None] | None = None
 
