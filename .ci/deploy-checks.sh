@@ -14,8 +14,6 @@ cd "$ROOT"
 
 VENV="${VENV:-$ROOT/.venv}"
 CACHE_DIR="$ROOT/.cache"
-HELM_DIR="$CACHE_DIR/helm"
-HELM="$HELM_DIR/helm"
 RENDERED_DIR="${RENDERED_DIR:-$CACHE_DIR/rendered}"
 CHART="charts/market-data-sidecar"
 FULL_VALUES="examples/values-full.yaml"
@@ -35,8 +33,7 @@ export RENDERED_DIR
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'deploy-checks: %s\n' "$*" >&2; exit 1; }
 
-
-# One helm installer for CI and the tests: .ci/tools.sh pins and caches it.
+# One helm installer for CI and the tests: .ci/tools.sh pins and caches it; sets HELM.
 install_helm() {
     HELM="$(PYTHON="$VENV/bin/python" bash "$ROOT/.ci/tools.sh" helm)"
 }

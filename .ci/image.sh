@@ -5,8 +5,7 @@
 # passes inside it, and SIGTERM ends it with exit 0 within the grace period.
 # Prints the image size, the container's RSS and the time to ready.
 #
-# IMAGE=... names the image (default localhost/market-data-sidecar:ci); the pod
-# check (.ci/pod.sh) reuses it.
+# IMAGE=... names the image (default localhost/market-data-sidecar:ci).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
