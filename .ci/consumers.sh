@@ -25,9 +25,10 @@ ORCHESTRATOR="market-data-orchestrator==0.9.3"
 # What the orchestrator's modules import but it does not declare.
 ORCHESTRATOR_EXTRAS=("jinja2>=3" "python-jose>=3.3")
 
-STAMP_TEXT="$PIPELINE $STORE ${EXTRAS[*]} $ORCHESTRATOR ${ORCHESTRATOR_EXTRAS[*]} $("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
-
 die() { printf 'consumers: %s\n' "$*" >&2; exit 1; }
+
+command -v "$PYTHON" >/dev/null || die "no $PYTHON to build the consumers venv with"
+STAMP_TEXT="$PIPELINE $STORE ${EXTRAS[*]} $ORCHESTRATOR ${ORCHESTRATOR_EXTRAS[*]} $("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
 
 # Imports exactly what the drivers use; the orchestrator's top-level package does
 # not import, so its pulse package is loaded under a bare parent module.

@@ -1,0 +1,1 @@
+"""The sidecar against the real consumers: market-data-pipeline, -orchestrator and -store."""

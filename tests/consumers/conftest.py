@@ -1,0 +1,219 @@
+"""The real consumers as processes: the venv `.ci/consumers.sh` builds, the drivers that run
+market-data-pipeline's `FeedbackConsumer`, market-data-orchestrator's `PulseObserver` and
+market-data-store's `HttpFeedbackBroadcaster` in it, and a `redis-server` of the module's own.
+
+The consumers cannot be imported here (their pins clash with the sidecar's), so each runs
+in a subprocess and reports in JSON lines; `Driver.wait_for` waits on those lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.redis_helpers import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
+CONSUMERS_SCRIPT = ROOT / ".ci" / "consumers.sh"
+DRIVERS = Path(__file__).resolve().parent
+#: The key both consumers read with their defaults, and the sidecar's stream target writes.
+FEEDBACK_KEY = "mdp:mdp.telemetry.feedback"
+#: A cold install downloads the three packages and their dependencies.
+INSTALL_TIMEOUT = 900.0
+
+Line = dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def consumers_python() -> Path:
+    """The consumers venv's python, built by `.ci/consumers.sh` if needed.
+
+    A failure fails the tests: skipping would let a fresh machine pass without ever
+    running the consumers.
+    """
+    try:
+        result = subprocess.run(
+            ["bash", str(CONSUMERS_SCRIPT)],
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{CONSUMERS_SCRIPT} did not finish within {INSTALL_TIMEOUT}s", pytrace=False)
+    if result.returncode != 0:
+        pytest.fail(
+            f"{CONSUMERS_SCRIPT} exited {result.returncode}:\n{result.stdout}{result.stderr}",
+            pytrace=False,
+        )
+    python = ROOT / ".cache" / "consumers" / "venv" / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"{CONSUMERS_SCRIPT} succeeded but {python} is missing", pytrace=False)
+    return python
+
+
+class Driver:
+    """One driver script in the consumers venv: its JSON lines, collected as they come.
+
+    `wait_for` waits until a line matches, with a deadline; it fails at once, with the
+    driver's stderr, when the driver has exited.
+    """
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.log_path = log_path
+        self.lines: list[Line] = []
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read(), name=f"driver-{name}")
+
+    @classmethod
+    async def start(
+        cls,
+        python: Path,
+        script: str,
+        *args: str,
+        env: Mapping[str, str],
+        log_dir: Path,
+    ) -> Driver:
+        """Start `script` (a file beside this one) with the consumers venv's python."""
+        name = script.removesuffix(".py")
+        log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        with log_path.open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                str(python),
+                str(DRIVERS / script),
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                env={**os.environ, **env},
+            )
+        return cls(name, proc, log_path)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while raw := await self.proc.stdout.readline():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = {"event": "unparsed", "text": raw.decode(errors="replace")}
+            async with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        await self.proc.wait()
+        async with self._changed:
+            self._changed.notify_all()
+
+    def stderr(self, tail: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def matching(self, predicate: Callable[[Line], bool], since: int = 0) -> list[Line]:
+        return [line for line in self.lines[since:] if predicate(line)]
+
+    async def wait_for(
+        self,
+        predicate: Callable[[Line], bool],
+        timeout: float = 10.0,
+        *,
+        since: int = 0,
+        message: str = "a matching line",
+    ) -> Line:
+        """The first line from index `since` on that satisfies `predicate`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with self._changed:
+            while True:
+                found = self.matching(predicate, since)
+                if found:
+                    return found[0]
+                if self._reader.done():
+                    raise AssertionError(
+                        f"{self.name} exited {self.proc.returncode} before {message};\n"
+                        f"lines: {self.lines}\nstderr:\n{self.stderr()}"
+                    )
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"{self.name}: {message} not within {timeout}s;\n"
+                        f"lines: {self.lines}\nstderr:\n{self.stderr()}"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def send(self, command: str) -> None:
+        """One command line on the driver's stdin (the store driver reads them)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        await self._reader
+
+
+@pytest.fixture
+async def start_driver(consumers_python: Path, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """`await start_driver("pipeline_driver.py", *args, env={...})`; all stopped at the end."""
+    started: list[Driver] = []
+
+    async def start(script: str, *args: str, env: Mapping[str, str] | None = None) -> Driver:
+        driver = await Driver.start(
+            consumers_python, script, *args, env=env or {}, log_dir=tmp_path
+        )
+        started.append(driver)
+        return driver
+
+    yield start
+    await asyncio.gather(*(driver.stop() for driver in started))
+
+
+def consumer_env(redis_url: str) -> dict[str, str]:
+    """How both consumers are configured in production: by environment, defaults else."""
+    return {"EVENT_BUS_BACKEND": "redis", "REDIS_URL": redis_url}
+
+
+def is_event(name: str) -> Callable[[Line], bool]:
+    return lambda line: line.get("event") == name
+
+
+# -- a redis-server of the module's own ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private server: the consumers' key is fixed by their namespace, so tests sharing
+    a server would read each other's events; restarts here touch no one else."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+_databases = itertools.cycle(range(16))
+
+
+@pytest.fixture
+def redis_url(module_redis: RedisServer) -> str:
+    """A database of this test's own on the module's server, emptied first."""
+    url = f"redis://127.0.0.1:{module_redis.port}/{next(_databases)}"
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    return url
