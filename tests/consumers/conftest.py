@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
+from tests.helpers import SidecarProcess
 from tests.redis_helpers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +31,8 @@ CONSUMERS_SCRIPT = ROOT / ".ci" / "consumers.sh"
 DRIVERS = Path(__file__).resolve().parent
 #: The key both consumers read with their defaults, and the sidecar's stream target writes.
 FEEDBACK_KEY = "mdp:mdp.telemetry.feedback"
+#: The pipeline driver's provider rate: `RateCoordinator.register_provider`'s default, 60/s.
+BASE_RATE = 60
 #: A cold install downloads the three packages and their dependencies.
 INSTALL_TIMEOUT = 900.0
 
@@ -217,3 +221,82 @@ def redis_url(module_redis: RedisServer) -> str:
     with redis.Redis.from_url(url) as client:
         client.flushdb()
     return url
+
+
+# -- the whole path ---------------------------------------------------------------------------
+
+#: Queue depths of a 1000-slot queue at each level, with the store's 50%/80% watermarks.
+DEPTHS = {"ok": 100, "soft": 600, "hard": 850}
+
+StartDriver = Callable[..., Any]
+
+
+def stream_target(redis_url: str) -> dict[str, str]:
+    """A stream target as an operator writes it: kind, name and url, every default else."""
+    return {"kind": "redis-stream", "name": "pulse", "url": redis_url}
+
+
+async def start_sidecar(
+    sidecar_process: Callable[..., SidecarProcess], *targets: Mapping[str, str], **env: str
+) -> SidecarProcess:
+    """`market-data-sidecar run` with these targets (SIDECAR_* overrides in `env`)."""
+    sidecar = sidecar_process({"SIDECAR_TARGETS": json.dumps(list(targets)), **env})
+    await sidecar.wait_listening()
+    return sidecar
+
+
+async def start_consumers(start_driver: StartDriver, redis_url: str) -> tuple[Driver, Driver]:
+    """The pipeline's consumer and the orchestrator's observer, once their groups exist
+    (both start at `$`: anything written before is not theirs)."""
+    env = consumer_env(redis_url)
+    pipeline, observer = await asyncio.gather(
+        start_driver("pipeline_driver.py", env=env), start_driver("observer_driver.py", env=env)
+    )
+    await asyncio.gather(
+        pipeline.wait_for(is_event("ready"), 30, message="pipeline consumer group"),
+        observer.wait_for(is_event("ready"), 30, message="observer consumer group"),
+    )
+    for driver in (pipeline, observer):
+        assert driver.matching(is_event("ready"))[0]["key"] == FEEDBACK_KEY
+    return pipeline, observer
+
+
+async def start_store(start_driver: StartDriver, sidecar: SidecarProcess) -> Driver:
+    store: Driver = await start_driver("store_driver.py", f"{sidecar.url}/feedback")
+    await store.wait_for(is_event("ready"), 30, message="store broadcaster")
+    return store
+
+
+async def store_sends(store: Driver, command: str) -> Line:
+    """One event through the store's own bus and broadcaster; fails unless it got a 2xx."""
+    since = len(store.lines)
+    await store.send(command)
+    line = await store.wait_for(
+        lambda line: line.get("event") in {"sent", "failed"}, since=since, message=command
+    )
+    assert line["event"] == "sent", line
+    return line
+
+
+def rate_is(level: str, scale: float, rate: int) -> Callable[[Line], bool]:
+    return lambda line: (
+        line.get("event") == "rate"
+        and line["level"] == level
+        and line["scale"] == scale
+        and line["rate"] == rate
+    )
+
+
+def observed(coordinator: str, counts: dict[str, int]) -> Callable[[Line], bool]:
+    return lambda line: (
+        line.get("event") == "observed" and line["counts"].get(coordinator) == counts
+    )
+
+
+async def dead_letters(redis_url: str) -> int:
+    """What the consumers' bus could not decode: it goes to `<key>.dlq`, silently."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        return int(await client.xlen(f"{FEEDBACK_KEY}.dlq"))
+    finally:
+        await client.aclose()

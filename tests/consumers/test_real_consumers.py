@@ -6,14 +6,24 @@ released code in their own process. Nothing here is a model of what they expect.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
-from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
-from tests.consumers.conftest import FEEDBACK_KEY, Driver, Line, consumer_env, is_event
+from tests.consumers.conftest import (
+    BASE_RATE,
+    DEPTHS,
+    StartDriver,
+    dead_letters,
+    is_event,
+    observed,
+    rate_is,
+    start_consumers,
+    start_sidecar,
+    start_store,
+    store_sends,
+    stream_target,
+)
 from tests.helpers import SidecarProcess
 
 # Installing the consumers is the session fixture's (bounded by its own timeout); the
@@ -22,79 +32,7 @@ pytestmark = pytest.mark.timeout(60, func_only=True)
 
 #: From the pipeline's code: `FeedbackHandler`'s default policy (ok 1.0, soft 0.5, hard 0.0)
 #: on `RateCoordinator.set_budget_scale`, `max(1, int(60 * scale))` tokens per second.
-BASE_RATE = 60
 EXPECTED = [("soft", 0.5, 30), ("hard", 0.0, 1), ("ok", 1.0, 60)]
-#: Queue depths of a 1000-slot queue at each level, with the store's 50%/80% watermarks.
-DEPTHS = {"ok": 100, "soft": 600, "hard": 850}
-
-StartDriver = Callable[..., Any]
-
-
-async def start_sidecar(
-    sidecar_process: Callable[..., SidecarProcess], redis_url: str, **env: str
-) -> SidecarProcess:
-    """The real sidecar with one stream target: only kind, name and url, all defaults."""
-    target = {"kind": "redis-stream", "name": "pulse", "url": redis_url}
-    sidecar = sidecar_process({"SIDECAR_TARGETS": json.dumps([target]), **env})
-    await sidecar.wait_listening()
-    return sidecar
-
-
-async def start_consumers(start_driver: StartDriver, redis_url: str) -> tuple[Driver, Driver]:
-    """The pipeline's consumer and the orchestrator's observer, once their groups exist
-    (both start at `$`: anything written before is not theirs)."""
-    env = consumer_env(redis_url)
-    pipeline, observer = await asyncio.gather(
-        start_driver("pipeline_driver.py", env=env), start_driver("observer_driver.py", env=env)
-    )
-    await asyncio.gather(
-        pipeline.wait_for(is_event("ready"), 30, message="pipeline consumer group"),
-        observer.wait_for(is_event("ready"), 30, message="observer consumer group"),
-    )
-    for driver in (pipeline, observer):
-        assert driver.matching(is_event("ready"))[0]["key"] == FEEDBACK_KEY
-    return pipeline, observer
-
-
-async def start_store(start_driver: StartDriver, sidecar: SidecarProcess) -> Driver:
-    store: Driver = await start_driver("store_driver.py", f"{sidecar.url}/feedback")
-    await store.wait_for(is_event("ready"), 30, message="store broadcaster")
-    return store
-
-
-async def store_sends(store: Driver, command: str) -> Line:
-    """One event through the store's own bus and broadcaster; fails unless it got a 2xx."""
-    since = len(store.lines)
-    await store.send(command)
-    line = await store.wait_for(
-        lambda line: line.get("event") in {"sent", "failed"}, since=since, message=command
-    )
-    assert line["event"] == "sent", line
-    return line
-
-
-def rate_is(level: str, scale: float, rate: int) -> Callable[[Line], bool]:
-    return lambda line: (
-        line.get("event") == "rate"
-        and line["level"] == level
-        and line["scale"] == scale
-        and line["rate"] == rate
-    )
-
-
-def observed(coordinator: str, counts: dict[str, int]) -> Callable[[Line], bool]:
-    return lambda line: (
-        line.get("event") == "observed" and line["counts"].get(coordinator) == counts
-    )
-
-
-async def dead_letters(redis_url: str) -> int:
-    """What the consumers' bus could not decode: it goes to `<key>.dlq`, silently."""
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        return int(await client.xlen(f"{FEEDBACK_KEY}.dlq"))
-    finally:
-        await client.aclose()
 
 
 async def test_store_feedback_rescales_the_pipeline_and_the_orchestrator_counts_it(
@@ -103,7 +41,8 @@ async def test_store_feedback_rescales_the_pipeline_and_the_orchestrator_counts_
     """The whole path, soft -> hard -> ok, one level at a time (the stream target conflates
     per coordinator, so events sent together could arrive as the latest alone)."""
     sidecar, (pipeline, observer) = await asyncio.gather(
-        start_sidecar(sidecar_process, redis_url), start_consumers(start_driver, redis_url)
+        start_sidecar(sidecar_process, stream_target(redis_url)),
+        start_consumers(start_driver, redis_url),
     )
     store = await start_store(start_driver, sidecar)
     initial = await pipeline.wait_for(is_event("rate"), message="the initial rate")
@@ -131,7 +70,8 @@ async def test_the_pipeline_follows_the_latest_event_whatever_its_coordinator(
     """The pipeline has one rate per provider, not per store coordinator: one coordinator's
     `ok` lifts another's `hard`. The observer still tells them apart."""
     sidecar, (pipeline, observer) = await asyncio.gather(
-        start_sidecar(sidecar_process, redis_url), start_consumers(start_driver, redis_url)
+        start_sidecar(sidecar_process, stream_target(redis_url)),
+        start_consumers(start_driver, redis_url),
     )
     store = await start_store(start_driver, sidecar)
 
