@@ -24,6 +24,8 @@ def make_settings(**overrides: Any) -> Settings:
         "check_timeout": 1.0,
         "shutdown_grace": 0.0,
         "disk_paths": ["/"],
+        # Off unless a test is about it: resyncs repeat deliveries other tests count.
+        "resync_interval": 0.0,
     }
     return Settings(**{**defaults, **overrides})
 

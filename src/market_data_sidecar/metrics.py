@@ -146,6 +146,12 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.feedback_resynced = Counter(
+            "sidecar_feedback_resynced_total",
+            "Coordinators' current states delivered again (periodically and after an outage).",
+            ["target"],
+            registry=r,
+        )
         self.feedback_delivery_latency = Histogram(
             "sidecar_feedback_delivery_latency_seconds",
             "From intake to delivery, per target.",

@@ -253,6 +253,12 @@ class Settings(BaseSettings):
     retry_after_max: PositiveSeconds = 60.0
     circuit_failures: int = Field(default=5, ge=1)
     circuit_cooldown: PositiveSeconds = 10.0
+    #: Seconds between re-publications of every coordinator's current state to every
+    #: target (0: off); a target also gets one as soon as it recovers from an outage.
+    resync_interval: Annotated[float, Field(ge=0)] = 30.0
+    #: A target that has delivered nothing for this long while its attempts fail or are
+    #: refused (404, wrong password) makes the `feedback` component degraded.
+    target_failing_after: PositiveSeconds = 30.0
     #: Degrade the `feedback` component when the store has been silent this long (0: never).
     feedback_ttl: Annotated[float, Field(ge=0)] = 0.0
     #: Derive events from polled queue depths when the store has not pushed any

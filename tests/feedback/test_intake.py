@@ -64,8 +64,10 @@ async def test_the_stores_exact_payload_is_accepted_and_relayed_with_its_reason(
         "source",
         "ts",
         "reason",
+        "utilization",
     }
     assert soft["coordinator_id"] == "bars-coord"
+    assert soft["utilization"] == 0.85
     assert (soft["queue_size"], soft["capacity"], soft["level"]) == (850, 1000, "soft")
     assert soft["reason"] is None
     assert soft["source"] == "store"  # missing source: the store
@@ -98,7 +100,10 @@ async def test_core_events_keep_ts_and_source_and_arrays_keep_their_order(
     assert response.status == 202
     assert await response.json() == {"accepted": 3}
     await eventually(lambda: len(receiver.delivered) == 3, message="all relayed")
-    assert receiver.events() == [{**event, "reason": None} for event in events]
+    assert receiver.events() == [
+        {**event, "reason": None, "utilization": event["queue_size"] / event["capacity"]}
+        for event in events
+    ]
 
 
 async def test_202_is_answered_before_delivery(

@@ -139,7 +139,11 @@ async def test_is_a_core_feedback_publisher_and_publishes_bare_core_events(
     finally:
         await publisher.close()
     [attempt] = receiver.attempts
-    assert attempt.json == {**core_event.model_dump(mode="json"), "reason": None}
+    assert attempt.json == {
+        **core_event.model_dump(mode="json"),
+        "reason": None,
+        "utilization": core_event.queue_size / core_event.capacity,
+    }
 
 
 async def test_keeps_one_connection_alive_across_events(

@@ -118,8 +118,16 @@ async def test_entry_is_a_core_envelope_with_relay_headers(
     assert envelope.payload == sent.event
     assert envelope.meta.schema_id == "telemetry.FeedbackEvent"
     assert envelope.meta.track == "v1"
-    assert envelope.meta.headers == {"event_id": sent.id, "reason": "high_watermark"}
-    assert json.loads(raw[1])["meta"]["headers"] == {"event_id": without_reason.id}
+    assert envelope.key == "bars-coord"
+    # As the store's own publisher writes them: utilization with six decimals.
+    assert envelope.meta.headers == {
+        "event_id": sent.id,
+        "reason": "high_watermark",
+        "utilization": "0.850000",
+    }
+    second = json.loads(raw[1])
+    assert second["key"] == "ticks-coord"
+    assert second["meta"]["headers"] == {"event_id": without_reason.id, "utilization": "0.010000"}
 
 
 async def test_stream_is_trimmed_approximately_to_maxlen(

@@ -8,7 +8,7 @@ Every publisher satisfies Core's `FeedbackPublisher` protocol through `publish`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from market_data_core.telemetry import FeedbackEvent
 
@@ -51,6 +51,9 @@ class Publisher(ABC):
 
     def __init__(self, name: str) -> None:
         self.name = name
+        #: Called when the publisher sees that its target came back, or was replaced,
+        #: and may have lost what it held (Redis restarted): the router resyncs it.
+        self.on_recovered: Callable[[], None] = _nothing
 
     async def publish(self, event: FeedbackEvent | Feedback) -> None:
         """Core's `FeedbackPublisher` protocol: deliver one event now."""
@@ -69,3 +72,7 @@ class Publisher(ABC):
     async def health_details(self) -> dict[str, str]:
         """Extra details for the `feedback` component (Redis: reachable, ping latency)."""
         return {}
+
+
+def _nothing() -> None:
+    """`on_recovered` until a router sets it."""

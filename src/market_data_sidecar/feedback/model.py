@@ -1,19 +1,24 @@
 """What travels through the relay: a Core `FeedbackEvent` and what rides beside it.
 
-Core's `FeedbackEvent` is frozen and has no `reason`, so the relay carries the reason,
-a delivery id (stable across retries, for receivers to de-duplicate) and the receipt
-time next to the unchanged Core event.
+Core's `FeedbackEvent` is frozen and has no `reason` or `utilization`, so the relay
+carries them, a delivery id (stable across retries, for receivers to de-duplicate), where
+the event came from, whether it is a re-publication (resync) and the receipt time, next
+to the unchanged Core event.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from market_data_core.telemetry import FeedbackEvent
+
+#: Pushed by the store, or derived by the sidecar from polled queue depths.
+Origin = Literal["store", "synthesized"]
 
 #: Random per process, so ids stay unique across restarts; a counter makes the rest
 #: (a uuid4 per event cost more than validating it).
@@ -32,6 +37,11 @@ class Feedback:
 
     event: FeedbackEvent
     reason: str | None = None
+    #: The store's `queue_size / capacity` as it sent it; None: computed from the event.
+    given_utilization: float | None = None
+    origin: Origin = "store"
+    #: A re-publication of a coordinator's current state, not a new crossing.
+    resync: bool = False
     id: str = field(default_factory=new_event_id)
     #: `time.monotonic()` at intake, for delivery latency.
     received_at: float = field(default_factory=time.monotonic)
@@ -40,10 +50,43 @@ class Feedback:
     def coordinator_id(self) -> str:
         return self.event.coordinator_id
 
+    @property
+    def utilization(self) -> float:
+        """What the store sent, else `queue_size / capacity`, the store's own formula."""
+        if self.given_utilization is not None:
+            return self.given_utilization
+        return self.event.queue_size / self.event.capacity if self.event.capacity else 0.0
+
+    def resynced(self) -> Feedback:
+        """The same state again, marked as a resync: a new delivery id (a receiver that
+        de-duplicates must not discard it) and a new receipt time (its latency is its own)."""
+        return dataclasses.replace(
+            self, resync=True, id=new_event_id(), received_at=time.monotonic()
+        )
+
+    def headers(self) -> dict[str, str]:
+        """What rides beside Core's event where the envelope has only string headers (the
+        stream's `meta.headers`), under the names the store's own publisher uses."""
+        # The store's publisher writes utilization with six decimals.
+        headers = {"event_id": self.id, "utilization": f"{self.utilization:.6f}"}
+        if self.reason is not None:
+            headers["reason"] = self.reason
+        if self.origin != "store":
+            headers["origin"] = self.origin
+        if self.resync:
+            headers["resync"] = "true"
+        return headers
+
     def wire(self) -> dict[str, Any]:
-        """The flat JSON object receivers know: Core's fields plus `reason`."""
+        """The flat JSON object receivers know: Core's fields plus `reason` and the store's
+        `utilization`, and `origin` and `resync` for what the sidecar itself publishes."""
         body: dict[str, Any] = self.event.model_dump(mode="json")
         body["reason"] = self.reason
+        body["utilization"] = self.utilization
+        if self.origin != "store":
+            body["origin"] = self.origin
+        if self.resync:
+            body["resync"] = True
         return body
 
 

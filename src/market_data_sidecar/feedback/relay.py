@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,12 +18,11 @@ from loguru import logger
 from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
+from market_data_sidecar.feedback.router import RetryPolicy, Router, Target, TargetHealth
 from market_data_sidecar.feedback.state import (
     DEFAULT_LIMIT,
     LEVEL_SEVERITY,
     Omitted,
-    Origin,
     RelayedEvent,
     RelayState,
 )
@@ -31,10 +30,6 @@ from market_data_sidecar.feedback.watermarks import QueueSample, Watermarks
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.catalog import build_publishers
 from market_data_sidecar.settings import Settings
-
-#: Coordinators remembered for `GET /feedback`; the oldest is forgotten beyond this, so
-#: a client inventing coordinator ids cannot grow memory without bound.
-MAX_COORDINATORS = 10_000
 
 
 class Relay:
@@ -56,7 +51,6 @@ class Relay:
         self._synthesize = synthesize
         self._synthesize_after = synthesize_after
         self._clock = clock
-        self._latest: OrderedDict[str, tuple[Feedback, Origin]] = OrderedDict()
         self.last_store_event_at: float | None = None
         self.started_at = clock()
 
@@ -67,28 +61,45 @@ class Relay:
         if events:
             self.last_store_event_at = self._clock()
         for feedback in events:
-            self._relay(feedback, "store")
+            self.router.submit(feedback)
 
     def observe_queues(self, samples: Sequence[QueueSample]) -> None:
         """Listener for the queue check: synthesize events from watermark crossings."""
         if self._watermarks is None:
             return
-        crossings = self._watermarks.observe(samples)
-        if not self.synthesizing:
-            return  # levels are still tracked, so a later switch-on starts from the truth
-        for crossing in crossings:
-            known = self._latest.get(crossing.event.coordinator_id)
-            if known is not None and known[0].event.level == crossing.event.level:
+        # Levels are tracked even while the store pushes, so a later switch-on starts
+        # from the truth.
+        crossings = {c.event.coordinator_id: c for c in self._watermarks.observe(samples)}
+        if not self._synthesize:
+            return
+        current = self.router.current
+        for sample in samples:
+            known = current.get(sample.coordinator_id)
+            crossing = crossings.get(sample.coordinator_id)
+            if known is None and sample.capacity > 0:
+                # Nobody has said anything of this coordinator (the sidecar restarted, or
+                # the store never pushes): its polled level, `ok` included, is the news.
+                self._synthesized(Feedback(self._watermarks.current(sample), origin="synthesized"))
+            elif crossing is None or not self.synthesizing:
+                continue
+            elif known is not None and known.event.level == crossing.event.level:
                 continue  # the store already said so: feedback is state, not a log
-            self._metrics.feedback_synthesized.labels(crossing.event.level.value).inc()
-            logger.info(
-                "synthesized feedback: {} {} ({} of {})",
-                crossing.event.coordinator_id,
-                crossing.event.level.value,
-                crossing.event.queue_size,
-                crossing.event.capacity,
-            )
-            self._relay(Feedback(crossing.event, reason=crossing.reason), "synthesized")
+            else:
+                self._synthesized(
+                    Feedback(crossing.event, reason=crossing.reason, origin="synthesized")
+                )
+
+    def _synthesized(self, feedback: Feedback) -> None:
+        event = feedback.event
+        self._metrics.feedback_synthesized.labels(event.level.value).inc()
+        logger.info(
+            "synthesized feedback: {} {} ({} of {})",
+            event.coordinator_id,
+            event.level.value,
+            event.queue_size,
+            event.capacity,
+        )
+        self.router.submit(feedback)
 
     @property
     def synthesizing(self) -> bool:
@@ -97,13 +108,6 @@ class Relay:
             return False
         last = self.last_store_event_at
         return last is None or self._clock() - last > self._synthesize_after
-
-    def _relay(self, feedback: Feedback, origin: Origin) -> None:
-        self._latest.pop(feedback.coordinator_id, None)
-        self._latest[feedback.coordinator_id] = (feedback, origin)
-        if len(self._latest) > MAX_COORDINATORS:
-            self._latest.popitem(last=False)
-        self.router.submit(feedback)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -116,30 +120,38 @@ class Relay:
 
     # -- out ---------------------------------------------------------------------------------
 
+    async def health(self, probe_timeout: float) -> list[TargetHealth]:
+        """Every target's state, problem and publisher probe: the `feedback` component."""
+        return await self.router.health(probe_timeout)
+
     def view(self, limit: int = DEFAULT_LIMIT) -> RelayState:
         """`GET /feedback`: the latest event of at most `limit` coordinators, hard before
         soft before ok and the latest first within a level, and every target's state.
         One pass over what is remembered, keeping no more than `limit` per level."""
         levels: Counter[str] = Counter()
-        shown: dict[str, list[tuple[Feedback, Origin]]] = {level: [] for level in LEVEL_SEVERITY}
-        for feedback, origin in reversed(self._latest.values()):
+        shown: dict[str, list[Feedback]] = {level: [] for level in LEVEL_SEVERITY}
+        current = self.router.current
+        for feedback in reversed(current.values()):
             level = feedback.event.level.value
             levels[level] += 1
             bucket = shown.setdefault(level, [])
             if len(bucket) < limit:
-                bucket.append((feedback, origin))
+                bucket.append(feedback)
         chosen = itertools.islice(itertools.chain.from_iterable(shown.values()), limit)
         coordinators = {
             feedback.coordinator_id: RelayedEvent.model_construct(
-                **dict(feedback.event), reason=feedback.reason, id=feedback.id, origin=origin
+                **dict(feedback.event),
+                reason=feedback.reason,
+                id=feedback.id,
+                origin=feedback.origin,
             )
-            for feedback, origin in chosen
+            for feedback in chosen
         }
         return RelayState(
             coordinators=coordinators,
             levels=dict(levels),
-            omitted=Omitted(coordinators=len(self._latest) - len(coordinators)),
-            targets=[lane.status() for lane in self.router.lanes],
+            omitted=Omitted(coordinators=len(current) - len(coordinators)),
+            targets=self.router.states(),
             last_store_event_at=self.last_store_event_at,
             synthesizing=self.synthesizing,
         )
@@ -165,9 +177,10 @@ def build_relay(
         backoff=Backoff(settings.retry_initial, settings.retry_max, settings.retry_after_max),
         circuit_failures=settings.circuit_failures,
         circuit_cooldown=settings.circuit_cooldown,
+        failing_after=settings.target_failing_after,
     )
     return Relay(
-        Router(targets, metrics=metrics, policy=policy),
+        Router(targets, metrics=metrics, policy=policy, resync_interval=settings.resync_interval),
         metrics=metrics,
         watermarks=Watermarks(settings.queue_low_watermark, settings.queue_high_watermark),
         synthesize=settings.synthesize_feedback,

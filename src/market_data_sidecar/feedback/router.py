@@ -3,6 +3,14 @@
 `Router.submit` only appends to in-memory buffers and never awaits, so neither the intake
 nor another target can be delayed by a target that is slow, failing or hanging. Each
 target's worker is an asyncio task, created in `start` and cancelled in `stop`.
+
+The router also holds every coordinator's current state, because feedback is state and
+the store sends it only on crossings: each target gets that state again (a resync) every
+`resync_interval` seconds (0: never) and as soon as it recovers from an outage, so a consumer that
+restarted, joined late or lost its stream converges without waiting for the next
+crossing. A resync is pulled by the target's worker only when its buffer is empty, one
+batch at a time, from the current state: it never displaces or delays what the store
+sent, and costs the intake nothing.
 """
 
 from __future__ import annotations
@@ -10,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from loguru import logger
 
@@ -26,6 +35,9 @@ from market_data_sidecar.metrics import Metrics
 PUBLISHER_SETUP_TIMEOUT = 5.0
 #: Seconds between log lines about drops of one reason on one target.
 DROP_LOG_INTERVAL = 10.0
+#: Coordinators whose current state is kept; the oldest is forgotten beyond this, so a
+#: client inventing coordinator ids cannot grow memory without bound.
+MAX_COORDINATORS = 10_000
 
 
 @dataclass(frozen=True)
@@ -45,15 +57,46 @@ class RetryPolicy:
     backoff: Backoff
     circuit_failures: int = 5
     circuit_cooldown: float = 10.0
+    #: Seconds without a delivery, while attempts fail or are refused, after which the
+    #: target is reported as failing (the `feedback` component turns degraded).
+    failing_after: float = 30.0
+
+
+@dataclass(frozen=True)
+class TargetHealth:
+    """What the `feedback` component reports of one target."""
+
+    state: TargetState
+    #: Why the target is not delivering, or None.
+    problem: str | None
+    #: The publisher's own probe (Redis: reachable, ping latency).
+    details: dict[str, str] = field(default_factory=dict)
 
 
 class TargetLane:
     """One target's buffer, worker and delivery record."""
 
-    def __init__(self, target: Target, policy: RetryPolicy, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        target: Target,
+        policy: RetryPolicy,
+        metrics: Metrics,
+        current: Mapping[str, Feedback] | None = None,
+        *,
+        resync: bool = False,
+    ) -> None:
         self.target = target
         self.publisher = target.publisher
         self.name = target.publisher.name
+        #: Every coordinator's current state, shared with the router: what a resync sends.
+        self._current: Mapping[str, Feedback] = current if current is not None else {}
+        #: Coordinators still to resync, in order; looked up when sent, so always current.
+        self._resync: deque[str] = deque()
+        self._resync_enabled = resync
+        self.publisher.on_recovered = self.request_resync
+        self._failing_after = policy.failing_after
+        #: `time.monotonic()` of the first failed or refused attempt since the last delivery.
+        self._failing_since: float | None = None
         self.buffer: TargetBuffer = (
             ConflatingBuffer(target.buffer)
             if self.publisher.conflate
@@ -83,6 +126,7 @@ class TargetLane:
         self._delivered_total = metrics.feedback_delivered.labels(self.name)
         self._retried_total = metrics.feedback_retried.labels(self.name)
         self._conflated_total = metrics.feedback_conflated.labels(self.name)
+        self._resynced_total = metrics.feedback_resynced.labels(self.name)
         self._latency = metrics.feedback_delivery_latency.labels(self.name)
         self._depth = metrics.feedback_buffer_depth.labels(self.name)
         self._circuit_gauge = metrics.feedback_circuit_state.labels(self.name)
@@ -110,21 +154,46 @@ class TargetLane:
         self._wakeup.set()
         self._depth.set(self.depth)
 
+    def request_resync(self) -> None:
+        """Send every coordinator's current state again, after what is buffered.
+
+        A resync already under way goes on (it reads the state as it sends), so a target
+        slower than the interval still reaches every coordinator."""
+        if not self._resync_enabled or self.disabled or self._resync or not self._current:
+            return
+        self._resync.extend(self._current)
+        self._wakeup.set()
+
+    def cancel_resync(self) -> None:
+        self._resync.clear()
+
     # -- worker ------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Deliver until cancelled, or until the target asks never to be called again."""
         while not self.disabled:
-            if not self.buffer:
+            if self.buffer:
+                self.in_flight = self.buffer.take(self.publisher.max_batch)
+            else:
                 self._idle.set()
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            self.in_flight = self.buffer.take(self.publisher.max_batch)
+                self.in_flight = self._resync_batch()
+                if not self.in_flight:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
             await self._deliver_in_flight()
             self.in_flight = []
             self._depth.set(self.depth)
         self._idle.set()
+
+    def _resync_batch(self) -> list[Feedback]:
+        """The next coordinators of a resync, marked as such, at their current state."""
+        batch: list[Feedback] = []
+        while self._resync and len(batch) < self.publisher.max_batch:
+            feedback = self._current.get(self._resync.popleft())
+            if feedback is not None:
+                batch.append(feedback.resynced())
+        return batch
 
     async def _deliver_in_flight(self) -> None:
         """Attempt until delivered, given up, or replaced by newer events."""
@@ -138,9 +207,11 @@ class TargetLane:
                 await self.publisher.deliver(self.in_flight)
             except DeliveryError as exc:
                 error = exc
-            except Exception as exc:  # a publisher bug must not end the worker
-                logger.opt(exception=exc).error("feedback target {}: publisher raised", self.name)
-                error = DeliveryError("error", detail=type(exc).__name__)
+            except Exception as exc:
+                # Not a delivery failure: the publisher could not encode the batch (or has
+                # a bug). Retrying cannot help, and must not block what comes after.
+                await self._unencodable(exc)
+                return
             else:
                 self._delivered(self.in_flight)
                 return
@@ -151,24 +222,65 @@ class TargetLane:
             )
             self._shed_superseded()
 
+    async def _unencodable(self, exc: Exception) -> None:
+        """Find the events the publisher cannot carry, one at a time; drop only those."""
+        if len(self.in_flight) > 1:
+            batch = self.in_flight
+            for feedback in batch:
+                self.in_flight = [feedback]
+                await self._deliver_in_flight()
+            self.in_flight = []
+            return
+        self.last_error = f"unencodable: {type(exc).__name__}: {exc}".splitlines()[0]
+        self.last_error_at = time.time()
+        self._note_failing()
+        self.drop(self.in_flight, "unencodable", detail=self.last_error)
+        self.in_flight = []
+
     def _delivered(self, batch: Sequence[Feedback]) -> None:
         now = time.monotonic()
         for feedback in batch:
             self._latency.observe(now - feedback.received_at)
         self.delivered += len(batch)
         self._delivered_total.inc(len(batch))
+        if resynced := sum(feedback.resync for feedback in batch):
+            self._resynced_total.inc(resynced)
         self.last_success = time.time()
+        self._failing_since = None
         if self.circuit.consecutive_failures:
             logger.info(
                 "feedback target {}: delivering again after {} failed attempts",
                 self.name,
                 self.circuit.consecutive_failures,
             )
+            # Back from an outage: whatever the target lost meanwhile, it gets the
+            # current state of every coordinator now rather than at the next interval.
+            self.request_resync()
         self.circuit.record_success()
+
+    def _note_failing(self) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+
+    def problem(self) -> str | None:
+        """Why this target is not delivering, or None: what the `feedback` component says."""
+        if self.disabled:
+            return f"target {self.name} disabled ({self.last_error})"
+        if self.circuit.state == "open":
+            return f"target {self.name} circuit open ({self.last_error})"
+        if self._failing_since is not None:
+            failing_for = time.monotonic() - self._failing_since
+            if failing_for >= self._failing_after:
+                return (
+                    f"target {self.name} has delivered nothing for {failing_for:.0f}s "
+                    f"({self.last_error})"
+                )
+        return None
 
     def _failed(self, error: DeliveryError) -> bool:
         """Record a failed attempt; True when the in-flight events are to be retried."""
         self.last_error, self.last_error_at = str(error), time.time()
+        self._note_failing()
         if error.disable:
             self._disable(error)
             return False
@@ -196,6 +308,7 @@ class TargetLane:
 
     def _disable(self, error: DeliveryError) -> None:
         self.disabled = True
+        self.cancel_resync()
         logger.error(
             "feedback target {} asked not to be called again ({}): disabled until restart",
             self.name,
@@ -210,14 +323,18 @@ class TargetLane:
         await self._idle.wait()
 
     def abandon(self, reason: str) -> int:
-        """Drop everything undelivered, counted under `reason`; returns how many."""
+        """Drop everything undelivered, counted under `reason`; returns how many.
+
+        Resync copies are not counted: they were never accepted, only repeated."""
+        self.cancel_resync()
         undelivered = [*self.in_flight, *self.buffer.take(len(self.buffer))]
+        undelivered = [feedback for feedback in undelivered if not feedback.resync]
         self.in_flight = []
         self.drop(undelivered, reason)
         self._depth.set(0)
         return len(undelivered)
 
-    def drop(self, events: Sequence[Feedback], reason: str) -> None:
+    def drop(self, events: Sequence[Feedback], reason: str, *, detail: str | None = None) -> None:
         """Count (and report) events this target will never receive."""
         if not events:
             return
@@ -233,11 +350,12 @@ class TargetLane:
         self._drop_logged_at[reason] = now
         self._unreported_drops[reason] = 0
         logger.warning(
-            "feedback target {}: dropped {} event(s) ({}); latest coordinators {}",
+            "feedback target {}: dropped {} event(s) ({}){}; latest coordinators {}",
             self.name,
             unreported,
             reason,
-            sorted({f.coordinator_id for f in events[-10:]}),
+            f": {clip(detail, MAX_ERROR_LENGTH)}" if detail else "",
+            sorted({ascii(f.coordinator_id)[1:-1] for f in events[-10:]}),
         )
 
     def _circuit_changed(self, state: CircuitState) -> None:
@@ -276,12 +394,27 @@ class TargetLane:
 class Router:
     """Every target's lane; `submit` hands an event to all of them."""
 
-    def __init__(self, targets: Sequence[Target], *, metrics: Metrics, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        *,
+        metrics: Metrics,
+        policy: RetryPolicy,
+        resync_interval: float = 0.0,
+        max_coordinators: int = MAX_COORDINATORS,
+    ) -> None:
         names = [target.publisher.name for target in targets]
         if len(names) != len(set(names)):
             raise ValueError(f"target names must be unique: {names}")
-        self.lanes = [TargetLane(target, policy, metrics) for target in targets]
+        #: Every coordinator's latest event, least recently updated first.
+        self.current: OrderedDict[str, Feedback] = OrderedDict()
+        self._max_coordinators = max_coordinators
+        self.lanes = [
+            TargetLane(target, policy, metrics, self.current, resync=resync_interval > 0)
+            for target in targets
+        ]
         self._metrics = metrics
+        self._resync_interval = resync_interval
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
@@ -292,19 +425,51 @@ class Router:
         raise KeyError(name)
 
     def submit(self, feedback: Feedback) -> None:
+        """Make `feedback` its coordinator's current state, and hand it to every target."""
+        self.current.pop(feedback.coordinator_id, None)
+        self.current[feedback.coordinator_id] = feedback
+        if len(self.current) > self._max_coordinators:
+            self.current.popitem(last=False)
         for lane in self.lanes:
             if self._closing:
                 lane.drop([feedback], "shutdown")
             else:
                 lane.submit(feedback)
 
+    def resync(self) -> None:
+        """Every target: send every coordinator's current state again."""
+        for lane in self.lanes:
+            lane.request_resync()
+
+    def states(self) -> list[TargetState]:
+        return [lane.status() for lane in self.lanes]
+
+    async def health(self, probe_timeout: float) -> list[TargetHealth]:
+        """Every target's state and problem, with its publisher's probe (run concurrently,
+        each within `probe_timeout`)."""
+        probes = await asyncio.gather(
+            *(_probe(lane.publisher, probe_timeout) for lane in self.lanes)
+        )
+        return [
+            TargetHealth(lane.status(), lane.problem(), details)
+            for lane, details in zip(self.lanes, probes, strict=True)
+        ]
+
     async def start(self) -> None:
-        """Open each publisher's connections, then start one worker task per target."""
+        """Open each publisher's connections, then start one worker task per target (and
+        the resync timer)."""
         await asyncio.gather(*(self._start_publisher(lane.publisher) for lane in self.lanes))
         self._tasks = [
             asyncio.create_task(lane.run(), name=f"feedback-target:{lane.name}")
             for lane in self.lanes
         ]
+        if self._resync_interval > 0:
+            self._tasks.append(asyncio.create_task(self._resync_every(), name="feedback-resync"))
+
+    async def _resync_every(self) -> None:
+        while True:
+            await asyncio.sleep(self._resync_interval)
+            self.resync()
 
     async def stop(self, drain_timeout: float) -> None:
         """Drain the buffers for up to `drain_timeout` seconds, then stop the workers.
@@ -312,6 +477,8 @@ class Router:
         What is still undelivered then is counted as dropped (`shutdown`) and logged.
         """
         self._closing = True
+        for lane in self.lanes:
+            lane.cancel_resync()
         pending = [lane for lane in self.lanes if lane.depth]
         if pending:
             logger.info(
@@ -351,3 +518,14 @@ class Router:
                 await publisher.close()
         except Exception as exc:
             logger.warning("feedback target {}: could not close cleanly: {!r}", publisher.name, exc)
+
+
+async def _probe(publisher: Publisher, budget: float) -> dict[str, str]:
+    """A publisher's own probe; its failure is a detail, not a failed check."""
+    try:
+        async with asyncio.timeout(budget):
+            return await publisher.health_details()
+    except TimeoutError:
+        return {"probe": "timed out"}
+    except Exception as exc:
+        return {"probe": f"failed: {type(exc).__name__}"}

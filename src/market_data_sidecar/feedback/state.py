@@ -14,7 +14,7 @@ from typing import Any, Literal
 from market_data_core.telemetry import FeedbackEvent
 from pydantic import BaseModel, ConfigDict, Field
 
-Origin = Literal["store", "synthesized"]
+from market_data_sidecar.feedback.model import Origin
 
 #: Levels by severity, most severe first: the order coordinators are shown in.
 LEVEL_SEVERITY = ("hard", "soft", "ok")

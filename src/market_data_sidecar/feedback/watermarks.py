@@ -106,17 +106,24 @@ class Watermarks:
             if level == previous:
                 continue
             self._levels[sample.coordinator_id] = level
-            event = FeedbackEvent(
-                coordinator_id=sample.coordinator_id,
-                queue_size=depth,
-                capacity=sample.capacity,
-                level=level,
-                source="store",
-                ts=self._clock(),
-            )
             reason = RECOVERED if level == BackpressureLevel.ok else None
-            crossings.append(Crossing(event, reason))
+            crossings.append(Crossing(self._event(sample, level), reason))
         return crossings
+
+    def current(self, sample: QueueSample) -> FeedbackEvent:
+        """The coordinator's level as last observed, as an event: for a coordinator that
+        nobody has heard of yet (after a restart), whether or not it crossed a mark."""
+        return self._event(sample, self.level_of(sample.coordinator_id))
+
+    def _event(self, sample: QueueSample, level: BackpressureLevel) -> FeedbackEvent:
+        return FeedbackEvent(
+            coordinator_id=sample.coordinator_id,
+            queue_size=max(int(sample.depth), 0),
+            capacity=sample.capacity,
+            level=level,
+            source="store",
+            ts=self._clock(),
+        )
 
     def _next_level(
         self, previous: BackpressureLevel, depth: int, capacity: int

@@ -7,7 +7,8 @@ pipeline's `FeedbackConsumer` and the orchestrator's `PulseObserver` consume: ke
 coordinator id as its `key`. Core's envelope has no room for the relay's extras, so
 they travel in `meta.headers`, as the store's own publisher sets them: `event_id`
 (stable across retries, for de-duplication), `utilization`, and `reason` (absent
-when the store gave none).
+when the store gave none); the sidecar adds `origin: synthesized` to events it derived
+and `resync: true` to re-publications of a coordinator's current state.
 
 redis-py reconnects per command through its connection pool, so a target comes back
 on the next attempt after Redis restarts; the router decides when that attempt is.
@@ -26,7 +27,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import redis.asyncio as aioredis
 from loguru import logger
 from market_data_core.events import EventMeta
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -90,6 +91,7 @@ class _RedisPublisher(Publisher):
         self._reachable: bool | None = None
         self._ping_seconds: float | None = None
         self._last_error: str | None = None
+        self._run_id: str | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.url!r})"
@@ -112,7 +114,20 @@ class _RedisPublisher(Publisher):
             # connection that died with a restarted Redis. Backoff and everything
             # else is the router's.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            redis_connect_func=self._on_connect,
         )
+
+    async def _on_connect(self, connection: AbstractConnection) -> None:
+        """redis-py's hook for each new connection: a Redis with a new `run_id` restarted,
+        and may hold none of what was written before, so the router resyncs the target."""
+        await connection.on_connect()
+        run_id = await _run_id(connection)
+        if run_id is None:
+            return
+        previous, self._run_id = self._run_id, run_id
+        if previous is not None and previous != run_id:
+            logger.info("redis target {} ({}): Redis restarted, resyncing", self.name, self.url)
+            self.on_recovered()
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -258,13 +273,10 @@ class RedisStreamPublisher(_RedisPublisher):
         cost four JSON passes per event, the stream target's largest cost.
         """
         payload = feedback.event.model_dump_json()
-        headers = {"event_id": feedback.id}
-        if feedback.reason is not None:
-            headers["reason"] = feedback.reason
         meta = EventMeta(
             schema_id=SCHEMA_ID,
             track=TRACK,
-            headers=headers,
+            headers=feedback.headers(),
             hash=hashlib.sha256(payload.encode()).hexdigest(),
         )
         key = json.dumps(feedback.coordinator_id)
@@ -275,6 +287,20 @@ class RedisStreamPublisher(_RedisPublisher):
 
     def _describe(self) -> dict[str, str]:
         return {"stream": self.stream, "mode": self.mode}
+
+
+async def _run_id(connection: AbstractConnection) -> str | None:
+    """The server's `run_id` (new at every start), or None where `INFO` is not allowed."""
+    try:
+        await connection.send_command("INFO", "server")
+        reply = await connection.read_response()
+    except ResponseError:
+        return None
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line.removeprefix("run_id:").strip()
+    return None
 
 
 def _replies(replies: list[Any]) -> list[Any]:
