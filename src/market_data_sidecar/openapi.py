@@ -20,7 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from market_data_sidecar import __version__
-from market_data_sidecar.feedback.intake import MAX_ID_LENGTH, MAX_REASON_LENGTH
+from market_data_sidecar.feedback.intake import (
+    MAX_COUNT,
+    MAX_ID_LENGTH,
+    MAX_REASON_LENGTH,
+    MAX_TS,
+    MAX_UTILIZATION,
+)
 from market_data_sidecar.feedback.state import RelayState
 from market_data_sidecar.settings import Settings
 
@@ -133,15 +139,25 @@ def _intake_event(core: dict[str, Any]) -> dict[str, Any]:
     properties = schema["properties"]
     for name in ("coordinator_id", "source"):
         properties[name] = {**properties[name], "minLength": 1, "maxLength": MAX_ID_LENGTH}
-    properties["ts"] = {**properties["ts"], "description": "Unix epoch seconds; default: now."}
+    # The intake's ranges: what every target and view can carry (intake.py says why).
+    properties["queue_size"] = {**properties["queue_size"], "maximum": MAX_COUNT}
+    properties["capacity"] = {**properties["capacity"], "maximum": MAX_COUNT}
+    properties["ts"] = {
+        **properties["ts"],
+        "minimum": 0,
+        "exclusiveMaximum": MAX_TS,
+        "description": "Unix epoch seconds; default: now.",
+    }
     properties["reason"] = {
         "anyOf": [{"type": "string", "maxLength": MAX_REASON_LENGTH}, {"type": "null"}],
         "description": "Why the level changed (the store sends `queue_recovered`, ...).",
     }
-    # No type: the intake ignores it (Core derives nothing from it), so it takes anything.
     properties["utilization"] = {
-        "description": "Queue size over capacity, as the store's broadcaster sends it. "
-        "Informational: not validated, not relayed."
+        "anyOf": [
+            {"type": "number", "minimum": 0, "maximum": MAX_UTILIZATION},
+            {"type": "null"},
+        ],
+        "description": "Queue size over capacity, as the store's broadcaster sends it.",
     }
     return schema
 
@@ -300,7 +316,11 @@ def _post_feedback(settings: Settings, protected: bool) -> dict[str, Any]:
             "Missing or wrong bearer token.",
             **{"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
         )
-        operation["responses"] = dict(sorted(operation["responses"].items()))
+    else:
+        operation["responses"]["403"] = _error(
+            "Not from loopback: without SIDECAR_TOKEN only processes in the pod may post."
+        )
+    operation["responses"] = dict(sorted(operation["responses"].items()))
     return operation
 
 

@@ -182,7 +182,7 @@ async def post_feedback(request: web.Request) -> web.Response:
     """Validate, hand to the relay, answer 202: delivery happens afterwards, per target."""
     intake = request.app[INTAKE]
     try:
-        intake.admit(request.headers)
+        intake.admit(request.headers, peer=request.remote)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:

@@ -11,6 +11,8 @@ import pytest
 from aiohttp import ClientSession
 from loguru import logger
 
+from market_data_sidecar.feedback.intake import Intake, Rejected
+from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.server import RELAY
 from market_data_sidecar.settings import Settings
 from tests.feedback.conftest import http_target
@@ -170,6 +172,119 @@ async def test_invalid_fields_are_named(
         assert body["field"] == field
         assert field in body["error"]
         assert "index" not in body
+
+
+#: Each would be accepted by Core's model, but a target or a view cannot carry it.
+UNCARRIABLE = [
+    ("coordinator_id", "x\ud800", "valid Unicode"),
+    ("source", "\udfffstore", "valid Unicode"),
+    ("reason", "queue_\udc80recovered", "valid Unicode"),
+    ("queue_size", 2**53, "at most"),
+    ("queue_size", 2**63, "at most"),
+    ("queue_size", 10**400, "at most"),
+    ("queue_size", -1, "greater than or equal to 0"),
+    ("capacity", 2**64, "at most"),
+    ("capacity", -5, "greater than 0"),
+    ("ts", -1, "unix seconds"),
+    ("ts", 1.7e12, "unix seconds"),  # milliseconds by mistake
+    ("ts", 1e300, "unix seconds"),
+    ("ts", 10**400, "valid number"),
+    ("utilization", 1e300, "0 to 1000"),
+    ("utilization", -0.1, "0 to 1000"),
+    ("utilization", True, "number or null"),
+    ("utilization", "0.85", "number or null"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "error"), UNCARRIABLE)
+async def test_what_no_target_can_carry_is_rejected_naming_the_field(
+    sidecar_client: Callable[..., Any],
+    relay_settings: Callable[..., Settings],
+    field: str,
+    value: Any,
+    error: str,
+) -> None:
+    client = await sidecar_client(relay_settings())
+    # Built by hand: json.dumps writes a lone surrogate as the `\\udXXX` escape, as a
+    # hostile client would.
+    body = json.dumps({**store_payload(), field: value}).encode()
+
+    response = await client.post("/feedback", data=body, headers=JSON_HEADERS)
+
+    assert response.status == 422, await response.text()
+    answer = await response.json()
+    assert answer["field"] == field
+    assert error in answer["error"]
+    assert received(client, "invalid") == 1
+
+
+async def test_the_edges_of_every_range_are_accepted(
+    sidecar_client: Callable[..., Any], relay_settings: Callable[..., Settings]
+) -> None:
+    client = await sidecar_client(relay_settings())
+    edges = [
+        {**store_payload("big"), "queue_size": 2**53 - 1, "capacity": 2**53 - 1},
+        {**store_payload("epoch"), "ts": 0},
+        {**store_payload("future"), "ts": 1e11 - 1, "utilization": 1000},
+        {**store_payload("none"), "utilization": None},
+        {**store_payload("text"), "reason": "emoji \U0001f4a5 and \u202e bidi"},
+    ]
+    response = await client.post("/feedback", json=edges)
+    assert response.status == 202, await response.text()
+    assert await response.json() == {"accepted": len(edges)}
+
+
+@pytest.mark.parametrize(
+    ("peer", "admitted"),
+    [
+        ("127.0.0.1", True),
+        ("127.42.0.9", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.1.2.3", False),
+        ("169.254.7.1", False),
+        ("::ffff:10.1.2.3", False),
+        ("fe80::1", False),
+        ("0.0.0.0", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_without_a_token_only_loopback_peers_are_admitted(peer: str | None, admitted: bool) -> None:
+    intake = Intake(Metrics())
+    headers = {"Content-Type": "application/json"}
+    if admitted:
+        intake.admit(headers, peer=peer)
+        return
+    with pytest.raises(Rejected) as refused:
+        intake.admit(headers, peer=peer)
+    assert (refused.value.status, refused.value.outcome) == (403, "forbidden")
+    assert "loopback" in refused.value.body["error"]
+
+
+def test_with_a_token_any_peer_that_presents_it_is_admitted() -> None:
+    intake = Intake(Metrics(), token="intake-token-123")
+    good = {"Content-Type": "application/json", "Authorization": "Bearer intake-token-123"}
+    intake.admit(good, peer="10.1.2.3")
+    with pytest.raises(Rejected) as refused:
+        intake.admit({"Content-Type": "application/json"}, peer="127.0.0.1")
+    assert refused.value.status == 401
+
+
+def test_refused_peers_are_counted_each_time_but_logged_once_per_interval(
+    logs: list[str],
+) -> None:
+    metrics = Metrics()
+    intake = Intake(metrics)
+    for _ in range(50):
+        with pytest.raises(Rejected):
+            intake.admit({}, peer="10.9.9.9")
+    count = metrics.registry.get_sample_value(
+        "sidecar_feedback_received_total", {"outcome": "forbidden"}
+    )
+    assert count == 50
+    assert sum("403 forbidden" in line for line in logs) == 1
+    assert any("10.9.9.9" in line for line in logs)
 
 
 async def test_an_array_with_one_bad_element_is_rejected_whole(

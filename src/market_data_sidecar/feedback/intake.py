@@ -5,15 +5,31 @@ Accepts Core `FeedbackEvent` JSON and the store's broadcaster payload (no `ts`, 
 missing `source` is Core's default `store`, `reason` rides beside the event. One object
 or an array; an array with any invalid element is rejected whole. Fields are validated
 by Core's model in strict mode, so `"850"` or `true` is not a queue size.
+
+What is accepted, every target and view can encode (DESIGN.md, "Hostile peers"):
+
+- strings (`coordinator_id`, `source`, `reason`) are valid Unicode: JSON's `"\\ud800"`
+  decodes to a lone surrogate that no UTF-8 encoder (Redis, HTTP, the page) can write;
+- `queue_size` is 0 to `MAX_COUNT`, `capacity` 1 to `MAX_COUNT` (2**53 - 1, the largest
+  integer every JSON consumer holds exactly, RFC 7493; far inside int64);
+- `ts` is unix seconds, `0 <= ts < MAX_TS` (1e11, the year 5138): inside what
+  `datetime.fromtimestamp` converts (up to the year 9999, 2.5e11), while a millisecond
+  timestamp sent by mistake (1.7e12) is refused instead of read as the far future;
+- `utilization`, when present and not null, is a finite number, 0 to `MAX_UTILIZATION`.
+
+The intake belongs to the pod: without a token only loopback peers may post (403
+otherwise); with one, any peer that presents it.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import math
 import time
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from loguru import logger
@@ -27,6 +43,15 @@ from market_data_sidecar.metrics import Metrics
 #: every accepted coordinator id is kept in memory until restart.
 MAX_ID_LENGTH = 256
 MAX_REASON_LENGTH = 1024
+#: Largest queue size or capacity: exact in every JSON consumer (RFC 7493 I-JSON).
+MAX_COUNT = 2**53 - 1
+#: `ts` must be below this (unix seconds; the year 5138).
+MAX_TS = 1e11
+#: A queue a thousand times over its capacity is a broken sender, not backpressure.
+MAX_UTILIZATION = 1000.0
+#: Refusals of non-loopback peers are logged at most once per this many seconds: a
+#: scanner on the pod network must not fill the log.
+FORBIDDEN_LOG_INTERVAL = 60.0
 
 _CORE_FIELDS = tuple(FeedbackEvent.model_fields)
 _LEVEL_CHOICES = "Input should be one of " + ", ".join(repr(lvl.value) for lvl in BackpressureLevel)
@@ -80,10 +105,16 @@ class Intake:
         self._token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
         self.max_events = max_events
+        self._forbidden_logged_at: float | None = None
+        self._forbidden_unlogged = 0
 
-    def admit(self, headers: Mapping[str, str]) -> None:
-        """Check what is known before reading the body: token, declared size, media type."""
-        if self._token is not None:
+    def admit(self, headers: Mapping[str, str], *, peer: str | None) -> None:
+        """Check what is known before reading the body: who may post (a loopback `peer`
+        without a token, the token with one), declared size, media type."""
+        if self._token is None:
+            if not is_loopback(peer):
+                raise self._forbidden(peer)
+        else:
             scheme, _, given = headers.get("Authorization", "").partition(" ")
             # compare_digest: the time taken must not reveal how much of the token matched.
             # aiohttp decodes header bytes that are not UTF-8 as surrogates (surrogateescape):
@@ -102,6 +133,30 @@ class Intake:
                 "unsupported_media_type",
                 f"expected Content-Type application/json, got {media_type or 'none'!r}"[:200],
             )
+
+    def _forbidden(self, peer: str | None) -> Rejected:
+        """403, counted every time but logged at most once per `FORBIDDEN_LOG_INTERVAL`."""
+        self._metrics.feedback_received.labels("forbidden").inc()
+        now = time.monotonic()
+        if (
+            self._forbidden_logged_at is None
+            or now - self._forbidden_logged_at >= FORBIDDEN_LOG_INTERVAL
+        ):
+            more = self._forbidden_unlogged
+            logger.warning(
+                "feedback rejected (403 forbidden) from {}: without SIDECAR_TOKEN only "
+                "loopback peers may post{}",
+                peer or "an unknown peer",
+                f" ({more} more since the last such line)" if more else "",
+            )
+            self._forbidden_logged_at, self._forbidden_unlogged = now, 0
+        else:
+            self._forbidden_unlogged += 1
+        return Rejected(
+            403,
+            "forbidden",
+            "feedback is accepted from loopback only; set SIDECAR_TOKEN to accept other peers",
+        )
 
     def too_large(self) -> Rejected:
         return self.reject(413, "too_large", f"body exceeds {self.max_body_bytes} bytes")
@@ -171,6 +226,21 @@ class _Invalid(Exception):
         self.message = message
 
 
+@lru_cache(maxsize=1024)
+def is_loopback(peer: str | None) -> bool:
+    """Whether `peer` (aiohttp's `request.remote`: the socket's, never a header's) is in
+    127.0.0.0/8 or ::1, IPv4-mapped (`::ffff:127.0.0.1`) included. Unknown peers are not."""
+    if not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
 def _feedback(element: Any, received_ts: float, received_at: float) -> Feedback:
     if not isinstance(element, dict):
         raise _Invalid(None, "expected a JSON object")
@@ -179,6 +249,9 @@ def _feedback(element: Any, received_ts: float, received_at: float) -> Feedback:
         raise _Invalid("reason", "must be a string or null")
     if reason is not None and len(reason) > MAX_REASON_LENGTH:
         raise _Invalid("reason", f"longer than {MAX_REASON_LENGTH} characters")
+    if reason is not None:
+        _check_encodable("reason", reason)
+    _utilization(element)
     fields = {name: element[name] for name in _CORE_FIELDS if name in element}
     fields.setdefault("ts", received_ts)
     level = fields.get("level")
@@ -195,13 +268,41 @@ def _feedback(element: Any, received_ts: float, received_at: float) -> Feedback:
         error = exc.errors(include_input=False, include_url=False)[0]
         field = ".".join(str(part) for part in error["loc"]) or None
         raise _Invalid(field, error["msg"]) from None
-    if not math.isfinite(event.ts):
-        raise _Invalid("ts", "must be a finite number")
+    if not 0 <= event.ts < MAX_TS:  # NaN fails this too
+        raise _Invalid("ts", f"must be unix seconds, 0 <= ts < {MAX_TS:.0e}")
+    for name in ("queue_size", "capacity"):
+        if getattr(event, name) > MAX_COUNT:
+            raise _Invalid(name, f"must be at most {MAX_COUNT}")
     for name in ("coordinator_id", "source"):
-        length = len(getattr(event, name))
-        if not 0 < length <= MAX_ID_LENGTH:
+        text = getattr(event, name)
+        if not 0 < len(text) <= MAX_ID_LENGTH:
             raise _Invalid(name, f"must be 1 to {MAX_ID_LENGTH} characters")
+        _check_encodable(name, text)
     return Feedback(event, reason=reason, received_at=received_at)
+
+
+def _check_encodable(field: str, text: str) -> None:
+    """Refuse lone surrogates: JSON escapes decode to them, and no UTF-8 encoder (a
+    target's, a view's) can write them."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Invalid(field, "must be valid Unicode (no lone surrogates)") from None
+
+
+def _utilization(element: dict[str, Any]) -> float | None:
+    """The store's `utilization`, validated: a finite number 0 to `MAX_UTILIZATION`, or
+    None when absent or null."""
+    value = element.get("utilization")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid("utilization", "must be a number or null")
+    if not 0 <= value <= MAX_UTILIZATION:  # NaN fails this too
+        raise _Invalid("utilization", f"must be 0 to {MAX_UTILIZATION:g}")
+    return float(value)
 
 
 def _no_constant(name: str) -> Any:
