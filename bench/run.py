@@ -61,6 +61,7 @@ BENCHMARKS.update(
         "intake": ("bench.intake", _needs_intake),
         "fanout": ("bench.fanout", _needs_http_relay),
         "stream": ("bench.stream", _needs_stream_relay),
+        "resync": ("bench.resync", _needs_stream_relay),
         "footprint": ("bench.footprint", _needs_everything),
     }
 )
