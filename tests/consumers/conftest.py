@@ -189,9 +189,12 @@ async def start_driver(consumers_python: Path, tmp_path: Path) -> AsyncIterator[
     await asyncio.gather(*(driver.stop() for driver in started))
 
 
-def consumer_env(redis_url: str) -> dict[str, str]:
+def consumer_env(redis_url: str, namespace: str | None = None) -> dict[str, str]:
     """How both consumers are configured in production: by environment, defaults else."""
-    return {"EVENT_BUS_BACKEND": "redis", "REDIS_URL": redis_url}
+    env = {"EVENT_BUS_BACKEND": "redis", "REDIS_URL": redis_url}
+    if namespace is not None:
+        env["MD_NAMESPACE"] = namespace
+    return env
 
 
 def is_event(name: str) -> Callable[[Line], bool]:
@@ -245,10 +248,12 @@ async def start_sidecar(
     return sidecar
 
 
-async def start_consumers(start_driver: StartDriver, redis_url: str) -> tuple[Driver, Driver]:
+async def start_consumers(
+    start_driver: StartDriver, redis_url: str, namespace: str | None = None
+) -> tuple[Driver, Driver]:
     """The pipeline's consumer and the orchestrator's observer, once their groups exist
     (both start at `$`: anything written before is not theirs)."""
-    env = consumer_env(redis_url)
+    env = consumer_env(redis_url, namespace)
     pipeline, observer = await asyncio.gather(
         start_driver("pipeline_driver.py", env=env), start_driver("observer_driver.py", env=env)
     )
@@ -256,8 +261,9 @@ async def start_consumers(start_driver: StartDriver, redis_url: str) -> tuple[Dr
         pipeline.wait_for(is_event("ready"), 30, message="pipeline consumer group"),
         observer.wait_for(is_event("ready"), 30, message="observer consumer group"),
     )
-    for driver in (pipeline, observer):
-        assert driver.matching(is_event("ready"))[0]["key"] == FEEDBACK_KEY
+    if namespace is None:
+        for driver in (pipeline, observer):
+            assert driver.matching(is_event("ready"))[0]["key"] == FEEDBACK_KEY
     return pipeline, observer
 
 

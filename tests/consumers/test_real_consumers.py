@@ -84,3 +84,25 @@ async def test_the_pipeline_follows_the_latest_event_whatever_its_coordinator(
     )
     assert line["counts"] == {"bars-coord": {"hard": 1}, "options-coord": {"ok": 1}}
     assert await dead_letters(redis_url) == 0
+
+
+async def test_with_md_namespace_the_consumers_read_two_keys_and_a_target_each_serves_one(
+    sidecar_process: Callable[..., SidecarProcess], start_driver: StartDriver, redis_url: str
+) -> None:
+    """`MD_NAMESPACE=blue`: the pipeline reads `blue:blue.telemetry.feedback`, but the
+    observer's bus prefix is always `mdp`, so it reads `mdp:blue.telemetry.feedback`."""
+    pipeline, observer = await start_consumers(start_driver, redis_url, namespace="blue")
+    keys = [driver.matching(is_event("ready"))[0]["key"] for driver in (pipeline, observer)]
+    assert keys == ["blue:blue.telemetry.feedback", "mdp:blue.telemetry.feedback"]
+    for_pipeline = {**stream_target(redis_url), "name": "pipeline", "namespace": "blue"}
+    for_observer = {
+        **stream_target(redis_url),
+        "name": "orchestrator",
+        "stream": "blue.telemetry.feedback",
+    }
+    sidecar = await start_sidecar(sidecar_process, for_pipeline, for_observer)
+    store = await start_store(start_driver, sidecar)
+
+    await store_sends(store, f"soft {DEPTHS['soft']} bars-coord")
+    await pipeline.wait_for(rate_is("soft", 0.5, 30), message="rate 30 (soft)")
+    await observer.wait_for(observed("bars-coord", {"soft": 1}), message="soft seen")
