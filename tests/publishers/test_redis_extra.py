@@ -39,3 +39,19 @@ def test_redis_target_without_redis_py_exits_2_naming_the_extra(tmp_path: Path, 
         f"market-data-sidecar: invalid configuration: SIDECAR_TARGETS[0]: kind {kind!r} "
         "needs redis-py: pip install 'market-data-sidecar[redis]'"
     )
+
+
+def test_http_targets_alone_never_import_redis() -> None:
+    """The kind-to-factory map imports a publisher's module only for a configured kind."""
+    program = (
+        "import sys\n"
+        "from market_data_sidecar.publishers.catalog import build_publishers\n"
+        "from market_data_sidecar.settings import Settings\n"
+        "targets = [{'kind': 'http', 'url': 'http://127.0.0.1:9/hook'}]\n"
+        "[publisher] = build_publishers(Settings(targets=targets))\n"
+        "print(type(publisher).__name__, 'redis' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["HttpPublisher", "False"]

@@ -13,11 +13,8 @@ from loguru import logger
 
 from market_data_sidecar.feedback.delivery import DeliveryError
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers.redis import (
-    RedisPubSubPublisher,
-    RedisStreamPublisher,
-    redact_url,
-)
+from market_data_sidecar.publishers.redis import RedisPubSubPublisher, RedisStreamPublisher
+from market_data_sidecar.redaction import redact_url
 from market_data_sidecar.settings import RedisPubSubTargetSettings, RedisStreamTargetSettings
 from tests.helpers import eventually, feedback
 from tests.redis_helpers import RedisServer
@@ -174,6 +171,10 @@ def test_redact_url_drops_credentials_wherever_they_are() -> None:
         "unix:///run/redis.sock?db=1"
     )
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    # Webhook URLs often carry an API key in the query: none of it is shown.
+    assert redact_url("https://u:p@hooks.example/feedback?api_key=k&x=1") == (
+        "https://hooks.example/feedback"
+    )
 
 
 async def test_a_delivering_worker_stops_at_the_first_cancellation(

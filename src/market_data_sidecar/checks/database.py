@@ -26,6 +26,7 @@ from pydantic import SecretStr
 
 from market_data_sidecar.checks import Check, worst
 from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.redaction import Redactor, first_line
 
 APPLICATION_NAME = "market-data-sidecar"
 
@@ -132,7 +133,7 @@ class DatabaseCheck(Check):
     ) -> None:
         super().__init__("database", interval=interval, timeout=timeout)
         self._dsn = dsn
-        self._redactor = Redactor(dsn.get_secret_value())
+        self._redactor = DsnRedactor(dsn.get_secret_value())
         self.target = describe_target(dsn.get_secret_value())
         self.thresholds = thresholds
         self.metrics = metrics
@@ -402,24 +403,15 @@ class DatabaseCheck(Check):
 # -- secrets ---------------------------------------------------------------------------------
 
 
-class Redactor:
-    """Removes the DSN's password from text: libpq echoes a conninfo it cannot parse."""
-
-    MASK = "***"
+class DsnRedactor(Redactor):
+    """Masks the DSN and its password: libpq echoes a conninfo it cannot parse."""
 
     def __init__(self, dsn: str) -> None:
-        secrets = {dsn, *_passwords(dsn)}
-        self._secrets = sorted((s for s in secrets if s), key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, self.MASK)
-        return text
+        super().__init__(dsn, *_passwords(dsn))
 
     def message(self, exc: BaseException) -> str:
-        """The first line of an error, redacted."""
-        lines = str(exc).strip().splitlines()
-        text = lines[0] if lines else type(exc).__name__
+        """The first line of an error, without psycopg's prefixes, redacted."""
+        text = first_line(exc)
         for prefix in ("connection failed: ", "connection is bad: "):
             text = text.removeprefix(prefix)
         return self(text)

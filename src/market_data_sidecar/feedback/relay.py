@@ -11,7 +11,6 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
 
@@ -29,6 +28,7 @@ from market_data_sidecar.feedback.state import (
 from market_data_sidecar.feedback.watermarks import QueueSample, Watermarks
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.catalog import build_publishers
+from market_data_sidecar.redaction import redact_url
 from market_data_sidecar.settings import Settings
 
 
@@ -186,11 +186,3 @@ def build_relay(
         synthesize=settings.synthesize_feedback,
         synthesize_after=settings.synthesize_after,
     )
-
-
-def redact_url(url: str) -> str:
-    """A target URL fit to show: no user or password, and no query (webhook URLs often
-    carry an API key there)."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -30,6 +30,7 @@ from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import CIRCUIT_GAUGE, Backoff, CircuitBreaker, CircuitState
 from market_data_sidecar.feedback.state import MAX_ERROR_LENGTH, TargetState, clip
 from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.redaction import first_line
 
 #: How long a publisher may take to open or close its connections.
 PUBLISHER_SETUP_TIMEOUT = 5.0
@@ -231,7 +232,7 @@ class TargetLane:
                 await self._deliver_in_flight()
             self.in_flight = []
             return
-        self.last_error = f"unencodable: {type(exc).__name__}: {exc}".splitlines()[0]
+        self.last_error = f"unencodable: {type(exc).__name__}: {first_line(exc)}"
         self.last_error_at = time.time()
         self._note_failing()
         self.drop(self.in_flight, "unencodable", detail=self.last_error)

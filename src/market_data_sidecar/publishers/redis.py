@@ -22,7 +22,6 @@ import json
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 from loguru import logger
@@ -47,6 +46,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.redaction import Redactor, redact_url, url_secrets
 from market_data_sidecar.settings import (
     ConfigError,
     RedisPubSubTargetSettings,
@@ -78,7 +78,7 @@ class _RedisPublisher(Publisher):
         super().__init__(target.label)
         self.target = target
         self.url = redact_url(target.url)
-        self._secrets = _secrets_in(target.url)
+        self._redact = Redactor(target.url, *url_secrets(target.url))
         try:
             parse_url(target.url)
         except ValueError as exc:
@@ -202,10 +202,7 @@ class _RedisPublisher(Publisher):
             self._metrics.redis_up.labels(self.name).set(1 if reachable else 0)
 
     def _scrub(self, text: str) -> str:
-        text = text.replace(self.target.url, self.url)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._redact(text.replace(self.target.url, self.url))
 
 
 class RedisPubSubPublisher(_RedisPublisher):
@@ -338,22 +335,3 @@ def _reply_code(exc: ResponseError) -> str:
     if not isinstance(code, str) or not code:
         code = str(exc).split(" ", 1)[0]
     return code if code.isalpha() and code.isupper() else "ERR"
-
-
-def redact_url(url: str) -> str:
-    """The URL without user, password or a `password=` query parameter, fit to show."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    query = urlencode(
-        [(k, v) for k, v in parse_qsl(parts.query) if k not in {"password", "username"}]
-    )
-    # Not urlunsplit: it turns `unix:///path` into `unix:/path`.
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-
-
-def _secrets_in(url: str) -> list[str]:
-    parts = urlsplit(url)
-    raw = [parts.password or ""]
-    raw += [v for k, v in parse_qsl(parts.query) if k == "password"]
-    secrets = {s for value in raw for s in (value, unquote(value)) if s}
-    return sorted(secrets, key=len, reverse=True)

@@ -1,0 +1,56 @@
+"""Secrets out of everything the sidecar shows: URLs fit to display, text scrubbed of the
+secrets it knows, and errors cut to their first line.
+
+One module, reviewed once: targets, the database check and the router use it, and the
+secrets tests (`tests/reliability/test_secrets.py`) are its net.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+MASK = "***"
+#: Query parameters shown with a URL (Redis's database number); every other one is left
+#: out, since webhook URLs often carry an API key there and Redis URLs a password.
+SHOWN_QUERY = frozenset({"db"})
+
+
+def redact_url(url: str) -> str:
+    """The URL without user, password or query parameters other than `SHOWN_QUERY`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k in SHOWN_QUERY])
+    # Not urlunsplit: it turns `unix:///path` into `unix:/path`.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def url_secrets(url: str) -> set[str]:
+    """The password of a URL, from its user info or a `password=` query parameter, raw and
+    percent-decoded (an error message may echo either)."""
+    parts = urlsplit(url)
+    raw = [parts.password or ""]
+    raw += [v for k, v in parse_qsl(parts.query) if k == "password"]
+    return {s for value in raw for s in (value, unquote(value)) if s}
+
+
+def first_line(exc: BaseException) -> str:
+    """An error as one line: its message's first line, or its type when it says nothing."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+class Redactor:
+    """Masks known secrets in text (libpq and redis-py echo what they could not use)."""
+
+    def __init__(self, *secrets: str) -> None:
+        # Longest first: a secret containing another is masked whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+    def message(self, exc: BaseException) -> str:
+        """The first line of an error, redacted."""
+        return self(first_line(exc))
