@@ -14,8 +14,8 @@
 #     (.cache/consumers/venv, if .ci/consumers.sh built it; else XREAD of the stream)
 #     reads a hard and then an ok event;
 #   - `podman pod stop` ends both containers with exit 0 within the grace period.
-# Prints the time to ready, the sidecar's memory idle and under 20 s of POST/GET
-# /feedback load from the host, and the stop time.
+# Prints the time to ready, the sidecar's memory idle and after 20 s of POST/GET
+# /feedback load (from inside the pod), and the stop time.
 #
 # Networking: podman 4.3 rejects hostNetwork with containerPorts ("PortMappings can
 # only be used with Bridge or slirp4netns networking"), so the pod gets its own network
@@ -214,16 +214,22 @@ if [[ -n "$CONSUMER_PID" ]]; then
     python3 "$CHECK" consumer "$WORK/consumer.out" "$COORDINATOR"
 fi
 
-step "sidecar memory: idle, then ${LOAD_SECONDS}s of POST and GET /feedback from the host"
+step "sidecar memory: idle, then ${LOAD_SECONDS}s of POST and GET /feedback"
 SIDECAR_PID="$(podman inspect "$POD-sidecar" --format '{{.State.Pid}}')"
 IDLE_RSS="$(rss_kib "$SIDECAR_PID" VmRSS)"
 IDLE_CG="$(cgroup_bytes "$SIDECAR_PID")"
-printf 'idle: RSS %d MiB, cgroup %d MiB\n' "$((IDLE_RSS / 1024))" "$(mib "$IDLE_CG")"
-python3 "$CHECK" load "$SIDECAR_URL" "$LOAD_SECONDS" "$SIDECAR_PID" || die "the load failed"
-LOAD_CG="$(cgroup_bytes "$SIDECAR_PID")"
+printf 'idle (the store cycling, no other load): RSS %d MiB, cgroup %d MiB\n' \
+    "$((IDLE_RSS / 1024))" "$(mib "$IDLE_CG")"
+# From inside the pod (the store container's python, over the pod's loopback): without
+# SIDECAR_TOKEN the sidecar takes POST /feedback only from loopback peers, and podman's
+# port forwarding makes the host's requests come from the pod's own address.
+podman exec -i "$POD-store" python - load "http://127.0.0.1:$SIDECAR_PORT" "$LOAD_SECONDS" \
+    <"$CHECK" || die "the load failed"
+LOAD_RSS="$(rss_kib "$SIDECAR_PID" VmRSS)"
 LOAD_HWM="$(rss_kib "$SIDECAR_PID" VmHWM)"
-printf 'after load: RSS %d MiB, peak RSS (VmHWM) %d MiB, cgroup %d MiB\n' \
-    "$(($(rss_kib "$SIDECAR_PID" VmRSS) / 1024))" "$((LOAD_HWM / 1024))" "$(mib "$LOAD_CG")"
+LOAD_CG="$(cgroup_bytes "$SIDECAR_PID")"
+printf 'after the load: RSS %d MiB, peak RSS (VmHWM) %d MiB, cgroup %d MiB\n' \
+    "$((LOAD_RSS / 1024))" "$((LOAD_HWM / 1024))" "$(mib "$LOAD_CG")"
 podman stats --no-stream --format '  podman stats: {{.Name}} {{.MemUsage}}' "$POD-sidecar" "$POD-store"
 python3 "$CHECK" queue "$SIDECAR_URL" "$COORDINATOR" || die "the queue component stopped reading the store under load"
 

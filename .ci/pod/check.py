@@ -1,5 +1,5 @@
-"""The checks and the load of .ci/pod.sh, one subcommand each; standard library only,
-except `split` (PyYAML). A check exits 0 when it holds, 1 (with the reason) when not;
+"""The checks and the load of .ci/pod.sh, one subcommand each; standard library only
+(`split` needs PyYAML), so `load` also runs inside the store container. A check exits 0 when it holds, 1 (with the reason) when not;
 with --show it prints what it saw.
 
     check.py split WORKDIR                  rendered.yaml -> deployment.yaml, secret.json, names
@@ -7,7 +7,7 @@ with --show it prints what it saw.
     check.py feedback SIDECAR_URL COORD     GET /feedback: the store's event, delivered
     check.py stream COORD < XRANGE output   a hard then an ok store event in Core's envelope
     check.py consumer OUTPUT COORD          the pipeline consumer's lines, summarised
-    check.py load SIDECAR_URL SECONDS PID   POST and GET /feedback loops; JSON figures
+    check.py load SIDECAR_URL SECONDS       POST and GET /feedback loops, then the rates
 """
 
 from __future__ import annotations
@@ -120,13 +120,11 @@ def consumer(path: str, coordinator: str) -> None:
         )
 
 
-def load(url: str, seconds: float, pid: str) -> None:
-    """4 threads POSTing arrays of 10 events, 2 GETting /feedback; the sidecar's RSS
-    sampled every 0.25 s from /proc."""
+def load(url: str, seconds: float) -> None:
+    """4 threads POSTing arrays of 10 events, 2 GETting /feedback, for `seconds`."""
     parts = urlsplit(url)
     deadline = time.monotonic() + seconds
     counts = {"post": 0, "get": 0, "errors": 0}
-    peak = {"rss_kib": 0}
     lock = threading.Lock()
 
     def connect() -> http.client.HTTPConnection:
@@ -163,24 +161,15 @@ def load(url: str, seconds: float, pid: str) -> None:
             with lock:
                 counts[kind if ok else "errors"] += 1
 
-    def sample() -> None:
-        while time.monotonic() < deadline:
-            with open(f"/proc/{pid}/status") as f:
-                rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-            peak["rss_kib"] = max(peak["rss_kib"], rss)
-            time.sleep(0.25)
-
     threads = [threading.Thread(target=loop, args=("post", w)) for w in range(4)]
     threads += [threading.Thread(target=loop, args=("get", w)) for w in range(2)]
-    threads.append(threading.Thread(target=sample))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     print(
         f"load: {counts['post'] / seconds:.0f} POST/s (10 events each),"
-        f" {counts['get'] / seconds:.0f} GET/s, {counts['errors']} errors;"
-        f" RSS peak (sampled) {peak['rss_kib'] // 1024} MiB"
+        f" {counts['get'] / seconds:.0f} GET/s, {counts['errors']} errors"
     )
     assert counts["errors"] == 0, "requests failed under load"
     assert counts["post"] > 0 and counts["get"] > 0, counts
@@ -202,7 +191,7 @@ def main(argv: list[str]) -> int:
         elif command == "consumer":
             consumer(rest[0], rest[1])
         elif command == "load":
-            load(rest[0], float(rest[1]), rest[2])
+            load(rest[0], float(rest[1]))
         else:
             print(__doc__, file=sys.stderr)
             return 2
