@@ -17,10 +17,7 @@ from loguru import logger
 from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar import __version__
-from market_data_sidecar.checks.catalog import build_checks
-from market_data_sidecar.health import HealthMonitor
 from market_data_sidecar.logs import configure_logging
-from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.server import MONITOR, create_app
 from market_data_sidecar.settings import (
     ConfigError,
@@ -29,6 +26,7 @@ from market_data_sidecar.settings import (
     unknown_variables,
 )
 from market_data_sidecar.status_view import local_url, show_status
+from market_data_sidecar.wiring import wire_checks
 
 EXIT_CONFIG = 2
 EXIT_CODES = {"healthy": 0, "degraded": 1, "unhealthy": 2}
@@ -183,10 +181,7 @@ async def serve(settings: Settings) -> int:
 
 async def check_once(settings: Settings, *, as_json: bool) -> int:
     """One round of every check, printed; the exit code is the aggregate state."""
-    metrics = Metrics()
-    monitor = HealthMonitor(
-        build_checks(settings, metrics), service=settings.service_name, metrics=metrics
-    )
+    monitor = wire_checks(settings)
     try:
         status = await monitor.run_once()
     finally:

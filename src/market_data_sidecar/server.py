@@ -13,17 +13,15 @@ from loguru import logger
 from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar.checks import Check
-from market_data_sidecar.checks.catalog import build_checks
-from market_data_sidecar.checks.feedback import FeedbackCheck
 from market_data_sidecar.feedback.intake import Intake, Rejected
-from market_data_sidecar.feedback.relay import Relay, build_relay
+from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.state import encode
-from market_data_sidecar.feedback.watermarks import QueueSampleSource
-from market_data_sidecar.health import Damping, HealthMonitor
+from market_data_sidecar.health import HealthMonitor
 from market_data_sidecar.metrics import CONTENT_TYPE, Metrics
 from market_data_sidecar.openapi import add_openapi_route
 from market_data_sidecar.settings import Settings
 from market_data_sidecar.status_page import add_status_routes
+from market_data_sidecar.wiring import wire
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -40,19 +38,8 @@ def create_app(
 ) -> web.Application:
     """Build the application; checks default to those the settings enable, plus the
     relay's own `feedback` component. Given `checks` are taken as the complete list."""
-    metrics = metrics or Metrics()
-    relay = build_relay(settings, metrics)
-    if checks is None:
-        checks = [*build_checks(settings, metrics), _feedback_check(relay, settings)]
-    _feed_watermarks(checks, relay)
-    monitor = HealthMonitor(
-        checks,
-        service=settings.service_name,
-        metrics=metrics,
-        damping=Damping(rise=settings.rise, fall=settings.fall),
-        liveness_intervals=settings.liveness_intervals,
-        ready_when_degraded=settings.ready_when_degraded,
-    )
+    parts = wire(settings, checks=checks, metrics=metrics)
+    metrics, relay, monitor = parts.metrics, parts.relay, parts.monitor
     app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -76,22 +63,6 @@ def create_app(
     add_status_routes(app, health=monitor.snapshot, feedback=relay.view)
     add_openapi_route(app, settings)
     return app
-
-
-def _feedback_check(relay: Relay, settings: Settings) -> FeedbackCheck:
-    return FeedbackCheck(
-        relay,
-        interval=settings.check_interval,
-        timeout=settings.check_timeout,
-        ttl=settings.feedback_ttl,
-    )
-
-
-def _feed_watermarks(checks: Sequence[Check], relay: Relay) -> None:
-    """The queue check's samples drive synthesized feedback."""
-    for check in checks:
-        if isinstance(check, QueueSampleSource):
-            check.add_listener(relay.observe_queues)
 
 
 async def _run_relay(app: web.Application) -> AsyncIterator[None]:

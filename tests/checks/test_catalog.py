@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from market_data_sidecar.checks.catalog import thresholds_from
+from market_data_sidecar.wiring import thresholds_from
 from market_data_sidecar.checks.database import DatabaseThresholds
 from market_data_sidecar.checks.disk import DiskThresholds
 from market_data_sidecar.settings import Settings

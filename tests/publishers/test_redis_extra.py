@@ -45,7 +45,7 @@ def test_http_targets_alone_never_import_redis() -> None:
     """The kind-to-factory map imports a publisher's module only for a configured kind."""
     program = (
         "import sys\n"
-        "from market_data_sidecar.publishers.catalog import build_publishers\n"
+        "from market_data_sidecar.wiring import build_publishers\n"
         "from market_data_sidecar.settings import Settings\n"
         "targets = [{'kind': 'http', 'url': 'http://127.0.0.1:9/hook'}]\n"
         "[publisher] = build_publishers(Settings(targets=targets))\n"

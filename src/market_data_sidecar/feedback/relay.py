@@ -14,10 +14,8 @@ from collections.abc import Callable, Sequence
 
 from loguru import logger
 
-from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import RetryPolicy, Router, Target, TargetHealth
+from market_data_sidecar.feedback.router import Router, TargetHealth
 from market_data_sidecar.feedback.state import (
     DEFAULT_LIMIT,
     LEVEL_SEVERITY,
@@ -27,9 +25,6 @@ from market_data_sidecar.feedback.state import (
 )
 from market_data_sidecar.feedback.watermarks import QueueSample, Watermarks
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers.catalog import build_publishers
-from market_data_sidecar.redaction import redact_url
-from market_data_sidecar.settings import Settings
 
 
 class Relay:
@@ -155,34 +150,3 @@ class Relay:
             last_store_event_at=self.last_store_event_at,
             synthesizing=self.synthesizing,
         )
-
-
-def build_relay(
-    settings: Settings, metrics: Metrics, publishers: Sequence[Publisher] | None = None
-) -> Relay:
-    """The relay the settings describe: one router target per configured target."""
-    if publishers is None:
-        publishers = build_publishers(settings, metrics)
-    # build_publishers makes one publisher per configured target, in order.
-    targets = [
-        Target(
-            publisher=publisher,
-            kind=target.kind,
-            endpoint=redact_url(target.endpoint),
-            buffer=target.buffer,
-        )
-        for publisher, target in zip(publishers, settings.targets, strict=True)
-    ]
-    policy = RetryPolicy(
-        backoff=Backoff(settings.retry_initial, settings.retry_max, settings.retry_after_max),
-        circuit_failures=settings.circuit_failures,
-        circuit_cooldown=settings.circuit_cooldown,
-        failing_after=settings.target_failing_after,
-    )
-    return Relay(
-        Router(targets, metrics=metrics, policy=policy, resync_interval=settings.resync_interval),
-        metrics=metrics,
-        watermarks=Watermarks(settings.queue_low_watermark, settings.queue_high_watermark),
-        synthesize=settings.synthesize_feedback,
-        synthesize_after=settings.synthesize_after,
-    )

@@ -1,0 +1,229 @@
+"""The composition root: settings in, the sidecar's parts out, wired in one place.
+
+`run`, `check` and `demo` all build through `wire` (or `wire_checks`), so how settings
+become checks, publishers, the relay and the health monitor is written once; `feedback/`
+knows neither settings nor publishers, and `publishers/` knows the relay only through
+`feedback.delivery`. Publishers come from a map of target kind to factory; a factory
+imports its module when called, so redis-py is imported only for a Redis target (it is
+an optional extra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from market_data_sidecar.checks import Check
+from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
+from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds
+from market_data_sidecar.checks.feedback import FeedbackCheck
+from market_data_sidecar.checks.queue import QueueCheck
+from market_data_sidecar.feedback.delivery import Publisher
+from market_data_sidecar.feedback.relay import Relay
+from market_data_sidecar.feedback.retry import Backoff
+from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
+from market_data_sidecar.feedback.watermarks import QueueSampleSource, Watermarks
+from market_data_sidecar.health import Damping, HealthMonitor
+from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.redaction import redact_url
+from market_data_sidecar.settings import ConfigError, Settings, TargetSettings
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Everything `run` serves and `demo` shows, built from one `Settings`."""
+
+    settings: Settings
+    metrics: Metrics
+    relay: Relay
+    monitor: HealthMonitor
+
+
+def wire(
+    settings: Settings,
+    *,
+    checks: Sequence[Check] | None = None,
+    metrics: Metrics | None = None,
+    publishers: Sequence[Publisher] | None = None,
+) -> Parts:
+    """The sidecar the settings describe. Checks default to those the settings enable plus
+    the relay's own `feedback` component; given `checks` are taken as the complete list."""
+    metrics = metrics or Metrics()
+    relay = build_relay(settings, metrics, publishers)
+    if checks is None:
+        checks = [*build_checks(settings, metrics), feedback_check(relay, settings)]
+    # The queue check's samples drive synthesized feedback.
+    for check in checks:
+        if isinstance(check, QueueSampleSource):
+            check.add_listener(relay.observe_queues)
+    return Parts(settings, metrics, relay, build_monitor(settings, checks, metrics))
+
+
+def wire_checks(settings: Settings, metrics: Metrics | None = None) -> HealthMonitor:
+    """The store's dependency checks alone, for `check` (no relay, nothing listens)."""
+    metrics = metrics or Metrics()
+    return build_monitor(settings, build_checks(settings, metrics), metrics)
+
+
+def build_monitor(settings: Settings, checks: Sequence[Check], metrics: Metrics) -> HealthMonitor:
+    return HealthMonitor(
+        checks,
+        service=settings.service_name,
+        metrics=metrics,
+        damping=Damping(rise=settings.rise, fall=settings.fall),
+        liveness_intervals=settings.liveness_intervals,
+        ready_when_degraded=settings.ready_when_degraded,
+    )
+
+
+def feedback_check(relay: Relay, settings: Settings) -> FeedbackCheck:
+    return FeedbackCheck(
+        relay,
+        interval=settings.check_interval,
+        timeout=settings.check_timeout,
+        ttl=settings.feedback_ttl,
+    )
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+
+def thresholds_from(kind: type[T], settings: Settings, prefix: str) -> T:
+    """A check's thresholds from the settings of the same name after `prefix`.
+
+    Every field is taken from the settings, so a threshold added to a check cannot
+    silently keep its dataclass default in production.
+    """
+    names = [field.name for field in dataclasses.fields(kind)]
+    return kind(**{name: getattr(settings, prefix + name) for name in names})
+
+
+def build_checks(settings: Settings, metrics: Metrics) -> list[Check]:
+    """The store's dependencies, as configured: disk always, database and queue when set."""
+    timing = {"interval": settings.check_interval, "timeout": settings.check_timeout}
+    checks: list[Check] = []
+    if settings.database_url is not None:
+        checks.append(
+            DatabaseCheck(
+                settings.database_url,
+                thresholds=thresholds_from(DatabaseThresholds, settings, "database_"),
+                metrics=metrics,
+                connect_timeout=settings.database_connect_timeout,
+                statement_timeout=settings.database_statement_timeout,
+                probe_query=settings.database_probe_query,
+                **timing,
+            )
+        )
+    checks.append(
+        DiskCheck(
+            settings.disk_paths,
+            thresholds=thresholds_from(DiskThresholds, settings, "disk_"),
+            metrics=metrics,
+            **timing,
+        )
+    )
+    if settings.store_metrics_url is not None:
+        checks.append(
+            QueueCheck(
+                str(settings.store_metrics_url),
+                capacities=settings.queue_capacities,
+                default_capacity=settings.queue_capacity,
+                low_watermark=settings.queue_low_watermark,
+                high_watermark=settings.queue_high_watermark,
+                metrics=metrics,
+                **timing,
+            )
+        )
+    return checks
+
+
+# -- publishers and relay -------------------------------------------------------------------
+
+Factory = Callable[[Any, Metrics | None], Publisher]
+
+
+def _http(target: Any, metrics: Metrics | None) -> Publisher:
+    from market_data_sidecar.publishers.http import HttpPublisher
+
+    return HttpPublisher(target)
+
+
+def _redis_pubsub(target: Any, metrics: Metrics | None) -> Publisher:
+    return _redis(target).RedisPubSubPublisher(target, metrics=metrics)  # type: ignore[no-any-return]
+
+
+def _redis_stream(target: Any, metrics: Metrics | None) -> Publisher:
+    return _redis(target).RedisStreamPublisher(target, metrics=metrics)  # type: ignore[no-any-return]
+
+
+class _MissingRedis(Exception):
+    """A Redis target without the `redis` extra installed."""
+
+
+def _redis(target: TargetSettings) -> ModuleType:
+    try:
+        from market_data_sidecar.publishers import redis
+    except ImportError:
+        raise _MissingRedis from None
+    return redis
+
+
+#: Every target kind the settings accept, and how its publisher is made.
+FACTORIES: dict[str, Factory] = {
+    "http": _http,
+    "redis-pubsub": _redis_pubsub,
+    "redis-stream": _redis_stream,
+}
+
+
+def build_publishers(settings: Settings, metrics: Metrics | None = None) -> list[Publisher]:
+    """One publisher per configured target, in configuration order."""
+    publishers = []
+    for index, target in enumerate(settings.targets):
+        try:
+            publishers.append(FACTORIES[target.kind](target, metrics))
+        except _MissingRedis:
+            raise ConfigError(
+                f"invalid configuration: SIDECAR_TARGETS[{index}]: kind {target.kind!r} needs "
+                "redis-py: pip install 'market-data-sidecar[redis]'"
+            ) from None
+    return publishers
+
+
+def build_relay(
+    settings: Settings, metrics: Metrics, publishers: Sequence[Publisher] | None = None
+) -> Relay:
+    """The relay the settings describe: one router target per configured target."""
+    if publishers is None:
+        publishers = build_publishers(settings, metrics)
+    # build_publishers makes one publisher per configured target, in order.
+    targets = [
+        Target(
+            publisher=publisher,
+            kind=target.kind,
+            endpoint=redact_url(target.endpoint),
+            buffer=target.buffer,
+        )
+        for publisher, target in zip(publishers, settings.targets, strict=True)
+    ]
+    policy = RetryPolicy(
+        backoff=Backoff(settings.retry_initial, settings.retry_max, settings.retry_after_max),
+        circuit_failures=settings.circuit_failures,
+        circuit_cooldown=settings.circuit_cooldown,
+        failing_after=settings.target_failing_after,
+    )
+    return Relay(
+        Router(targets, metrics=metrics, policy=policy, resync_interval=settings.resync_interval),
+        metrics=metrics,
+        watermarks=Watermarks(settings.queue_low_watermark, settings.queue_high_watermark),
+        synthesize=settings.synthesize_feedback,
+        synthesize_after=settings.synthesize_after,
+    )
