@@ -216,3 +216,18 @@ async def _count(read: Callable[[], Any], count: int) -> bool:
 
 async def _equals(read: Callable[[], Any], expected: list[str]) -> bool:
     return bool(await read() == expected)
+
+
+async def test_a_resync_round_ends_with_the_most_severe_level(router: RouterFactory) -> None:
+    """A consumer keeping one rate for all coordinators (the pipeline's) takes the last
+    event's level: each round sends ok, then soft, then hard, so it ends at the worst."""
+    publisher = RecordingPublisher("pipeline")
+    routed = await router(target(publisher), resync_interval=3600)
+    for name, level in [("a", "hard"), ("b", "ok"), ("c", "soft"), ("d", "hard"), ("e", "ok")]:
+        routed.submit(feedback(name, 1, level=level))
+    await eventually(lambda: len(publisher.delivered) == 5, message="the crossings delivered")
+    routed.resync()
+
+    await eventually(lambda: len(publisher.resyncs()) == 5, message="a whole round")
+    levels = [f.event.level.value for f in publisher.resyncs()]
+    assert levels == ["ok", "ok", "soft", "hard", "hard"]

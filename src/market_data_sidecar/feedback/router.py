@@ -28,7 +28,7 @@ from market_data_sidecar.feedback.buffers import ConflatingBuffer, FifoBuffer, T
 from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import CIRCUIT_GAUGE, Backoff, CircuitBreaker, CircuitState
-from market_data_sidecar.feedback.state import MAX_ERROR_LENGTH, TargetState, clip
+from market_data_sidecar.feedback.state import LEVEL_SEVERITY, MAX_ERROR_LENGTH, TargetState, clip
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.redaction import first_line
 
@@ -39,6 +39,8 @@ DROP_LOG_INTERVAL = 10.0
 #: Coordinators whose current state is kept; the oldest is forgotten beyond this, so a
 #: client inventing coordinator ids cannot grow memory without bound.
 MAX_COORDINATORS = 10_000
+#: The order a resync sends levels in: the most severe last.
+RESYNC_ORDER = tuple(reversed(LEVEL_SEVERITY))
 
 
 @dataclass(frozen=True)
@@ -158,11 +160,18 @@ class TargetLane:
     def request_resync(self) -> None:
         """Send every coordinator's current state again, after what is buffered.
 
-        A resync already under way goes on (it reads the state as it sends), so a target
-        slower than the interval still reaches every coordinator."""
+        The least severe go first and `hard` last: a consumer that keeps one rate for all
+        coordinators (the pipeline's `RateCoordinator` takes whichever event came last)
+        ends each round at the most severe level instead of at a random one. A resync
+        already under way goes on (it reads the state as it sends), so a target slower
+        than the interval still reaches every coordinator."""
         if not self._resync_enabled or self.disabled or self._resync or not self._current:
             return
-        self._resync.extend(self._current)
+        by_level: dict[str, list[str]] = {level: [] for level in RESYNC_ORDER}
+        for coordinator, feedback in self._current.items():
+            by_level.setdefault(feedback.event.level.value, []).append(coordinator)
+        for coordinators in by_level.values():
+            self._resync.extend(coordinators)
         self._wakeup.set()
 
     def cancel_resync(self) -> None:
