@@ -8,6 +8,8 @@
 #   .ci/tools.sh podman      Debian's podman & co (apt, as root) -> .cache/podman/containers.conf
 #   .ci/tools.sh base-image  a Python 3.11 base image from Debian packages (mmdebstrap),
 #                            imported as localhost/debian-python:3.11-bookworm
+#   .ci/tools.sh chromium    Debian's chromium (apt, as root), for the status-page tests
+#                            -> its path
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -124,10 +126,23 @@ base_image_tool() {
     echo "$BASE_IMAGE"
 }
 
+# As .ci/operator-checks.sh installs it (with its recommended fonts, for screenshots).
+CHROMIUM_PACKAGES=(chromium chromium-driver)
+
+chromium_tool() {
+    if ! dpkg -s "${CHROMIUM_PACKAGES[@]}" >/dev/null 2>&1; then
+        as_root apt-get update -qq >&2
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            "${CHROMIUM_PACKAGES[@]}" >&2
+    fi
+    command -v chromium || die "no chromium on PATH after installing ${CHROMIUM_PACKAGES[*]}"
+}
+
 case "${1:-}" in
     helm) helm_tool ;;
     promtool) promtool_tool ;;
     podman) podman_tool ;;
     base-image) base_image_tool ;;
-    *) die "usage: $0 helm|promtool|podman|base-image" ;;
+    chromium) chromium_tool ;;
+    *) die "usage: $0 helm|promtool|podman|base-image|chromium" ;;
 esac

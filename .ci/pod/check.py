@@ -1,6 +1,6 @@
 """The checks and the load of .ci/pod.sh, one subcommand each; standard library only
-(`split` needs PyYAML), so `load` also runs inside the store container. A check exits 0 when it holds, 1 (with the reason) when not;
-with --show it prints what it saw.
+(`split` needs PyYAML), so `load` also runs inside the store container. A check exits 0
+when it holds, 1 (with the reason) when not; with --show it prints what it saw.
 
     check.py split WORKDIR                  rendered.yaml -> deployment.yaml, secret.json, names
     check.py queue SIDECAR_URL COORD        the queue component reads the store over 127.0.0.1
@@ -172,7 +172,8 @@ def load(url: str, seconds: float) -> None:
         f" {counts['get'] / seconds:.0f} GET/s, {counts['errors']} errors"
     )
     assert counts["errors"] == 0, "requests failed under load"
-    assert counts["post"] > 0 and counts["get"] > 0, counts
+    assert counts["post"] > 0, counts
+    assert counts["get"] > 0, counts
 
 
 def main(argv: list[str]) -> int:

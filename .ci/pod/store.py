@@ -31,14 +31,13 @@ import sys
 from collections.abc import Sequence
 
 from loguru import logger
-from prometheus_client import start_http_server
-
 from market_data_store.coordinator import (
     CoordinatorRuntimeSettings,
     FeedbackSettings,
     HttpFeedbackBroadcaster,
     WriteCoordinator,
 )
+from prometheus_client import start_http_server
 
 
 class SlowSink:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from market_data_sidecar.checks import Check
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM_TIMEOUT = 45.0
+#: apt-get update and install of chromium and its dependencies (~30 s here).
+CHROMIUM_INSTALL_TIMEOUT = 600
 
 
 class FixedCheck(Check):
@@ -78,15 +81,48 @@ class Chromium:
         assert path.stat().st_size > 0, f"no screenshot written to {path}"
 
 
+def installed_chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def install_chromium() -> str:
+    """Debian's chromium through the installer CI uses (`.ci/tools.sh chromium`, apt as
+    root); a failure fails the tests: skipping would let a fresh machine pass without
+    ever running them."""
+    try:
+        fetched = subprocess.run(
+            ["bash", str(REPO_ROOT / ".ci" / "tools.sh"), "chromium"],
+            capture_output=True,
+            text=True,
+            timeout=CHROMIUM_INSTALL_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(
+            f"chromium is missing and .ci/tools.sh chromium took over {CHROMIUM_INSTALL_TIMEOUT}s"
+        )
+    binary = installed_chromium()
+    if fetched.returncode != 0 or binary is None:
+        pytest.fail(
+            "chromium is missing and `.ci/tools.sh chromium` (apt-get install chromium "
+            f"chromium-driver, as root) failed: {fetched.stderr.strip()[-2000:]}"
+        )
+    return binary
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The first test that needs Chromium installs it: give it the time to."""
+    if installed_chromium() is not None:
+        return
+    for item in items:
+        if "chromium" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(CHROMIUM_INSTALL_TIMEOUT + CHROMIUM_TIMEOUT + 60))
+            return
+
+
 @pytest.fixture(scope="session")
 def chromium() -> Chromium:
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        pytest.skip(
-            "chromium is not installed: .ci/operator-checks.sh installs Debian's chromium "
-            "(or: apt-get install chromium chromium-driver)"
-        )
-    return Chromium(binary)
+    return Chromium(installed_chromium() or install_chromium())
 
 
 @pytest.fixture

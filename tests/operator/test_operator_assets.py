@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -130,15 +131,31 @@ def test_operations_guide_documents_every_tunable_setting_with_its_default() -> 
     assert not missing, f"not in docs/operations.md: {missing}"
 
 
+@functools.cache
 def promtool() -> str:
+    """promtool from .cache/prom or PATH; else fetched into .cache/prom by the installer
+    CI uses (`.ci/tools.sh promtool`). A failure fails the tests: skipping would let a
+    fresh machine pass without ever checking the rules."""
     for candidate in ("usr/bin/promtool", "promtool", "bin/promtool"):
         path = REPO_ROOT / ".cache" / "prom" / candidate
         if path.exists():
             return str(path)
     found = shutil.which("promtool")
-    if found is None:
-        pytest.skip("promtool not installed: .ci/operator-checks.sh puts it in .cache/prom")
-    return found
+    if found is not None:
+        return found
+    fetched = subprocess.run(
+        ["bash", str(REPO_ROOT / ".ci" / "tools.sh"), "promtool"],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    if fetched.returncode != 0 or not fetched.stdout.strip():
+        pytest.fail(
+            "promtool is missing and `.ci/tools.sh promtool` (Debian's prometheus package, "
+            f"unpacked into .cache/prom) failed: {fetched.stderr.strip()[-2000:]}"
+        )
+    return fetched.stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(
