@@ -2,7 +2,9 @@
 
 No request waits on a check: the page reads the same snapshot `/healthz` serves and the
 relay state `/feedback` serves. Everything that came from outside (component details,
-coordinator ids, target errors) is HTML-escaped; the page loads no external assets and
+coordinator ids, target errors) is made printable by the view model and HTML-escaped
+here, and numbers are formatted defensively, so any accepted data renders (never a 500).
+The page loads no external assets and
 runs no script, and refreshes itself with `<meta http-equiv="refresh">`. Links are
 relative, so the page also works behind a path prefix (`kubectl proxy`, an ingress).
 """
@@ -23,12 +25,16 @@ from market_data_sidecar.status_view import (
     CoordinatorRow,
     StatusView,
     TargetRow,
+    count,
+    percent,
 )
 
 HealthSource = Callable[[], HealthStatus]
 FeedbackSource = Callable[[], RelayState | None]
 
 DEFAULT_REFRESH = 5
+#: Ages beyond a week show the time instead of a count of minutes.
+_LONG_AGO = 7 * 86400
 _MAX_REFRESH = 3600
 
 _HEALTH_SOURCE = web.AppKey[HealthSource]("status_page_health")
@@ -63,9 +69,9 @@ async def status_page(request: web.Request) -> web.Response:
     relay = request.app[_FEEDBACK_SOURCE]()
     feedback = relay.model_dump(mode="json") if relay is not None else None
     view = StatusView.from_json(status.model_dump(mode="json"), feedback)
-    return web.Response(
-        text=render_page(view, refresh=refresh), content_type="text/html", headers=_HEADERS
-    )
+    # Encoded here with `replace`: the last guard against a character UTF-8 cannot write.
+    body = render_page(view, refresh=refresh).encode("utf-8", "replace")
+    return web.Response(body=body, content_type="text/html", charset="utf-8", headers=_HEADERS)
 
 
 def _refresh(raw: str | None) -> int:
@@ -175,7 +181,7 @@ def _coordinators(view: StatusView) -> str:
 def _coordinator_row(c: CoordinatorRow) -> str:
     level = c.current_level or "unknown"
     ratio = c.utilization
-    percent = f"{ratio:.0%}" if ratio is not None else "-"
+    shown = percent(ratio)
     width = f"{max(0.0, min(1.0, ratio)) * 100:.1f}" if ratio is not None else "0"
     event = "-"
     if c.event_level:
@@ -186,13 +192,13 @@ def _coordinator_row(c: CoordinatorRow) -> str:
         if c.event_reason:
             event += f' <span class="muted">{escape(c.event_reason)}</span>'
     depth = f"{_num(c.depth)} / {_num(c.capacity)}"
-    dropped = f'<span class="error">{c.dropped}</span>' if c.dropped else _num(c.dropped)
+    dropped = f'<span class="error">{_num(c.dropped)}</span>' if c.dropped else _num(c.dropped)
     return (
         f'<tr data-coordinator="{escape(c.coordinator_id)}" data-level="{escape(level)}">'
         f"<td>{escape(c.coordinator_id)}</td>"
         f'<td><span class="badge {_level_class(level)}">{escape(level)}</span></td>'
-        f'<td><div class="bar" title="{percent}"><div class="fill {_level_class(level)}" '
-        f'style="width:{width}%"></div></div> <span class="pct">{percent}</span></td>'
+        f'<td><div class="bar" title="{escape(shown)}"><div class="fill {_level_class(level)}" '
+        f'style="width:{width}%"></div></div> <span class="pct">{escape(shown)}</span></td>'
         f"<td>{escape(depth)}</td><td>{dropped}</td>"
         f"<td>{escape(c.workers or '-')}</td>"
         f"<td>{_circuit(c.circuit)}</td><td>{event}</td></tr>"
@@ -228,13 +234,13 @@ def _target_row(t: TargetRow) -> str:
     if t.last_error:
         when = f" ({_age(t.last_error_at)})" if t.last_error_at else ""
         error = f'<span class="error">{escape(t.last_error)}</span>{escape(when)}'
-    dropped = f'<span class="error">{t.dropped}</span>' if t.dropped else "0"
+    dropped = f'<span class="error">{count(t.dropped)}</span>' if t.dropped else "0"
     return (
         f'<tr data-target="{escape(t.name)}" data-state="{escape(t.state)}">'
         f"<td>{escape(t.name)}</td><td>{escape(kind)}</td>"
         f'<td class="endpoint">{escape(t.endpoint)}</td><td>{circuit}</td>'
-        f'<td class="num">{t.buffer_depth}</td><td class="num">{t.delivered}</td>'
-        f'<td class="num">{t.retried}</td><td class="num">{dropped}</td>'
+        f'<td class="num">{count(t.buffer_depth)}</td><td class="num">{count(t.delivered)}</td>'
+        f'<td class="num">{count(t.retried)}</td><td class="num">{dropped}</td>'
         f"<td>{escape(_age(t.last_success) if t.last_success else 'never')}</td>"
         f"<td>{error}</td></tr>"
     )
@@ -258,18 +264,28 @@ def _level_class(level: str) -> str:
 def _age(ts: float | None) -> str:
     if ts is None:
         return "?"
-    seconds = max(0.0, time.time() - ts)
-    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+    seconds = time.time() - ts
+    if seconds < -60:  # a clock far ahead: say when, not "0s ago"
+        return f"at {_clock(ts)}"
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < _LONG_AGO:
+        return f"{seconds / 60:.0f} min ago"
+    return f"at {_clock(ts)}"  # minutes would be a meaningless number
 
 
 def _clock(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):  # before year 1 or after 9999
+        return f"ts {ts:.6g}"
 
 
 def _num(value: int | None) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else count(value)
 
 
 _CSS = """

@@ -3,11 +3,17 @@
 `StatusView.from_json` reads the two JSON documents (tolerating a sidecar without a relay
 and fields it does not know); `render_table` and `render_lines` print it for a terminal
 and for logs. `market-data-sidecar status`, the demo and the HTML page share the model.
+
+Whatever a sidecar answers, the views render it: every string is made `printable` as it
+enters the model (no lone surrogate reaches an encoder, no control character reaches a
+terminal), and numbers are formatted defensively (an absurd timestamp or ratio prints as
+text, never raises).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import shutil
@@ -74,7 +80,10 @@ class CoordinatorRow:
     def utilization(self) -> float | None:
         if self.depth is None or not self.capacity:
             return None
-        return self.depth / self.capacity
+        try:
+            return self.depth / self.capacity
+        except OverflowError:  # integers too large for a float ratio
+            return None
 
     @property
     def current_level(self) -> str | None:
@@ -138,27 +147,28 @@ class StatusView:
         """Build the view; unknown or missing fields are skipped, never fatal."""
         components = [
             ComponentRow(
-                name=str(c.get("name", "?")),
-                state=str(c.get("state", "unknown")),
-                details={str(k): str(v) for k, v in (c.get("details") or {}).items()},
+                name=_text(c.get("name", "?")),
+                state=_text(c.get("state", "unknown")),
+                details={_text(k): _text(v) for k, v in _mapping(c.get("details")).items()},
             )
-            for c in health.get("components") or []
+            for c in _list(health.get("components"))
             if isinstance(c, Mapping)
         ]
         queue = next((c for c in components if c.name == "queue"), None)
         polled = queue_coordinators(queue.details) if queue else {}
         events = _mapping(feedback.get("coordinators")) if feedback else {}
+        events = {_text(cid): event for cid, event in events.items()}
         coordinators = [
             _coordinator(cid, polled.get(cid, {}), _mapping(events.get(cid)))
             for cid in sorted(set(polled) | set(events))
         ]
         targets = [
-            _target(t) for t in (feedback or {}).get("targets") or [] if isinstance(t, Mapping)
+            _target(t) for t in _list((feedback or {}).get("targets")) if isinstance(t, Mapping)
         ]
         return cls(
-            service=str(health.get("service", "market-data-sidecar")),
-            state=str(health.get("state", "unknown")),
-            version=str(health.get("version", "")),
+            service=_text(health.get("service", "market-data-sidecar")),
+            state=_text(health.get("state", "unknown")),
+            version=_text(health.get("version", "")),
             ts=_float(health.get("ts")),
             components=tuple(components),
             coordinators=tuple(coordinators),
@@ -169,7 +179,11 @@ class StatusView:
         )
 
     def with_receivers(self, receivers: Iterable[ReceiverRow]) -> StatusView:
-        return replace(self, receivers=tuple(receivers))
+        printable_rows = (
+            replace(r, name=printable(r.name), kind=printable(r.kind), last=printable(r.last))
+            for r in receivers
+        )
+        return replace(self, receivers=tuple(printable_rows))
 
 
 def summarize(details: Mapping[str, str], limit: int = 6) -> str:
@@ -220,10 +234,10 @@ def _coordinator(cid: str, polled: Mapping[str, str], event: Mapping[str, Any]) 
 
 def _target(data: Mapping[str, Any]) -> TargetRow:
     return TargetRow(
-        name=str(data.get("name", "?")),
-        kind=str(data.get("kind", "")),
-        endpoint=str(data.get("endpoint", "")),
-        mode=str(data.get("mode") or ""),
+        name=_text(data.get("name", "?")),
+        kind=_text(data.get("kind", "")),
+        endpoint=_text(data.get("endpoint", "")),
+        mode=_text(data.get("mode") or ""),
         buffer_depth=_int(data.get("buffer_depth")) or 0,
         delivered=_int(data.get("delivered")) or 0,
         retried=_int(data.get("retried")) or 0,
@@ -231,7 +245,7 @@ def _target(data: Mapping[str, Any]) -> TargetRow:
         last_success=_float(data.get("last_success")),
         last_error=_str(data.get("last_error")),
         last_error_at=_float(data.get("last_error_at")),
-        circuit=str(data.get("circuit") or "closed"),
+        circuit=_text(data.get("circuit") or "closed"),
         disabled=bool(data.get("disabled", False)),
     )
 
@@ -287,7 +301,10 @@ def show_status(base_url: str) -> int:
         return EXIT_UNREACHABLE
     colour = sys.stdout.isatty()
     width = shutil.get_terminal_size().columns if colour else None
-    print(render_table(view, colour=colour, width=width))
+    table = render_table(view, colour=colour, width=width)
+    # A terminal in Latin-1 or ASCII cannot print every character: replace, never raise.
+    encoding = sys.stdout.encoding or "utf-8"
+    print(table.encode(encoding, "replace").decode(encoding))
     return EXIT_CODES.get(view.state, EXIT_CODES["unhealthy"])
 
 
@@ -405,7 +422,7 @@ def render_table(view: StatusView, *, colour: bool = False, width: int | None = 
         lines += _table(
             ["RECEIVER", "KIND", "RECEIVED", "LAST"],
             [
-                [_Cell(r.name), _Cell(r.kind), _Cell(str(r.received), right=True), _Cell(r.last)]
+                [_Cell(r.name), _Cell(r.kind), _Cell(count(r.received), right=True), _Cell(r.last)]
                 for r in view.receivers
             ],
             colour,
@@ -430,7 +447,7 @@ def _coordinator_cells(c: CoordinatorRow) -> list[_Cell]:
         _Cell(level, level),
         _Cell(f"{_num(c.depth)}/{_num(c.capacity)}", right=True),
         _Cell(bar(ratio, width=10), level),
-        _Cell(f"{ratio:.0%}" if ratio is not None else "-", right=True),
+        _Cell(percent(ratio), right=True),
         _Cell(c.workers or "-", right=True),
         _Cell(c.circuit or "-", c.circuit or ""),
         _Cell(event, c.event_level or ""),
@@ -446,10 +463,10 @@ def _target_cells(t: TargetRow) -> list[_Cell]:
         _Cell(t.name),
         _Cell(t.kind),
         _Cell(circuit, circuit),
-        _Cell(str(t.buffer_depth), right=True),
-        _Cell(str(t.delivered), right=True),
-        _Cell(str(t.retried), right=True),
-        _Cell(str(t.dropped), "unhealthy" if t.dropped else "", right=True),
+        _Cell(count(t.buffer_depth), right=True),
+        _Cell(count(t.delivered), right=True),
+        _Cell(count(t.retried), right=True),
+        _Cell(count(t.dropped), "unhealthy" if t.dropped else "", right=True),
         _Cell(_age(t.last_success) if t.last_success else "never"),
         _Cell(error, "unhealthy" if t.last_error else ""),
     ]
@@ -467,19 +484,20 @@ def render_lines(view: StatusView) -> list[str]:
     for c in view.coordinators:
         text = f"coordinator {c.coordinator_id}: level {c.current_level or '-'}"
         if c.depth is not None:
-            text += f", depth {c.depth}/{_num(c.capacity)}"
+            text += f", depth {_num(c.depth)}/{_num(c.capacity)}"
         if c.utilization is not None:
-            text += f" ({c.utilization:.0%})"
+            text += f" ({percent(c.utilization)})"
         if c.dropped:
-            text += f", {c.dropped} dropped"
+            text += f", {count(c.dropped)} dropped"
         if c.event_level:
             text += f", last event {c.event_level} from {c.event_origin or '?'}"
         lines.append(text)
     for t in view.targets:
         state = "disabled" if t.disabled else f"circuit {t.circuit}"
         text = (
-            f"target {t.name} ({t.kind}): delivered {t.delivered}, retried {t.retried}, "
-            f"dropped {t.dropped}, buffer {t.buffer_depth}, {state}"
+            f"target {t.name} ({t.kind}): delivered {count(t.delivered)}, "
+            f"retried {count(t.retried)}, dropped {count(t.dropped)}, "
+            f"buffer {count(t.buffer_depth)}, {state}"
         )
         if t.last_error:
             text += f", last error {t.last_error}"
@@ -514,7 +532,10 @@ def _fit(line: str, width: int) -> str:
 def _age(ts: float | None) -> str:
     if ts is None:
         return "?"
-    seconds = max(0.0, time.time() - ts)
+    seconds = time.time() - ts
+    if seconds < -60:  # a clock far ahead: say when, not "0s ago"
+        return _clock(ts)
+    seconds = max(0.0, seconds)
     if seconds < 60:
         return f"{seconds:.0f}s ago"
     if seconds < 3600:
@@ -525,37 +546,113 @@ def _age(ts: float | None) -> str:
 def _clock(ts: float | None) -> str:
     if ts is None:
         return "?"
-    return datetime.fromtimestamp(ts, UTC).astimezone().strftime("%H:%M:%S")
+    try:
+        return datetime.fromtimestamp(ts, UTC).astimezone().strftime("%H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # before year 1 or after 9999
+        return f"ts {ts:.6g}"
 
 
 def _percent(value: str) -> str:
     try:
-        return f"{float(value):.1%}"
+        return percent(float(value), digits=1)
     except ValueError:
         return value
 
 
 def _num(value: int | None) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else count(value)
+
+
+# -- defensive formatting, shared with the HTML page -----------------------------------------
+
+#: What must not reach a terminal or an encoder: C0/C1 controls (escape sequences), the
+#: bidirectional overrides (text that reads differently than it sorts), lone surrogates.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_WHITESPACE = {"\t": " ", "\n": " ", "\r": " "}
+#: Longest text kept from one value: the sidecar's own values are far shorter.
+MAX_TEXT = 4096
+
+
+def printable(text: str) -> str:
+    """`text` safe for any terminal and any UTF-8 encoder: line breaks and tabs become
+    spaces, other unprintable characters their `\\xNN` / `\\uNNNN` escape."""
+    if len(text) > MAX_TEXT:
+        text = text[: MAX_TEXT - 1] + "…"
+    if text.isascii() and text.isprintable():
+        return text
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _WHITESPACE:
+        return _WHITESPACE[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def percent(ratio: float | None, *, digits: int = 0) -> str:
+    """`85%` for 0.85; `-` for None; a ratio beyond 1,000,000% as `>999999%`, so a huge
+    queue size cannot stretch a column."""
+    if ratio is None or math.isnan(ratio):
+        return "-"
+    if abs(ratio) >= 10_000:
+        return ">999999%" if ratio > 0 else "<-999999%"
+    return f"{ratio:.{digits}%}"
+
+
+def count(value: int) -> str:
+    """An integer as digits, or as `1.23e45` beyond 15 digits: a poisoned queue depth in
+    the store's metrics must not stretch a column (and `str` refuses 4300 digits)."""
+    digits = str(abs(value)) if value.bit_length() < 14_000 else ""
+    if digits and len(digits) <= 15:
+        return str(value)
+    sign = "-" if value < 0 else ""
+    if not digits:
+        return f"{sign}huge"
+    return f"{sign}{digits[0]}.{digits[1:3]}e{len(digits) - 1}"
+
+
+def _text(value: Any) -> str:
+    try:
+        return printable(value if isinstance(value, str) else str(value))
+    except ValueError:  # an integer beyond Python's 4300-digit str() limit
+        return "?"
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _str(value: Any) -> str | None:
-    return None if value is None else str(value)
+    return None if value is None else _text(value)
 
 
 def _int(value: Any) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
+    """An integer from a number or its text (`"850"`, `"850.0"`); None for anything else,
+    non-finite numbers included."""
+    if isinstance(value, bool):
         return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        pass
+    number = _float(value)
+    return None if number is None else int(number)
 
 
 def _float(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
+    """A finite float, or None: `inf` or NaN is no time and no ratio."""
+    if isinstance(value, bool):
         return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None

@@ -108,6 +108,25 @@ async def test_core_events_keep_ts_and_source_and_arrays_keep_their_order(
     ]
 
 
+async def test_the_stores_utilization_is_relayed_as_it_sent_it(
+    orchestrator: StartOrchestrator,
+    sidecar_client: Callable[..., Any],
+    relay_settings: Callable[..., Settings],
+) -> None:
+    receiver = await orchestrator()
+    client = await sidecar_client(relay_settings(targets=[http_target("orch", receiver.url)]))
+    given = {**store_payload("given", queue_size=850), "utilization": 0.851234}
+    absent = store_payload("absent", queue_size=850)
+    del absent["utilization"]
+
+    response = await client.post("/feedback", json=[given, absent])
+
+    assert response.status == 202
+    await eventually(lambda: len(receiver.delivered) == 2, message="both relayed")
+    relayed = {event["coordinator_id"]: event["utilization"] for event in receiver.events()}
+    assert relayed == {"given": 0.851234, "absent": 850 / 1000}
+
+
 async def test_202_is_answered_before_delivery(
     orchestrator: StartOrchestrator,
     sidecar_client: Callable[..., Any],

@@ -2,7 +2,8 @@
 
 Accepts Core `FeedbackEvent` JSON and the store's broadcaster payload (no `ts`, no
 `source`, with `reason` and `utilization`): a missing `ts` is the time received, a
-missing `source` is Core's default `store`, `reason` rides beside the event. One object
+missing `source` is Core's default `store`, `reason` and `utilization` (as the store
+computed it; when absent, relayed as `queue_size / capacity`) ride beside the event. One object
 or an array; an array with any invalid element is rejected whole. Fields are validated
 by Core's model in strict mode, so `"850"` or `true` is not a queue size.
 
@@ -251,7 +252,7 @@ def _feedback(element: Any, received_ts: float, received_at: float) -> Feedback:
         raise _Invalid("reason", f"longer than {MAX_REASON_LENGTH} characters")
     if reason is not None:
         _check_encodable("reason", reason)
-    _utilization(element)
+    utilization = _utilization(element)
     fields = {name: element[name] for name in _CORE_FIELDS if name in element}
     fields.setdefault("ts", received_ts)
     level = fields.get("level")
@@ -278,7 +279,7 @@ def _feedback(element: Any, received_ts: float, received_at: float) -> Feedback:
         if not 0 < len(text) <= MAX_ID_LENGTH:
             raise _Invalid(name, f"must be 1 to {MAX_ID_LENGTH} characters")
         _check_encodable(name, text)
-    return Feedback(event, reason=reason, received_at=received_at)
+    return Feedback(event, reason=reason, given_utilization=utilization, received_at=received_at)
 
 
 def _check_encodable(field: str, text: str) -> None:
