@@ -85,7 +85,7 @@ async def test_core_events_keep_ts_and_source_and_arrays_keep_their_order(
 ) -> None:
     receiver = await orchestrator()
     client = await sidecar_client(relay_settings(targets=[http_target("orch", receiver.url)]))
-    events = [
+    events: list[dict[str, Any]] = [
         {
             "coordinator_id": f"coord-{n}",
             "queue_size": n,
