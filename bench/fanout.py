@@ -15,6 +15,7 @@ runs a bounded number of events, offered at 200/s, and is stopped by a deadline.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from typing import Any
 
@@ -200,7 +201,7 @@ def _peer(ctx: Context, orchestrators: Orchestrators) -> dict[str, Any]:
         "peer-store-broadcast",
         procs.python("-m", "bench.peers", "store-broadcast", json.dumps(config)),
         cpu=procs.SERVER_CPU,
-        stdout=procs.subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     try:
         out, _ = proc.communicate(timeout=deadline + 40)

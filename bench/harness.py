@@ -99,7 +99,7 @@ HEADERS = ("benchmark", "metric", "sidecar", "baseline", "ratio", "target", "res
 
 
 def table_cells(rows: list[Row]) -> list[tuple[str, ...]]:
-    cells = []
+    cells: list[tuple[str, ...]] = []
     for row in rows:
         baseline = fmt(row.baseline, row.unit)
         if row.baseline is not None and row.baseline_label:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ class OwnRedis:
         self.port = procs.free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = Path(tempfile.mkdtemp(prefix="sidecar-bench-redis-"))
-        self._proc: procs.subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, cpu: int | None = procs.LOAD_CPU) -> OwnRedis:
         self._proc = procs.spawn(

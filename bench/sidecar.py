@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +42,7 @@ class Sidecar:
             **(env or {}),
         }
         self.uvloop = uvloop
-        self._proc: procs.subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int:

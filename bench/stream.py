@@ -11,6 +11,7 @@ same core. Both write to a redis-server of the benchmark's own.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from typing import Any
 
@@ -54,7 +55,7 @@ def _core_loop(ctx: Context, own: OwnRedis) -> dict[str, Any]:
         "peer-core-stream",
         procs.python("-m", "bench.peers", "core-stream", json.dumps(config)),
         cpu=procs.SERVER_CPU,
-        stdout=procs.subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     try:
         out, _ = proc.communicate(timeout=180)
@@ -116,7 +117,7 @@ def _sidecar(ctx: Context, own: OwnRedis, client: redis.Redis) -> dict[str, Any]
         written = client.xlen(STREAM)
         samples = sidecar.metrics()
         dropped = metric_sum(samples, "sidecar_feedback_dropped_total", target="stream")
-        first = client.xrange(STREAM, count=1)
+        first = client.xrange(STREAM, count=1) or []
     finally:
         sidecar.stop()
     done_at = progress["done_at"] or time.monotonic()
@@ -129,7 +130,8 @@ def _sidecar(ctx: Context, own: OwnRedis, client: redis.Redis) -> dict[str, Any]
     notes.append(f"intake answered in {posted['elapsed']:.1f}s")
     notes.append(f"CPU per event {cpu / max(written, 1) * 1e6:.1f} us")
     if first:
-        envelope = json.loads(first[0][1][b"data"])
+        fields = first[0][1] or {}
+        envelope = json.loads(fields[b"data"])
         schema = envelope.get("meta", {}).get("schema_id")
         if schema != "telemetry.FeedbackEvent":
             notes.append(f"unexpected schema_id {schema!r}")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from market_data_sidecar.checks import Check
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.server import create_app
 from market_data_sidecar.settings import Settings
 from tests.helpers import SidecarProcess
+from tests.support.sidecar import SidecarClient, StartSidecar
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -36,18 +37,17 @@ def settings_factory() -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def sidecar_client(aiohttp_client: Any) -> Callable[..., Any]:
+def sidecar_client(aiohttp_client: AiohttpClient) -> StartSidecar:
     """Start an in-process sidecar app: `await sidecar_client(settings, checks=...)`."""
 
     async def start(
         settings: Settings | None = None,
         *,
-        checks: list[Check] | None = None,
+        checks: Sequence[Check] | None = None,
         metrics: Metrics | None = None,
-    ) -> TestClient[Any, Any]:
+    ) -> SidecarClient:
         app = create_app(settings or make_settings(), checks=checks, metrics=metrics)
-        client: TestClient[Any, Any] = await aiohttp_client(app)
-        return client
+        return await aiohttp_client(app)
 
     return start
 

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from market_data_core.events import EventEnvelope, RedisStreamsBus
+from redis.typing import StreamRangeResponse
 
 from tests.helpers import eventually, free_port, stop_process, wait_until
 
@@ -32,6 +34,19 @@ def feedback_stream(namespace: str) -> str:
 def feedback_key(namespace: str) -> str:
     """The Redis key a default `redis-stream` target writes."""
     return f"{namespace}:{feedback_stream(namespace)}"
+
+
+def stream_fields(reply: StreamRangeResponse | None) -> list[dict[str, str]]:
+    """The fields of each entry of an XRANGE/XREVRANGE reply, as text, whatever the
+    client's `decode_responses` (redis-py types a reply as bytes-or-str, maybe None)."""
+    return [
+        {_text(name): _text(value) for name, value in (fields or {}).items()}
+        for _, fields in reply or []
+    ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 # -- a private redis-server ------------------------------------------------------------------
@@ -147,7 +162,8 @@ class CoreConsumer:
         while not self._task.done():
             self._task.cancel()
             await asyncio.wait([self._task], timeout=1.0)
-        await self._subscription.aclose()
+        if isinstance(self._subscription, AsyncGenerator):  # Core types it as an iterator
+            await self._subscription.aclose()
         await self.bus.close()
         await self._admin.aclose()
 

@@ -13,6 +13,7 @@ from market_data_sidecar.checks import Check
 from market_data_sidecar.health import Damping, HealthMonitor
 from market_data_sidecar.metrics import Metrics
 from tests.helpers import eventually
+from tests.support.sidecar import StartSidecar
 
 
 class ScriptedCheck(Check):
@@ -87,7 +88,7 @@ async def component_state(client: Any, name: str) -> str | None:
     return next((c.state for c in status.components if c.name == name), None)
 
 
-async def test_hanging_check_never_delays_probes(sidecar_client: Callable[..., Any]) -> None:
+async def test_hanging_check_never_delays_probes(sidecar_client: StartSidecar) -> None:
     hanging = BlockingCheck("hangs", seconds=30.0, timeout=0.5)
     client = await sidecar_client(checks=[hanging, ScriptedCheck("steady", ["healthy"])])
 
@@ -110,7 +111,7 @@ async def test_hanging_check_never_delays_probes(sidecar_client: Callable[..., A
     assert (await client.get("/livez")).status == 200
 
 
-async def test_readiness_waits_for_the_first_round(sidecar_client: Callable[..., Any]) -> None:
+async def test_readiness_waits_for_the_first_round(sidecar_client: StartSidecar) -> None:
     gated = GatedCheck("slow-start")
     client = await sidecar_client(checks=[gated, ScriptedCheck("quick", ["healthy"])])
     await eventually(lambda: component_state(client, "quick"), message="quick reported")
@@ -129,7 +130,7 @@ async def test_readiness_waits_for_the_first_round(sidecar_client: Callable[...,
     await eventually(ready, message="ready after first round")
 
 
-async def test_raising_check_is_unhealthy_with_error(sidecar_client: Callable[..., Any]) -> None:
+async def test_raising_check_is_unhealthy_with_error(sidecar_client: StartSidecar) -> None:
     client = await sidecar_client(checks=[RaisingCheck("database", interval=0.05, timeout=1.0)])
     await eventually(lambda: component_state(client, "database"), message="reported")
     status = HealthStatus.model_validate_json(await (await client.get("/healthz")).read())
@@ -138,7 +139,7 @@ async def test_raising_check_is_unhealthy_with_error(sidecar_client: Callable[..
     assert database.details["error"].startswith("ConnectionRefusedError: connection refused")
 
 
-async def test_aggregate_is_the_worst_state(sidecar_client: Callable[..., Any]) -> None:
+async def test_aggregate_is_the_worst_state(sidecar_client: StartSidecar) -> None:
     client = await sidecar_client(
         checks=[ScriptedCheck("a", ["healthy"]), ScriptedCheck("b", ["degraded"])]
     )
@@ -151,7 +152,7 @@ async def test_aggregate_is_the_worst_state(sidecar_client: Callable[..., Any]) 
 
 
 async def test_degraded_can_block_readiness(
-    sidecar_client: Callable[..., Any], settings_factory: Callable[..., Any]
+    sidecar_client: StartSidecar, settings_factory: Callable[..., Any]
 ) -> None:
     client = await sidecar_client(
         settings_factory(ready_when_degraded=False), checks=[ScriptedCheck("b", ["degraded"])]
@@ -164,7 +165,7 @@ async def test_degraded_can_block_readiness(
 async def test_flap_damping_needs_consecutive_results() -> None:
     # healthy, one blip, healthy, a real outage, a recovery.
     script: list[HealthState] = ["healthy", "unhealthy", "healthy"]
-    script += ["unhealthy"] * 3 + ["healthy"] * 4
+    script += ["unhealthy", "unhealthy", "unhealthy", "healthy", "healthy", "healthy", "healthy"]
     check = ScriptedCheck("flappy", script)
     monitor = HealthMonitor(
         [check], service="store", metrics=Metrics(), damping=Damping(rise=3, fall=2)
@@ -189,7 +190,7 @@ async def test_flap_damping_needs_consecutive_results() -> None:
 
 
 async def test_exclude_leaves_a_component_out_of_the_aggregate(
-    sidecar_client: Callable[..., Any],
+    sidecar_client: StartSidecar,
 ) -> None:
     client = await sidecar_client(
         checks=[ScriptedCheck("disk", ["healthy"]), ScriptedCheck("database", ["unhealthy"])]
@@ -215,7 +216,7 @@ async def test_exclude_leaves_a_component_out_of_the_aggregate(
 
 
 async def test_liveness_fails_when_the_scheduler_is_wedged(
-    sidecar_client: Callable[..., Any], settings_factory: Callable[..., Any]
+    sidecar_client: StartSidecar, settings_factory: Callable[..., Any]
 ) -> None:
     wedged = WedgedCheck()
     client = await sidecar_client(settings_factory(liveness_intervals=2), checks=[wedged])
@@ -231,7 +232,7 @@ async def test_liveness_fails_when_the_scheduler_is_wedged(
         wedged.release.set()
 
 
-async def test_unknown_route_is_a_json_404(sidecar_client: Callable[..., Any]) -> None:
+async def test_unknown_route_is_a_json_404(sidecar_client: StartSidecar) -> None:
     client = await sidecar_client(checks=[ScriptedCheck("a", ["healthy"])])
     response = await client.get("/nope")
     assert response.status == 404

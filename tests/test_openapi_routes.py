@@ -3,6 +3,8 @@ documented path missing, methods included."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from market_data_sidecar.openapi import openapi_document
@@ -23,7 +25,7 @@ def routes_of(app: web.Application) -> set[tuple[str, str]]:
     return found
 
 
-def documented(settings_overrides: dict[str, object]) -> set[tuple[str, str]]:
+def documented(settings_overrides: Mapping[str, object]) -> set[tuple[str, str]]:
     document = openapi_document(make_settings(**settings_overrides))
     return {(path, method) for path, item in document["paths"].items() for method in item}
 

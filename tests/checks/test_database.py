@@ -18,6 +18,7 @@ from market_data_sidecar.metrics import Metrics
 from tests.checks.conftest import MAX_CONNECTIONS, PostgresInstance, probing
 from tests.conftest import make_settings
 from tests.helpers import eventually
+from tests.support.sidecar import StartSidecar
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +143,7 @@ async def test_check_command_prints_database_details() -> None:
 
 
 async def test_connections_near_the_limit_degrade_then_fail(
-    pg: PostgresInstance, sidecar_client: Any
+    pg: PostgresInstance, sidecar_client: StartSidecar
 ) -> None:
     client = await sidecar_client(sidecar_settings(pg.dsn()))
     await eventually(lambda: _state_is(client, "healthy"), message="healthy first")
@@ -193,7 +194,7 @@ async def test_old_transaction_degrades(pg: PostgresInstance) -> None:
 
 
 async def test_probe_query_blocked_past_statement_timeout(
-    pg: PostgresInstance, sidecar_client: Any
+    pg: PostgresInstance, sidecar_client: StartSidecar
 ) -> None:
     """A migration holding ACCESS EXCLUSIVE on the store's hot table stalls its writes."""
     pg.execute("CREATE TABLE IF NOT EXISTS bars (symbol text, ts timestamptz, close float8)")
@@ -222,7 +223,9 @@ async def test_probe_query_blocked_past_statement_timeout(
     assert pg.sidecar_connections() == 1  # the connection survived the timeouts
 
 
-async def test_server_stopped_then_started(pg: PostgresInstance, sidecar_client: Any) -> None:
+async def test_server_stopped_then_started(
+    pg: PostgresInstance, sidecar_client: StartSidecar
+) -> None:
     """With flap damping: two failing results to leave healthy, two passing to return."""
     client = await sidecar_client(sidecar_settings(pg.dsn(), fall=2, rise=2))
     await eventually(lambda: _ready_is(client, 200), message="ready first")
@@ -257,7 +260,9 @@ async def test_reconnects_at_once_after_a_restart_between_runs(pg: PostgresInsta
         await check.close()
 
 
-async def test_frozen_server_then_resumed(pg: PostgresInstance, sidecar_client: Any) -> None:
+async def test_frozen_server_then_resumed(
+    pg: PostgresInstance, sidecar_client: StartSidecar
+) -> None:
     """SIGSTOP: TCP still accepts, nothing ever answers; only the timeout bounds a run."""
     client = await sidecar_client(sidecar_settings(pg.dsn()))
     await eventually(lambda: _ready_is(client, 200), message="ready first")

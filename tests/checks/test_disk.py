@@ -10,6 +10,7 @@ from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds, measure
 from market_data_sidecar.metrics import Metrics
 from tests.conftest import make_settings
 from tests.helpers import eventually
+from tests.support.sidecar import StartSidecar
 
 MiB = 1024 * 1024
 
@@ -19,7 +20,7 @@ def disk_check(paths: list[str], thresholds: DiskThresholds) -> DiskCheck:
 
 
 async def test_filling_a_small_filesystem_crosses_both_thresholds(
-    small_filesystem: Path, sidecar_client: Any
+    small_filesystem: Path, sidecar_client: StartSidecar
 ) -> None:
     """4 MiB tmpfs: degraded below 50% free, unhealthy below 25%, then freed again."""
     settings = make_settings(

@@ -13,6 +13,7 @@ import pytest
 from tests.checks.conftest import PostgresInstance, StoreMetrics, probing
 from tests.conftest import make_settings
 from tests.helpers import eventually
+from tests.support.sidecar import StartSidecar
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,7 @@ TIMEOUT = 1.0
 
 
 async def test_hanging_store_and_frozen_database_leave_the_disk_on_cadence(
-    store_metrics: StoreMetrics, pg: PostgresInstance, sidecar_client: Any
+    store_metrics: StoreMetrics, pg: PostgresInstance, sidecar_client: StartSidecar
 ) -> None:
     settings = make_settings(
         store_metrics_url=store_metrics.url,

@@ -9,11 +9,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.checks.conftest import StoreMetrics
 from tests.conftest import make_settings
 from tests.helpers import eventually
+from tests.support.sidecar import StartSidecar
 
 SHARED_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-async def test_key_gauges_are_exported(store_metrics: StoreMetrics, sidecar_client: Any) -> None:
+async def test_key_gauges_are_exported(
+    store_metrics: StoreMetrics, sidecar_client: StartSidecar
+) -> None:
     settings = make_settings(
         store_metrics_url=store_metrics.url, database_url=SHARED_DSN, disk_paths=["/"]
     )

@@ -11,11 +11,12 @@ from loguru import logger
 from market_data_core.telemetry import BackpressureLevel
 
 from market_data_sidecar.checks.queue import CoordinatorSample, QueueCheck, parse
-from market_data_sidecar.feedback.watermarks import level_for
+from market_data_sidecar.feedback.watermarks import QueueSample, level_for
 from market_data_sidecar.metrics import Metrics
 from tests.checks.conftest import Coordinator, StoreMetrics, probing
 from tests.conftest import make_settings
 from tests.helpers import eventually, free_port
+from tests.support.sidecar import StartSidecar
 
 CAPACITY = 1000
 TIMEOUT = 0.5
@@ -81,7 +82,7 @@ async def test_healthy_coordinators_and_their_samples(
     store_metrics: StoreMetrics, check: QueueCheck
 ) -> None:
     store_metrics.coordinators["bars-coord"].depth = 600  # soft: still healthy
-    received: list[Sequence[CoordinatorSample]] = []
+    received: list[Sequence[QueueSample]] = []
     check.add_listener(received.append)
 
     result = await check.run()
@@ -251,10 +252,10 @@ async def test_failures_remove_stale_series_and_recovery_restores_them(
 async def test_a_failing_listener_is_logged_and_others_still_called(
     store_metrics: StoreMetrics, check: QueueCheck
 ) -> None:
-    def broken(samples: Sequence[CoordinatorSample]) -> None:
+    def broken(samples: Sequence[QueueSample]) -> None:
         raise RuntimeError("listener bug")
 
-    received: list[Sequence[CoordinatorSample]] = []
+    received: list[Sequence[QueueSample]] = []
     check.add_listener(broken)
     check.add_listener(received.append)
     messages: list[str] = []
@@ -271,7 +272,7 @@ async def test_a_failing_listener_is_logged_and_others_still_called(
 async def test_listeners_hear_only_successful_scrapes(
     store_metrics: StoreMetrics, check: QueueCheck
 ) -> None:
-    received: list[Sequence[CoordinatorSample]] = []
+    received: list[Sequence[QueueSample]] = []
     check.add_listener(received.append)
     store_metrics.mode = "garbage"
     await check.run()
@@ -297,7 +298,7 @@ async def test_session_is_reused_and_closed(store_metrics: StoreMetrics) -> None
 
 @pytest.mark.parametrize("fault", ["error", "garbage", "hang", "open-circuit", "no-workers"])
 async def test_store_faults_make_the_sidecar_unready_then_recover(
-    store_metrics: StoreMetrics, sidecar_client: Any, fault: str
+    store_metrics: StoreMetrics, sidecar_client: StartSidecar, fault: str
 ) -> None:
     settings = make_settings(
         store_metrics_url=store_metrics.url, check_interval=0.2, check_timeout=TIMEOUT

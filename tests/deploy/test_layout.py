@@ -52,7 +52,7 @@ def test_pre_stop_delay_only_in_plain_mode(helm: Helm) -> None:
 
 def _mount(container: dict[str, Any], volume: str) -> dict[str, Any]:
     (mount,) = [m for m in container.get("volumeMounts", []) if m["name"] == volume]
-    return mount
+    return dict(mount)
 
 
 @pytest.mark.parametrize(("rendered", "values"), [("default", "default"), ("full", "full")])

@@ -96,7 +96,7 @@ def store_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _container(manifests: Manifests, section: str, name: str) -> dict[str, Any]:
     (found,) = [c for c in manifests.pod_spec.get(section, []) if c["name"] == name]
-    return found
+    return dict(found)
 
 
 @pytest.mark.parametrize(("native", "section"), [(False, "containers"), (True, "initContainers")])

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from market_data_sidecar.settings import Settings
+from tests.support.sidecar import StartSidecar
 
 CLIENT_ERRORS = {400, 413, 415, 422}
 MAX_EVENTS = 20
@@ -62,7 +63,7 @@ media_types = st.sampled_from(
 
 
 async def test_no_client_input_gets_a_5xx(
-    sidecar_client: Callable[..., Any], relay_settings: Callable[..., Settings]
+    sidecar_client: StartSidecar, relay_settings: Callable[..., Settings]
 ) -> None:
     client = await sidecar_client(
         relay_settings(max_body_bytes=MAX_BODY, max_events_per_request=MAX_EVENTS)

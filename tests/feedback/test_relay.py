@@ -17,6 +17,7 @@ from tests.checks.conftest import Coordinator, StoreMetrics
 from tests.feedback.conftest import http_target
 from tests.helpers import eventually, free_port, store_payload
 from tests.publishers.conftest import Orchestrator, StartOrchestrator, closed_port_url
+from tests.support.sidecar import StartSidecar
 
 #: The shape others build a status page and a CLI against.
 COORDINATOR_KEYS = {"coordinator_id", "queue_size", "capacity", "level", "source", "ts", "reason"}
@@ -32,7 +33,7 @@ def metric(client: Any, name: str, **labels: str) -> float:
 
 async def test_a_hanging_and_a_refusing_target_do_not_slow_a_healthy_one(
     orchestrator: StartOrchestrator,
-    sidecar_client: Callable[..., Any],
+    sidecar_client: StartSidecar,
     relay_settings: Callable[..., Settings],
 ) -> None:
     healthy, hanging = await orchestrator(), await orchestrator()
@@ -68,7 +69,7 @@ async def test_a_hanging_and_a_refusing_target_do_not_slow_a_healthy_one(
 
 
 async def test_a_target_that_is_down_gets_each_coordinators_latest_state_on_recovery(
-    sidecar_client: Callable[..., Any], relay_settings: Callable[..., Settings]
+    sidecar_client: StartSidecar, relay_settings: Callable[..., Settings]
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/hook"
@@ -110,7 +111,7 @@ async def test_a_target_that_is_down_gets_each_coordinators_latest_state_on_reco
 
 async def test_get_feedback_shows_coordinators_and_targets_without_credentials(
     orchestrator: StartOrchestrator,
-    sidecar_client: Callable[..., Any],
+    sidecar_client: StartSidecar,
     relay_settings: Callable[..., Settings],
 ) -> None:
     receiver = await orchestrator()
@@ -177,7 +178,7 @@ async def test_get_feedback_shows_coordinators_and_targets_without_credentials(
 
 async def test_the_feedback_component_degrades_while_a_circuit_is_open(
     orchestrator: StartOrchestrator,
-    sidecar_client: Callable[..., Any],
+    sidecar_client: StartSidecar,
     relay_settings: Callable[..., Settings],
 ) -> None:
     receiver = await orchestrator()
@@ -205,7 +206,8 @@ async def test_the_feedback_component_degrades_while_a_circuit_is_open(
     receiver.recover()
 
     async def healthy_again() -> bool:
-        return (await feedback_component())["state"] == "healthy"
+        state: str = (await feedback_component())["state"]
+        return state == "healthy"
 
     await eventually(healthy_again, message="feedback healthy after recovery")
     # Half-open is healthy already: the trial may still be on its way to the orchestrator.
@@ -215,7 +217,7 @@ async def test_the_feedback_component_degrades_while_a_circuit_is_open(
 async def test_watermark_crossings_are_synthesized_until_the_store_pushes(
     orchestrator: StartOrchestrator,
     store_metrics: StoreMetrics,
-    sidecar_client: Callable[..., Any],
+    sidecar_client: StartSidecar,
     relay_settings: Callable[..., Settings],
 ) -> None:
     receiver = await orchestrator()

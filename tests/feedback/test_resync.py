@@ -24,7 +24,7 @@ from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import HttpTargetSettings, RedisStreamTargetSettings
 from tests.helpers import eventually, feedback
 from tests.publishers.conftest import StartOrchestrator
-from tests.redis_helpers import RedisServer
+from tests.redis_helpers import RedisServer, stream_fields
 
 pytest_plugins = ["tests.redis_fixtures"]
 
@@ -166,7 +166,7 @@ async def test_a_redis_that_restarted_empty_gets_every_state_at_once(
 
     async def entries() -> list[dict[str, Any]]:
         async with aioredis.Redis.from_url(redis_server.url) as client:
-            return [json.loads(f[b"data"]) for _, f in await client.xrange(key)]
+            return [json.loads(f["data"]) for f in stream_fields(await client.xrange(key))]
 
     await eventually(lambda: _count(entries, 2), message="both written")
     redis_server.stop()
@@ -196,7 +196,7 @@ async def test_an_event_the_publisher_cannot_encode_is_dropped_and_never_blocks(
 
     async def keys() -> list[str]:
         async with aioredis.Redis.from_url(redis_server.url) as client:
-            return [json.loads(f[b"data"])["key"] for _, f in await client.xrange(key)]
+            return [json.loads(f["data"])["key"] for f in stream_fields(await client.xrange(key))]
 
     await eventually(lambda: _equals(keys, ["bars", "quotes"]), message="the others written")
     reason = {"target": "pulse", "reason": "unencodable"}

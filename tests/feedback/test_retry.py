@@ -30,6 +30,11 @@ class Clock:
         return self.now
 
 
+def state(circuit: CircuitBreaker) -> CircuitState:
+    """The circuit's state, read afresh (mypy would narrow `circuit.state` across calls)."""
+    return circuit.state
+
+
 def test_circuit_opens_after_consecutive_failures_and_tries_once_after_cooldown() -> None:
     clock, changes = Clock(), []
 
@@ -42,21 +47,21 @@ def test_circuit_opens_after_consecutive_failures_and_tries_once_after_cooldown(
     circuit.record_success()  # consecutive, so a success in between resets the count
     circuit.record_failure()
     circuit.record_failure()
-    assert circuit.state == "closed"
+    assert state(circuit) == "closed"
     assert circuit.wait_time() == 0
     circuit.record_failure()
-    assert circuit.state == "open"
+    assert state(circuit) == "open"
     clock.now += 4
     assert circuit.wait_time() == 6
     clock.now += 6
     assert circuit.wait_time() == 0
-    assert circuit.state == "half-open"
+    assert state(circuit) == "half-open"
     circuit.record_failure()  # the trial failed: open for another cool-down
-    assert circuit.state == "open"
+    assert state(circuit) == "open"
     assert circuit.wait_time() == 10
     clock.now += 10
     assert circuit.wait_time() == 0
     circuit.record_success()
-    assert circuit.state == "closed"
+    assert state(circuit) == "closed"
     assert circuit.consecutive_failures == 0
     assert changes == ["open", "half-open", "open", "half-open", "closed"]

@@ -13,6 +13,7 @@ from market_data_sidecar.settings import Settings
 from tests.conftest import make_settings
 from tests.helpers import SidecarProcess, eventually, free_port
 from tests.operator.conftest import FixedCheck
+from tests.support.sidecar import StartSidecar
 
 CLI = [sys.executable, "-m", "market_data_sidecar", "status"]
 
@@ -32,7 +33,7 @@ async def status_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int
     return proc.returncode, stdout.decode(), stderr.decode()
 
 
-async def started(sidecar_client: Callable[..., Any], settings: Settings, **kwargs: Any) -> str:
+async def started(sidecar_client: StartSidecar, settings: Settings, **kwargs: Any) -> str:
     """Start an in-process sidecar; its URL once every check has reported."""
     client = await sidecar_client(settings, **kwargs)
     monitor = client.app[MONITOR]
@@ -41,7 +42,7 @@ async def started(sidecar_client: Callable[..., Any], settings: Settings, **kwar
 
 
 async def test_healthy_sidecar_exits_0_and_prints_components(
-    sidecar_client: Callable[..., Any],
+    sidecar_client: StartSidecar,
 ) -> None:
     url = await started(sidecar_client, make_settings())
     code, out, err = await status_cli("--url", url)
@@ -53,7 +54,7 @@ async def test_healthy_sidecar_exits_0_and_prints_components(
 
 
 async def test_degraded_and_unhealthy_set_the_exit_code(
-    sidecar_client: Callable[..., Any],
+    sidecar_client: StartSidecar,
 ) -> None:
     degraded = await started(
         sidecar_client,
@@ -86,7 +87,7 @@ async def test_unreachable_sidecar_is_one_clear_line_and_exit_3() -> None:
     assert err.strip() == f"market-data-sidecar: cannot reach {url}: connection refused"
 
 
-async def test_a_port_that_is_not_a_sidecar_is_exit_3(sidecar_client: Callable[..., Any]) -> None:
+async def test_a_port_that_is_not_a_sidecar_is_exit_3(sidecar_client: StartSidecar) -> None:
     url = await started(sidecar_client, make_settings())
     code, _, err = await status_cli("--url", url + "/metrics")
     assert code == 3

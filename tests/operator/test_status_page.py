@@ -16,6 +16,7 @@ from tests.conftest import make_settings
 from tests.helpers import SidecarProcess, eventually
 from tests.operator.conftest import Chromium, FixedCheck
 from tests.operator.test_status_view import FEEDBACK, HEALTH
+from tests.support.sidecar import StartSidecar
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quoted"'
 
@@ -47,7 +48,7 @@ class Elements(HTMLParser):
 
 
 async def test_page_shows_components_with_their_details_escaped(
-    sidecar_client: Callable[..., Any],
+    sidecar_client: StartSidecar,
 ) -> None:
     checks = [
         FixedCheck("disk", "degraded", {"reason": HOSTILE, HOSTILE: "key too"}),
@@ -79,7 +80,7 @@ async def test_page_shows_components_with_their_details_escaped(
 
 
 async def test_page_is_self_contained_and_refreshes_itself(
-    sidecar_client: Callable[..., Any],
+    sidecar_client: StartSidecar,
 ) -> None:
     client = await sidecar_client(make_settings())
     html = await (await client.get("/")).text()
@@ -111,7 +112,7 @@ async def test_page_is_self_contained_and_refreshes_itself(
 
 
 async def test_page_answers_before_any_check_has_reported(
-    sidecar_client: Callable[..., Any],
+    sidecar_client: StartSidecar,
 ) -> None:
     """The page reads the cache only: a check that never finishes does not hold it up."""
 

@@ -16,7 +16,14 @@ from market_data_core.telemetry import FeedbackEvent
 from market_data_sidecar.server import METRICS
 from tests.conftest import make_settings
 from tests.helpers import SidecarProcess, eventually, feedback, store_payload
-from tests.redis_helpers import SHARED_REDIS_URL, CoreConsumer, RedisServer, dead_letters
+from tests.redis_helpers import (
+    SHARED_REDIS_URL,
+    CoreConsumer,
+    RedisServer,
+    dead_letters,
+    stream_fields,
+)
+from tests.support.sidecar import StartSidecar
 
 pytest_plugins = ["tests.redis_fixtures"]
 
@@ -55,14 +62,14 @@ async def target_state(client: TestClient[Any, Any]) -> dict[str, Any]:
 async def stream_events(server_url: str) -> list[tuple[FeedbackEvent, dict[str, str]]]:
     """Every entry of the stream, decoded with Core's codec: (event, meta.headers)."""
     async with aioredis.Redis.from_url(server_url) as client:
-        entries = await client.xrange(STREAM)
+        entries = stream_fields(await client.xrange(STREAM))
     codec = JsonCodec()
-    decoded = [codec.decode(fields[b"data"], FeedbackEvent) for _, fields in entries]
+    decoded = [codec.decode(fields["data"].encode(), FeedbackEvent) for fields in entries]
     return [(envelope.payload, envelope.meta.headers) for envelope in decoded]
 
 
 async def test_core_subscribers_receive_what_the_store_posted(
-    sidecar_client: Callable[..., Any], namespace: str, shared_redis: aioredis.Redis
+    sidecar_client: StartSidecar, namespace: str, shared_redis: aioredis.Redis
 ) -> None:
     target = stream_target(SHARED_REDIS_URL, namespace=namespace, mode="all")
     client = await sidecar_client(make_settings(targets=[target], **FAST_RELAY))
@@ -106,7 +113,7 @@ async def test_core_subscribers_receive_what_the_store_posted(
 
 
 async def test_latest_state_of_every_coordinator_arrives_after_redis_restarts(
-    sidecar_client: Callable[..., Any], redis_server: RedisServer
+    sidecar_client: StartSidecar, redis_server: RedisServer
 ) -> None:
     client = await sidecar_client(
         make_settings(targets=[stream_target(redis_server.url)], **FAST_RELAY)
@@ -142,7 +149,7 @@ async def test_latest_state_of_every_coordinator_arrives_after_redis_restarts(
 
 
 async def test_all_mode_loses_nothing_within_the_bound_across_a_restart(
-    sidecar_client: Callable[..., Any], redis_server: RedisServer
+    sidecar_client: StartSidecar, redis_server: RedisServer
 ) -> None:
     target = stream_target(redis_server.url, mode="all", buffer=100, batch=8)
     client = await sidecar_client(make_settings(targets=[target], **FAST_RELAY))
@@ -171,7 +178,7 @@ async def test_all_mode_loses_nothing_within_the_bound_across_a_restart(
 
 
 async def test_all_mode_beyond_the_bound_keeps_the_newest_and_counts_the_rest(
-    sidecar_client: Callable[..., Any], redis_server: RedisServer
+    sidecar_client: StartSidecar, redis_server: RedisServer
 ) -> None:
     target = stream_target(redis_server.url, mode="all", buffer=10)
     client = await sidecar_client(make_settings(targets=[target], **FAST_RELAY))
@@ -241,7 +248,8 @@ async def _delivered(client: TestClient[Any, Any], count: int) -> bool:
 
 
 async def _circuit(client: TestClient[Any, Any], state: str) -> bool:
-    return (await target_state(client))["circuit"] == state
+    circuit: str = (await target_state(client))["circuit"]
+    return circuit == state
 
 
 async def _failing(client: TestClient[Any, Any]) -> bool:

@@ -23,6 +23,7 @@ from tests.redis_helpers import (
     dead_letters,
     feedback_key,
     feedback_stream,
+    stream_fields,
 )
 
 pytest_plugins = ["tests.redis_fixtures"]
@@ -111,9 +112,9 @@ async def test_entry_is_a_core_envelope_with_relay_headers(
     without_reason = feedback("ticks-coord", 10, level="ok")
     await publisher.deliver([without_reason])
 
-    entries = await shared_redis.xrange(feedback_key(namespace))
-    assert [set(fields) for _, fields in entries] == [{"data"}, {"data"}]
-    raw = [fields["data"] for _, fields in entries]
+    entries = stream_fields(await shared_redis.xrange(feedback_key(namespace)))
+    assert [set(fields) for fields in entries] == [{"data"}, {"data"}]
+    raw = [fields["data"] for fields in entries]
     envelope = JsonCodec().decode(raw[0].encode(), type(sent.event))
     assert envelope.payload == sent.event
     assert envelope.meta.schema_id == "telemetry.FeedbackEvent"
@@ -144,8 +145,8 @@ async def test_stream_is_trimmed_approximately_to_maxlen(
     # `MAXLEN ~` trims whole radix-tree nodes (100 entries by default): never below
     # the bound, well below what was written.
     assert 10 <= length <= 200
-    newest = await shared_redis.xrevrange(feedback_key(namespace), count=1)
-    assert json.loads(newest[0][1]["data"])["payload"]["queue_size"] == 299
+    newest = stream_fields(await shared_redis.xrevrange(feedback_key(namespace), count=1))
+    assert json.loads(newest[0]["data"])["payload"]["queue_size"] == 299
 
 
 async def test_batches_are_pipelined_without_transactions(
@@ -156,11 +157,11 @@ async def test_batches_are_pipelined_without_transactions(
 
     async with aioredis.Redis.from_url(redis_server.url, decode_responses=True) as client:
         stats = await client.info("commandstats")
-        entries = await client.xrange("mdp:mdp.telemetry.feedback")
+        entries = stream_fields(await client.xrange("mdp:mdp.telemetry.feedback"))
     assert stats["cmdstat_xadd"]["calls"] == 50
     assert "cmdstat_multi" not in stats
     assert "cmdstat_exec" not in stats
-    assert [json.loads(f["data"])["payload"]["queue_size"] for _, f in entries] == list(range(50))
+    assert [json.loads(f["data"])["payload"]["queue_size"] for f in entries] == list(range(50))
 
 
 async def test_server_error_reply_is_permanent_and_named(
@@ -259,6 +260,6 @@ async def test_custom_stream_reaches_cores_subscriber_on_that_stream(
     publisher = publisher_factory(SHARED_REDIS_URL, namespace, stream="x.telemetry.feedback")
     await publisher.deliver([feedback("bars-coord", 850, level="soft")])
 
-    entries = await shared_redis.xrange(f"{namespace}:x.telemetry.feedback")
+    entries = stream_fields(await shared_redis.xrange(f"{namespace}:x.telemetry.feedback"))
     assert len(entries) == 1
     assert await shared_redis.exists(feedback_key(namespace)) == 0

@@ -33,7 +33,7 @@ from redis.backoff import NoBackoff
 from tests.checks.conftest import PostgresInstance
 from tests.helpers import SidecarProcess, eventually
 from tests.publishers.conftest import Orchestrator, StartOrchestrator
-from tests.redis_helpers import RedisServer
+from tests.redis_helpers import RedisServer, stream_fields
 from tests.reliability.conftest import (
     FAST_RELAY_ENV,
     assert_still_serving,
@@ -248,8 +248,8 @@ async def _stream(client: aioredis.Redis, namespace: str) -> list[Entry]:
     """Every entry of a stream target, decoded by Core's codec as its consumers do."""
     codec = JsonCodec()
     entries = []
-    for _, fields in await client.xrange(f"{namespace}:{namespace}.{STREAM}") or []:
-        data: bytes = fields[b"data"]
+    for fields in stream_fields(await client.xrange(f"{namespace}:{namespace}.{STREAM}")):
+        data = fields["data"].encode()
         envelope = codec.decode(data, FeedbackEvent)
         event_id = json.loads(data)["meta"]["headers"]["event_id"]
         entries.append((event_id, envelope.payload.queue_size, envelope.payload.coordinator_id))
