@@ -88,6 +88,9 @@ def feedback(url: str, coordinator: str, show: bool) -> None:
 
 
 def stream(coordinator: str, show: bool) -> None:
+    # The store's own events, not ones the sidecar synthesized from polled depths:
+    # the store reports the depth at the crossing (exactly the watermark for hard) and
+    # `reason: queue_recovered` on ok, which the relay keeps as a header.
     levels = []
     last = None
     for line in sys.stdin:
@@ -96,15 +99,25 @@ def stream(coordinator: str, show: bool) -> None:
         envelope = json.loads(line)
         assert envelope["meta"]["schema_id"] == "telemetry.FeedbackEvent", envelope
         payload = envelope["payload"]
-        if payload["coordinator_id"] == coordinator:
-            assert payload["source"] == "store", envelope
-            assert envelope["key"] == coordinator, envelope
-            levels.append(payload["level"])
-            last = envelope
+        if payload["coordinator_id"] != coordinator:
+            continue
+        assert payload["source"] == "store", envelope
+        assert envelope["key"] == coordinator, envelope
+        reason = envelope["meta"].get("headers", {}).get("reason")
+        if payload["level"] == "ok" and reason == "queue_recovered":
+            levels.append("ok")
+        elif payload["level"] == "hard" and payload["queue_size"] == int(0.8 * payload["capacity"]):
+            levels.append("hard")
+        elif payload["level"] == "soft":
+            levels.append("soft")
+        else:
+            levels.append(f"({payload['level']})")
+        last = envelope
     assert "hard" in levels, levels
     assert "ok" in levels[levels.index("hard") :], levels
     if show:
         print(f"{len(levels)} entries of {coordinator}: {' '.join(levels)}")
+        print("  (level): an event not at the store's crossing (synthesized by the sidecar)")
         print(f"last envelope: {json.dumps(last)}")
 
 
