@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import pytest
 from pytest_aiohttp import AiohttpClient
@@ -13,22 +12,9 @@ from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.server import create_app
 from market_data_sidecar.settings import Settings
 from tests.helpers import SidecarProcess
-from tests.support.sidecar import SidecarClient, StartSidecar
+from tests.support.sidecar import SidecarClient, StartSidecar, make_settings
 
-
-def make_settings(**overrides: Any) -> Settings:
-    """Settings for in-process tests: no store, fast checks, no shutdown grace."""
-    defaults: dict[str, Any] = {
-        "store_metrics_url": "",
-        "database_url": "",
-        "check_interval": 0.2,
-        "check_timeout": 1.0,
-        "shutdown_grace": 0.0,
-        "disk_paths": ["/"],
-        # Off unless a test is about it: resyncs repeat deliveries other tests count.
-        "resync_interval": 0.0,
-    }
-    return Settings(**{**defaults, **overrides})
+__all__ = ["make_settings"]  # still imported from here by some tests
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from market_data_sidecar.openapi import openapi_document
 from market_data_sidecar.server import create_app
-from tests.conftest import make_settings
+from tests.support.sidecar import make_settings
 
 #: What aiohttp adds beside each GET.
 _IMPLICIT = {"HEAD"}

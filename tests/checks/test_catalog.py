@@ -10,7 +10,7 @@ from market_data_sidecar.checks.database import DatabaseThresholds
 from market_data_sidecar.checks.disk import DiskThresholds
 from market_data_sidecar.settings import Settings
 from market_data_sidecar.wiring import thresholds_from
-from tests.conftest import make_settings
+from tests.support.sidecar import make_settings
 
 
 @pytest.mark.parametrize(

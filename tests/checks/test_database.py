@@ -15,10 +15,10 @@ from pydantic import SecretStr
 
 from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
 from market_data_sidecar.metrics import Metrics
-from tests.checks.conftest import MAX_CONNECTIONS, PostgresInstance, probing
-from tests.conftest import make_settings
 from tests.helpers import eventually
-from tests.support.sidecar import StartSidecar
+from tests.support.postgres import MAX_CONNECTIONS, PostgresInstance
+from tests.support.probes import probing
+from tests.support.sidecar import StartSidecar, make_settings
 
 pytestmark = pytest.mark.slow
 

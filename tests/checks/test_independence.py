@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.checks.conftest import PostgresInstance, StoreMetrics, probing
-from tests.conftest import make_settings
 from tests.helpers import eventually
-from tests.support.sidecar import StartSidecar
+from tests.support.postgres import PostgresInstance
+from tests.support.probes import probing
+from tests.support.sidecar import StartSidecar, make_settings
+from tests.support.store import StoreMetrics
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.checks.conftest import StoreMetrics
-from tests.conftest import make_settings
 from tests.helpers import eventually
-from tests.support.sidecar import StartSidecar
+from tests.support.sidecar import StartSidecar, make_settings
+from tests.support.store import StoreMetrics
 
 SHARED_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -13,10 +13,10 @@ from market_data_core.telemetry import BackpressureLevel
 from market_data_sidecar.checks.queue import CoordinatorSample, QueueCheck, parse
 from market_data_sidecar.feedback.watermarks import QueueSample, level_for
 from market_data_sidecar.metrics import Metrics
-from tests.checks.conftest import Coordinator, StoreMetrics, probing
-from tests.conftest import make_settings
 from tests.helpers import eventually, free_port
-from tests.support.sidecar import StartSidecar
+from tests.support.probes import probing
+from tests.support.sidecar import StartSidecar, make_settings
+from tests.support.store import Coordinator, StoreMetrics
 
 CAPACITY = 1000
 TIMEOUT = 0.5

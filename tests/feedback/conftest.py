@@ -10,8 +10,8 @@ import pytest
 
 from market_data_sidecar.settings import Settings
 from tests.checks.conftest import store_metrics  # noqa: F401 - the checks' store
-from tests.conftest import make_settings
 from tests.publishers.conftest import orchestrator  # noqa: F401 - the same real receivers
+from tests.support.sidecar import make_settings
 
 #: Fast pacing so fault tests finish in seconds; behaviour is the same as the defaults'.
 FAST_RELAY: dict[str, Any] = {

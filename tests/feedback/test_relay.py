@@ -13,11 +13,11 @@ from typing import Any
 
 from market_data_sidecar.server import RELAY
 from market_data_sidecar.settings import Settings
-from tests.checks.conftest import Coordinator, StoreMetrics
 from tests.feedback.conftest import http_target
 from tests.helpers import eventually, free_port, store_payload
-from tests.publishers.conftest import Orchestrator, StartOrchestrator, closed_port_url
+from tests.support.receivers import StartOrchestrator, WebhookReceiver, closed_port_url
 from tests.support.sidecar import StartSidecar
+from tests.support.store import Coordinator, StoreMetrics
 
 #: The shape others build a status page and a CLI against.
 COORDINATOR_KEYS = {"coordinator_id", "queue_size", "capacity", "level", "source", "ts", "reason"}
@@ -88,7 +88,7 @@ async def test_a_target_that_is_down_gets_each_coordinators_latest_state_on_reco
 
     assert lane.buffer.high_water <= 3
     assert lane.depth <= 4  # the three coordinators, plus at most one stale attempt
-    receiver = await Orchestrator(port).start()
+    receiver = await WebhookReceiver(port).start()
     try:
         await eventually(
             lambda: {e["coordinator_id"]: e["queue_size"] for e in receiver.events()} == latest,

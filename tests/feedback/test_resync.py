@@ -23,8 +23,8 @@ from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import HttpTargetSettings, RedisStreamTargetSettings
 from tests.helpers import eventually, feedback
-from tests.publishers.conftest import StartOrchestrator
 from tests.redis_helpers import RedisServer, stream_fields
+from tests.support.receivers import StartOrchestrator
 
 pytest_plugins = ["tests.redis_fixtures"]
 

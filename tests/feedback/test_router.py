@@ -16,7 +16,7 @@ from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.settings import HttpTargetSettings
 from tests.helpers import eventually, feedback
-from tests.publishers.conftest import StartOrchestrator, closed_port_url
+from tests.support.receivers import StartOrchestrator, closed_port_url
 
 FAST = RetryPolicy(Backoff(0.01, 0.05), circuit_failures=5, circuit_cooldown=0.3)
 

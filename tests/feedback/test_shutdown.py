@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import SidecarProcess, eventually, store_payload
-from tests.publishers.conftest import StartOrchestrator
+from tests.support.receivers import StartOrchestrator
 
 
 async def test_sigterm_drains_accepted_events_to_a_slow_target_then_exits_0(

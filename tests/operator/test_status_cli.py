@@ -10,10 +10,9 @@ from typing import Any
 
 from market_data_sidecar.server import MONITOR
 from market_data_sidecar.settings import Settings
-from tests.conftest import make_settings
 from tests.helpers import SidecarProcess, eventually, free_port
 from tests.operator.conftest import FixedCheck
-from tests.support.sidecar import StartSidecar
+from tests.support.sidecar import StartSidecar, make_settings
 
 CLI = [sys.executable, "-m", "market_data_sidecar", "status"]
 

@@ -12,11 +12,10 @@ from typing import Any
 from market_data_sidecar.server import MONITOR
 from market_data_sidecar.status_page import render_page
 from market_data_sidecar.status_view import StatusView
-from tests.conftest import make_settings
 from tests.helpers import SidecarProcess, eventually
 from tests.operator.conftest import Chromium, FixedCheck
 from tests.operator.test_status_view import FEEDBACK, HEALTH
-from tests.support.sidecar import StartSidecar
+from tests.support.sidecar import StartSidecar, make_settings
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quoted"'
 

@@ -14,7 +14,6 @@ from market_data_core.events import JsonCodec
 from market_data_core.telemetry import FeedbackEvent
 
 from market_data_sidecar.server import METRICS
-from tests.conftest import make_settings
 from tests.helpers import SidecarProcess, eventually, feedback, store_payload
 from tests.redis_helpers import (
     SHARED_REDIS_URL,
@@ -23,7 +22,7 @@ from tests.redis_helpers import (
     dead_letters,
     stream_fields,
 )
-from tests.support.sidecar import StartSidecar
+from tests.support.sidecar import StartSidecar, make_settings
 
 pytest_plugins = ["tests.redis_fixtures"]
 

@@ -30,9 +30,7 @@ from market_data_core.telemetry import FeedbackEvent
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from tests.checks.conftest import PostgresInstance
 from tests.helpers import SidecarProcess, eventually
-from tests.publishers.conftest import Orchestrator, StartOrchestrator
 from tests.redis_helpers import RedisServer, stream_fields
 from tests.reliability.conftest import (
     FAST_RELAY_ENV,
@@ -43,6 +41,8 @@ from tests.reliability.conftest import (
     scrape,
     targets_env,
 )
+from tests.support.postgres import PostgresInstance
+from tests.support.receivers import StartOrchestrator, WebhookReceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -237,7 +237,7 @@ async def _status(sidecar: SidecarProcess, path: str, expected: int) -> bool:
 Entry = tuple[str, int, str]  # (event id, sequence, coordinator), in arrival order
 
 
-def _delivered(receiver: Orchestrator) -> list[Entry]:
+def _delivered(receiver: WebhookReceiver) -> list[Entry]:
     return [
         (a.headers["webhook-id"], a.json["queue_size"], a.json["coordinator_id"])
         for a in receiver.delivered

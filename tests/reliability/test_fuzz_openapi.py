@@ -24,13 +24,13 @@ from market_data_core.telemetry import FeedbackEvent, HealthStatus
 from schemathesis import Case, GenerationMode
 
 from tests.helpers import SidecarProcess
-from tests.publishers.conftest import Orchestrator, StartOrchestrator
 from tests.reliability.conftest import (
     FAST_RELAY_ENV,
     accepted_total,
     assert_still_serving,
     targets_env,
 )
+from tests.support.receivers import StartOrchestrator, WebhookReceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -70,7 +70,7 @@ authorization = st.sampled_from(
 async def test_every_answer_is_documented_and_no_request_gets_a_5xx(
     sidecar_process: Callable[..., SidecarProcess], orchestrator: StartOrchestrator
 ) -> None:
-    receiver: Orchestrator = await orchestrator()
+    receiver: WebhookReceiver = await orchestrator()
     sidecar = sidecar_process(
         {
             **FAST_RELAY_ENV,

@@ -27,11 +27,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from market_data_sidecar.publishers.http import sign
-from tests.checks.conftest import PostgresInstance
 from tests.helpers import SidecarProcess, eventually, free_port, run_cli, store_payload
-from tests.publishers.conftest import Orchestrator, StartOrchestrator
 from tests.redis_helpers import RedisServer
 from tests.reliability.conftest import FAST_RELAY_ENV, raw_request, relay_state, targets_env
+from tests.support.postgres import PostgresInstance
+from tests.support.receivers import StartOrchestrator, WebhookReceiver
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ class Seen:
         return status
 
 
-def _targets(signed: Orchestrator, retried: Orchestrator, redis_port: int) -> dict[str, str]:
+def _targets(signed: WebhookReceiver, retried: WebhookReceiver, redis_port: int) -> dict[str, str]:
     absent = free_port()
     return targets_env(
         {

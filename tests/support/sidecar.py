@@ -1,9 +1,9 @@
-"""The in-process sidecar the `sidecar_client` fixture starts, and its type."""
+"""Settings for in-process tests, and the sidecar the `sidecar_client` fixture starts."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -26,3 +26,18 @@ class StartSidecar(Protocol):
         checks: Sequence[Check] | None = None,
         metrics: Metrics | None = None,
     ) -> SidecarClient: ...
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for in-process tests: no store, fast checks, no shutdown grace."""
+    defaults: dict[str, Any] = {
+        "store_metrics_url": "",
+        "database_url": "",
+        "check_interval": 0.2,
+        "check_timeout": 1.0,
+        "shutdown_grace": 0.0,
+        "disk_paths": ["/"],
+        # Off unless a test is about it: resyncs repeat deliveries other tests count.
+        "resync_interval": 0.0,
+    }
+    return Settings(**{**defaults, **overrides})

@@ -1,6 +1,6 @@
 """Local orchestrators for the demo: where the relayed feedback actually arrives.
 
-`HttpReceiver` is a webhook receiver as an orchestrator runs one; `StreamConsumer` reads
+`HttpReceiver` counts what the webhook receiver (`webhooks.py`) gets; `StreamConsumer` reads
 the Redis Stream exactly as the pipeline and the orchestrator do, through Core's
 `RedisStreamsBus(...).subscribe("telemetry.feedback", group=..., consumer=...)`.
 """
@@ -15,10 +15,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from loguru import logger
 
 from market_data_sidecar.demo.listening import listening
+from market_data_sidecar.demo.webhooks import Attempt, WebhookReceiver
 from market_data_sidecar.settings import consumers_stream
 from market_data_sidecar.status_view import ReceiverRow
 
@@ -40,25 +40,26 @@ class HttpReceiver:
         self.received = Received()
         self._ids: set[str] = set()
         self.url = ""
+        # Counts, keeps nothing: the demo runs until the user stops it.
+        self._receiver = WebhookReceiver(
+            path="/feedback", status=204, record=False, on_attempt=self._count
+        )
 
     @asynccontextmanager
     async def serving(self, host: str = "127.0.0.1") -> AsyncIterator[str]:
         """Listen on a free port; yields the webhook URL."""
-        app = web.Application()
-        app.router.add_post("/feedback", self._receive)
-        async with listening(app, host) as port:
+        async with listening(self._receiver.app(), host) as port:
             self.url = f"http://{host}:{port}/feedback"
             yield self.url
 
-    async def _receive(self, request: web.Request) -> web.Response:
-        event = await request.json()
-        event_id = request.headers.get("webhook-id", "")
+    def _count(self, attempt: Attempt) -> None:
+        event = attempt.json
+        event_id = attempt.headers.get("webhook-id", "")
         if event_id and event_id in self._ids:
-            return web.Response(status=204)  # a retried delivery: already acted on
+            return  # a retried delivery: already acted on
         self._ids.add(event_id)
         self.received.count += 1
         self.received.last = f"{event.get('coordinator_id')} {event.get('level')}"
-        return web.Response(status=204)
 
     def row(self) -> ReceiverRow:
         return ReceiverRow(self.name, "http", self.received.count, self.received.last)
