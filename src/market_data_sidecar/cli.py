@@ -17,6 +17,7 @@ from loguru import logger
 from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar import __version__
+from market_data_sidecar.limits import FAULTS, BoundedRunner, install_accept_error_log
 from market_data_sidecar.logs import configure_logging
 from market_data_sidecar.server import MONITOR, create_app
 from market_data_sidecar.settings import (
@@ -146,9 +147,11 @@ async def serve(settings: Settings) -> int:
     except ConfigError as exc:  # a target the installed extras cannot serve
         print(f"market-data-sidecar: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    runner = web.AppRunner(
+    # Bounded: connections, header and body deadlines, idle keep-alive (limits.py).
+    runner = BoundedRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout
     )
+    install_accept_error_log(asyncio.get_running_loop(), app[FAULTS])
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()

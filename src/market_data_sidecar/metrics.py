@@ -181,6 +181,30 @@ class Metrics:
             "sidecar_redis_up", "1 when the Redis target answers PING.", ["target"], registry=r
         )
 
+        # hostile peers: what clients hold, and what they got wrong
+        self.connections = Gauge("sidecar_connections", "Open client connections.", registry=r)
+        self.body_bytes_in_flight = Gauge(
+            "sidecar_body_bytes_in_flight",
+            "Request body bytes reserved by requests being served.",
+            registry=r,
+        )
+        self.client_faults = Counter(
+            "sidecar_client_faults_total",
+            "Client faults: bad framing, deadlines missed, aborts, refusals, 4xx answers.",
+            ["kind"],
+            registry=r,
+        )
+        self.accept_errors = Counter(
+            "sidecar_accept_errors_total",
+            "Connections the listening socket could not accept (out of file descriptors).",
+            registry=r,
+        )
+        self.queue_coordinators_omitted = Gauge(
+            "sidecar_queue_coordinators_omitted",
+            "Coordinators in the store's metrics beyond what the queue check keeps.",
+            registry=r,
+        )
+
     def set_component_state(self, component: str, state: str) -> None:
         for candidate in HEALTH_STATES:
             self.component_state.labels(component, candidate).set(candidate == state)

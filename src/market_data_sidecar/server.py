@@ -6,17 +6,30 @@ generators, so start-up and shutdown read in one place.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import NamedTuple
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar.checks import Check
 from market_data_sidecar.feedback.intake import Intake, Rejected
 from market_data_sidecar.feedback.relay import Relay
-from market_data_sidecar.feedback.state import encode
 from market_data_sidecar.health import HealthMonitor
+from market_data_sidecar.limits import (
+    BODY_BUDGET,
+    BOUNDS,
+    FAULTS,
+    RENDER_TTL,
+    BodyBudget,
+    BoundedRelayView,
+    Bounds,
+    ClientFaults,
+    bounded_bodies,
+)
 from market_data_sidecar.metrics import CONTENT_TYPE, Metrics
 from market_data_sidecar.openapi import add_openapi_route
 from market_data_sidecar.settings import Settings
@@ -28,6 +41,7 @@ METRICS = web.AppKey("metrics", Metrics)
 MONITOR = web.AppKey("monitor", HealthMonitor)
 RELAY = web.AppKey("relay", Relay)
 INTAKE = web.AppKey("intake", Intake)
+RELAY_VIEW = web.AppKey("relay_view", BoundedRelayView)
 
 JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,11 +54,22 @@ def create_app(
     relay's own `feedback` component. Given `checks` are taken as the complete list."""
     parts = wire(settings, checks=checks, metrics=metrics)
     metrics, relay, monitor = parts.metrics, parts.relay, parts.monitor
-    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[json_errors, bounded_bodies, cached_page],
+        client_max_size=settings.max_body_bytes,
+    )
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[MONITOR] = monitor
     app[RELAY] = relay
+    app[RELAY_VIEW] = BoundedRelayView(relay.view, lambda: _relay_fingerprint(relay))
+    bounds = bounds_from(settings)
+    app[BOUNDS] = bounds
+    app[FAULTS] = ClientFaults(metrics, bounds.fault_log_interval)
+    app[BODY_BUDGET] = BodyBudget(
+        bounds.body_bytes_in_flight, max_body_bytes=settings.max_body_bytes, metrics=metrics
+    )
+    app[_PAGES] = {}
     app[INTAKE] = Intake(
         metrics,
         token=settings.token.get_secret_value() if settings.token else None,
@@ -60,9 +85,28 @@ def create_app(
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/feedback", post_feedback)
     app.router.add_get("/feedback", get_feedback)
-    add_status_routes(app, health=monitor.snapshot, feedback=relay.view)
+    add_status_routes(app, health=monitor.snapshot, feedback=app[RELAY_VIEW].state)
     add_openapi_route(app, settings)
     return app
+
+
+def bounds_from(settings: Settings) -> Bounds:
+    """What one client may hold, from the settings."""
+    return Bounds(
+        max_connections=settings.max_connections,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        idle_timeout=settings.idle_timeout,
+        body_bytes_in_flight=settings.body_bytes_in_flight,
+        max_body_bytes=settings.max_body_bytes,
+        fault_log_interval=settings.fault_log_interval,
+    )
+
+
+def _relay_fingerprint(relay: Relay) -> object:
+    """What changes when the relay state changes visibly: a POST, or a target's record.
+    (An event synthesized meanwhile shows within `RENDER_TTL`.)"""
+    return (relay.last_store_event_at, relay.synthesizing, [t.status() for t in relay.router.lanes])
 
 
 async def _run_relay(app: web.Application) -> AsyncIterator[None]:
@@ -166,7 +210,65 @@ async def post_feedback(request: web.Request) -> web.Response:
 
 
 async def get_feedback(request: web.Request) -> web.Response:
-    return web.Response(body=encode(request.app[RELAY].view()), content_type=JSON)
+    """Bounded in bytes, and rendered at most once per `RENDER_TTL` while unchanged."""
+    return web.Response(body=request.app[RELAY_VIEW].body(), content_type=JSON)
+
+
+# -- the status page ---------------------------------------------------------------------------
+
+
+class _Page(NamedTuple):
+    expires: float
+    health: HealthStatus
+    relay_generation: int
+    response: tuple[int, bytes, dict[str, str]]
+
+
+_PAGES = web.AppKey("rendered_pages", dict[str, _Page])
+#: Distinct query strings of `GET /` kept rendered; others are rendered each time.
+_MAX_PAGES = 8
+
+
+@web.middleware
+async def cached_page(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`GET /` rendered again only when the health snapshot or the relay state it shows
+    changed, or after `RENDER_TTL` (its ages are relative): a client reloading it in a
+    loop costs a dictionary lookup, not a render."""
+    if request.method != "GET" or request.path != "/":
+        return await handler(request)
+    pages = request.app[_PAGES]
+    health = request.app[MONITOR].snapshot()
+    generation = _relay_generation(request.app)
+    now = time.monotonic()
+    page = pages.get(request.query_string)
+    if (
+        page is not None
+        and now < page.expires
+        and page.health is health
+        and page.relay_generation == generation
+    ):
+        status, body, headers = page.response
+        return web.Response(status=status, body=body, headers=headers)
+    response = await handler(request)
+    if isinstance(response, web.Response) and response.status == 200:
+        rendered = response.body
+        if isinstance(rendered, bytes) and (
+            request.query_string in pages or len(pages) < _MAX_PAGES
+        ):
+            # The generation after the render: rendering may itself refresh the relay view.
+            pages[request.query_string] = _Page(
+                now + RENDER_TTL,
+                health,
+                _relay_generation(request.app),
+                (response.status, rendered, dict(response.headers)),
+            )
+    return response
+
+
+def _relay_generation(app: web.Application) -> int:
+    view = app[RELAY_VIEW]
+    view.state()  # refreshed if due, so the generation says what a render would show
+    return view.generation
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -175,15 +277,31 @@ async def get_feedback(request: web.Request) -> web.Response:
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Errors become JSON at the edge; an unexpected one is logged, never leaked."""
+    faults = request.app[FAULTS]
     try:
-        return await handler(request)
+        response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status < 500:
+            faults.record(f"http_{exc.status}")
         return web.json_response({"error": exc.reason}, status=exc.status, headers=_allow(exc))
+    except ConnectionError:
+        # The client went away mid-request (or missed its body deadline): its fault,
+        # and nobody is left to read an answer.
+        faults.record("aborted", request.method)
+        return web.json_response({"error": "connection closed by the client"}, status=400)
+    except HttpProcessingError as exc:  # a body whose framing is broken
+        faults.record("malformed", type(exc).__name__)
+        response = web.json_response({"error": "malformed request body"}, status=400)
+        response.force_close()
+        return response
     except Exception:
         logger.exception("unhandled error serving {} {}", request.method, request.path)
         return web.json_response({"error": "internal error"}, status=500)
+    if 400 <= response.status < 500:
+        faults.record(f"http_{response.status}")
+    return response
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:

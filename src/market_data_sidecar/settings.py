@@ -195,6 +195,19 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # What one client may make the sidecar hold (limits.py): the port is on the pod network.
+    max_connections: int = Field(default=256, ge=1)
+    #: Seconds from a request's first byte to the end of its headers.
+    header_timeout: PositiveSeconds = 5.0
+    #: Seconds from the end of a request's headers to the end of its body.
+    body_timeout: PositiveSeconds = 10.0
+    #: Seconds a connection may sit idle before (or between) requests.
+    idle_timeout: PositiveSeconds = 30.0
+    #: Request body bytes in flight across all requests; beyond them, 503 + Retry-After.
+    body_bytes_in_flight: int = Field(default=8 * 1024 * 1024, gt=0)
+    #: Seconds between two log lines about one kind of client fault (each is counted).
+    fault_log_interval: PositiveSeconds = 10.0
+
     # Check scheduling and flap damping.
     check_interval: PositiveSeconds = 5.0
     check_timeout: PositiveSeconds = 2.0
@@ -296,6 +309,8 @@ class Settings(BaseSettings):
             raise ValueError("disk_free_unhealthy must not exceed disk_free_degraded")
         if self.queue_low_watermark >= self.queue_high_watermark:
             raise ValueError("queue_low_watermark must be below queue_high_watermark")
+        if self.body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError("body_bytes_in_flight must be at least max_body_bytes")
         labels = [target.label for target in self.targets]
         if len(labels) != len(set(labels)):
             raise ValueError("targets: names must be unique (set `name` on each target)")

@@ -35,6 +35,12 @@ CIRCUIT_HALF_OPEN = 2
 
 #: A store's exposition is a few kilobytes; anything near this is not one.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Coordinators kept from one scrape (judged, detailed, exported, fed to the watermarks).
+#: A store runs tens; those beyond are counted, not kept: 30,000 listed once drove the
+#: sidecar's RSS to 322 MiB through per-coordinator details and gauges.
+MAX_COORDINATORS = 2_000
+#: Reasons spelled out in the component's `reason`; the rest are counted.
+MAX_REASONS = 20
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,16 @@ class QueueCheck(Check):
         }
         if not coordinators:
             verdicts.append(("degraded", f"no {DEPTH} series in the store's metrics"))
+        self.metrics.queue_coordinators_omitted.set(series.omitted)
+        if series.omitted:
+            details["coordinators_omitted"] = series.omitted
+            verdicts.append(
+                (
+                    "degraded",
+                    f"{series.omitted} coordinators beyond the first {MAX_COORDINATORS} "
+                    "not checked",
+                )
+            )
 
         for sample in samples:
             c = sample.coordinator_id
@@ -210,7 +226,10 @@ class QueueCheck(Check):
 
         self._forget_coordinators(keep=set(coordinators))
         if verdicts:
-            details["reason"] = "; ".join(reason for _, reason in verdicts)
+            reasons = [reason for _, reason in verdicts[:MAX_REASONS]]
+            if len(verdicts) > MAX_REASONS:
+                reasons.append(f"and {len(verdicts) - MAX_REASONS} more")
+            details["reason"] = "; ".join(reasons)
         return self.component(worst([state for state, _ in verdicts]), **details)
 
     def _newly_dropped(self, coordinator: str, total: float) -> float:
@@ -243,6 +262,8 @@ class CoordinatorSeries:
     workers_alive: dict[str, int]
     circuit_state: dict[str, int]
     dropped: dict[str, float]
+    #: Coordinators listed beyond `MAX_COORDINATORS`, counted by their depth series.
+    omitted: int = 0
 
     @property
     def coordinators(self) -> set[str]:
@@ -250,8 +271,10 @@ class CoordinatorSeries:
 
 
 def parse(text: str) -> CoordinatorSeries:
-    """Read the coordinator series out of a Prometheus text exposition."""
+    """Read the coordinator series out of a Prometheus text exposition: those of the
+    first `MAX_COORDINATORS` coordinators listed; the others are only counted."""
     series = CoordinatorSeries({}, {}, {}, {})
+    kept: set[str] = set()
     dropped: dict[str, float] = defaultdict(float)
     gauges = {
         DEPTH: series.depth,
@@ -264,6 +287,12 @@ def parse(text: str) -> CoordinatorSeries:
                 coordinator = sample.labels.get("coord_id")
                 if coordinator is None or not math.isfinite(sample.value):
                     continue
+                if coordinator not in kept:
+                    if len(kept) >= MAX_COORDINATORS:
+                        if sample.name == DEPTH:
+                            series.omitted += 1
+                        continue
+                    kept.add(coordinator)
                 if sample.name in gauges:
                     gauges[sample.name][coordinator] = int(sample.value)
                 elif sample.name == ITEMS_DROPPED:
