@@ -1,0 +1,440 @@
+"""Bounds on what a client can make the sidecar hold: connections, time, body bytes, log lines.
+
+The sidecar's port is on the pod network, so every pod in the cluster is a possible
+hostile peer. aiohttp has no header deadline and keeps idle connections for an hour by
+default, its parse-error answers echo the offending header and its log carries a
+traceback with it; this module replaces those edges with bounded ones:
+
+- `BoundedServer` / `BoundedHandler`: a connection cap (the oldest idle connection is
+  closed to make room, else the newcomer gets a minimal 503), a deadline for the headers
+  from a request's first byte, one for the body from the end of the headers, an idle
+  keep-alive timeout, and protocol errors answered with a short JSON body of our own.
+- `BodyBudget` / `bounded_bodies`: body bytes in flight across all requests; beyond the
+  budget a request is answered 503 with `Retry-After` before its body is read.
+- `ClientFaults` / `ThrottledLog`: every client fault counted by kind, logged at most
+  once per kind per interval with the count since the last line.
+- `BoundedRunner`: an `AppRunner` that serves through `BoundedServer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from loguru import logger
+
+from market_data_sidecar.feedback.state import DEFAULT_LIMIT, RelayState, encode
+from market_data_sidecar.metrics import Metrics
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Seconds a client is given to go away after a 503 before its unread body is dropped.
+LINGERING_TIME = 0.0
+#: The accept errors asyncio reports when the process has no file descriptor left.
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What one client may hold; every figure is from the settings (see README)."""
+
+    max_connections: int = 256
+    header_timeout: float = 5.0
+    body_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    body_bytes_in_flight: int = 8 * 1024 * 1024
+    max_body_bytes: int = 1024 * 1024
+    fault_log_interval: float = 10.0
+
+
+# -- logs --------------------------------------------------------------------------------------
+
+
+class ThrottledLog:
+    """At most one line per kind per `interval`, saying how many were folded into it.
+
+    A flood of bad requests must not become a flood of log lines: the counter carries the
+    rate, the log only says that it is happening."""
+
+    def __init__(self, interval: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._logged_at: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
+
+    def note(self, kind: str) -> int:
+        """Count one `kind`; the number to report if a line is due now, else 0."""
+        self._pending[kind] = self._pending.get(kind, 0) + 1
+        now = self._clock()
+        last = self._logged_at.get(kind)
+        if last is not None and now - last < self.interval:
+            return 0
+        self._logged_at[kind] = now
+        return self._pending.pop(kind)
+
+
+class ClientFaults:
+    """Client faults (bad framing, timeouts, aborts, 4xx), counted and logged sparingly.
+
+    `detail` is always text of the sidecar's own (an exception's type, a status): never
+    anything the client sent, which may be a token."""
+
+    def __init__(self, metrics: Metrics, interval: float) -> None:
+        self.metrics = metrics
+        self._log = ThrottledLog(interval)
+
+    def record(self, kind: str, detail: str = "") -> None:
+        self.metrics.client_faults.labels(kind).inc()
+        count = self._log.note(kind)
+        if count:
+            suffix = f" ({detail})" if detail else ""
+            logger.warning(
+                "client fault: {}{}; {} since the last line about it", kind, suffix, count
+            )
+
+    def server_error(self, what: str, exc: BaseException | None) -> None:
+        """An error below the application (aiohttp's own), logged without a traceback:
+        its frames may hold the request's headers."""
+        count = self._log.note(f"server:{what}")
+        if count:
+            name = type(exc).__name__ if exc is not None else "no exception"
+            logger.error("{}: {}; {} since the last line about it", what, name, count)
+
+    def accept_error(self, exc: BaseException | None) -> None:
+        """The listening socket could not accept (no file descriptor left)."""
+        self.metrics.accept_errors.inc()
+        count = self._log.note("accept")
+        if count:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            logger.error(
+                "cannot accept connections: {}; {} since the last line about it", reason, count
+            )
+
+
+def install_accept_error_log(loop: asyncio.AbstractEventLoop, faults: ClientFaults) -> None:
+    """Route asyncio's accept errors (a traceback per retry, every second, while out of
+    file descriptors) to one counted line per interval; anything else as before."""
+    previous = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
+            faults.accept_error(exc)
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+
+
+# -- body bytes ------------------------------------------------------------------------------
+
+
+class BodyBudget:
+    """Body bytes in flight across all requests, reserved before a body is read."""
+
+    def __init__(self, limit: int, *, max_body_bytes: int, metrics: Metrics) -> None:
+        self.limit = limit
+        self.max_body_bytes = max_body_bytes
+        self.in_flight = 0
+        self._gauge = metrics.body_bytes_in_flight
+
+    def reserve(self, size: int) -> bool:
+        if self.in_flight + size > self.limit:
+            return False
+        self.in_flight += size
+        self._gauge.set(self.in_flight)
+        return True
+
+    def release(self, size: int) -> None:
+        self.in_flight -= size
+        self._gauge.set(self.in_flight)
+
+
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+FAULTS = web.AppKey("client_faults", ClientFaults)
+BOUNDS = web.AppKey("bounds", Bounds)
+
+
+@web.middleware
+async def bounded_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Reserve a request's body bytes (its declared length, or the most a body may be
+    when it is chunked) for as long as the handler holds them; 503 when over budget."""
+    if not request.body_exists:
+        return await handler(request)
+    budget = request.app[BODY_BUDGET]
+    declared = request.content_length
+    size = min(declared if declared is not None else budget.max_body_bytes, budget.max_body_bytes)
+    if not budget.reserve(size):
+        request.app[FAULTS].record("over_budget")
+        response = web.json_response(
+            {"error": "too many request bodies in flight; retry later"},
+            status=503,
+            headers={"Retry-After": "1"},
+        )
+        response.force_close()  # the body is not read: the connection cannot be reused
+        return response
+    try:
+        return await handler(request)
+    finally:
+        budget.release(size)
+
+
+# -- connections -----------------------------------------------------------------------------
+
+
+def _minimal_response(status: str, error: str, extra: str = "") -> bytes:
+    body = json.dumps({"error": error}).encode()
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+#: Bytes asyncio reads from one connection at a time (its default is 256 KiB).
+READ_SIZE = 64 * 1024
+#: Seconds a refused connection is kept, reading and dropping, after its 503.
+REFUSED_LINGER = 0.5
+#: What a connection beyond the cap gets when no idle one can make room.
+REFUSED = _minimal_response(
+    "503 Service Unavailable", "too many connections; retry later", "Retry-After: 1\r\n"
+)
+
+
+class BoundedHandler(RequestHandler):
+    """aiohttp's per-connection protocol with deadlines, and errors of our own."""
+
+    def __init__(self, manager: BoundedServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._server = manager
+        self._deadline: asyncio.TimerHandle | None = None
+        self._body: StreamReader | None = None
+        self._refused = False
+        self.last_active = 0.0
+
+    @property
+    def idle(self) -> bool:
+        """Between requests (or before the first): nothing would be lost by closing it."""
+        body = self._body
+        return (
+            not self._request_in_progress and not self._messages and (body is None or body.is_eof())
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.last_active = self._loop.time()
+        if not self._server.admit(self):
+            # Answer, stop sending, and close a little later: closing with the request
+            # unread would reset the connection and lose the answer.
+            self._refused = True
+            writable = cast(asyncio.Transport, transport)
+            writable.write(REFUSED)
+            if writable.can_write_eof():
+                writable.write_eof()
+            self._loop.call_later(REFUSED_LINGER, writable.close)
+            return
+        if hasattr(transport, "max_size"):
+            # asyncio reads up to 256 KiB per socket per loop turn before aiohttp can pause
+            # it: 150 connections sending bodies at once were 37 MiB of reads in one turn.
+            transport.max_size = READ_SIZE
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_deadline()
+        self._server.release(self)
+        if self._refused:
+            return
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped until the refused connection closes
+        self.last_active = self._loop.time()
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            # Headers complete: the next deadline, if any, is for the body.
+            self._cancel_deadline()
+            payload = self._messages[-1][1] if self._messages else None
+            if payload is not None and not payload.is_eof():
+                self._body = payload
+                self._arm("body_timeout", self._server.bounds.body_timeout)
+        elif self._deadline is None and data and (self._body is None or self._body.is_eof()):
+            # The first byte of a request: its headers are due within the deadline.
+            self._body = None
+            self._arm("header_timeout", self._server.bounds.header_timeout)
+
+    def evict(self) -> None:
+        """Closed to make room for a newcomer when the cap is reached."""
+        self._cancel_deadline()
+        self.force_close()
+
+    def _arm(self, kind: str, timeout: float) -> None:
+        self._deadline = self._loop.call_later(timeout, self._deadline_passed, kind)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _deadline_passed(self, kind: str) -> None:
+        self._deadline = None
+        if kind == "body_timeout" and (self._body is None or self._body.is_eof()):
+            return
+        self._server.faults.record(kind)
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A short JSON error of our own: aiohttp's echoes the request's bytes (a header
+        with a token in it) and logs a traceback holding them."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response has started: no error answer is possible")
+        if status >= 500:
+            error = "request timed out" if status == 504 else "internal error"
+            self._server.faults.server_error("error serving a request", exc)
+        elif isinstance(exc, LineTooLong):
+            status, error = 431, "request line or header fields too large"
+            self._server.faults.record("header_too_large", type(exc).__name__)
+        else:
+            error = "malformed request"
+            self._server.faults.record("malformed", type(exc).__name__ if exc else "")
+        response = web.json_response({"error": error}, status=status)
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        what = str(args[0]) if args else "error serving a request"
+        exc = kw.get("exc_info")
+        self._server.faults.server_error(what, exc if isinstance(exc, BaseException) else None)
+
+
+class BoundedServer(web.Server):
+    """aiohttp's connection manager, with a cap on open connections."""
+
+    def __init__(self, *args: Any, bounds: Bounds, faults: ClientFaults, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bounds = bounds
+        self.faults = faults
+        self._gauge = faults.metrics.connections
+        self._open: set[BoundedHandler] = set()
+
+    def __call__(self) -> BoundedHandler:
+        return BoundedHandler(self, loop=self._loop, **self._kwargs)
+
+    def admit(self, newcomer: BoundedHandler) -> bool:
+        """Room for `newcomer`: under the cap, or by closing the least recently active
+        idle connection; False when every connection is busy."""
+        if len(self._open) >= self.bounds.max_connections:
+            idle = [handler for handler in self._open if handler.idle]
+            if not idle:
+                self.faults.record("refused", "connection cap")
+                return False
+            victim = min(idle, key=lambda handler: handler.last_active)
+            self._open.discard(victim)
+            victim.evict()
+            self.faults.record("evicted", "connection cap")
+        self._open.add(newcomer)
+        self._gauge.set(len(self._open))
+        return True
+
+    def release(self, handler: BoundedHandler) -> None:
+        self._open.discard(handler)
+        self._gauge.set(len(self._open))
+
+
+class BoundedRunner(web.AppRunner):
+    """An `AppRunner` serving through `BoundedServer`, with the app's `Bounds`."""
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()  # starts and freezes the app
+        app = self.app
+        bounds = app[BOUNDS]
+        kwargs = dict(plain._kwargs)
+        kwargs.update(keepalive_timeout=bounds.idle_timeout, lingering_time=LINGERING_TIME)
+        return BoundedServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=plain._loop,
+            bounds=bounds,
+            faults=app[FAULTS],
+            **kwargs,
+        )
+
+
+# -- responses -------------------------------------------------------------------------------
+
+#: Bytes of `GET /feedback`; `GET /` renders the same state. Past it, fewer coordinators
+#: are listed (and counted as omitted): every answer, and the work to render it, is bounded.
+MAX_RELAY_STATE_BYTES = 128 * 1024
+#: Seconds a rendered answer is reused while what it shows has not visibly changed.
+RENDER_TTL = 0.5
+
+
+class BoundedRelayView:
+    """The relay's state fitted to `max_bytes` when encoded, rendered again only when
+    `fingerprint()` changes or after `ttl` seconds: four clients reading `GET /feedback`
+    in a loop must not keep the event loop from answering probes."""
+
+    def __init__(
+        self,
+        view: Callable[[int], RelayState],
+        fingerprint: Callable[[], object],
+        *,
+        max_bytes: int = MAX_RELAY_STATE_BYTES,
+        ttl: float = RENDER_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._view = view
+        self._fingerprint = fingerprint
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self._clock = clock
+        self._rendered: tuple[float, object, RelayState, bytes] | None = None
+        #: Incremented at every render, so answers built from the state can be cached too.
+        self.generation = 0
+
+    def state(self) -> RelayState:
+        return self._current()[0]
+
+    def body(self) -> bytes:
+        return self._current()[1]
+
+    def _current(self) -> tuple[RelayState, bytes]:
+        now = self._clock()
+        fingerprint = self._fingerprint()
+        rendered = self._rendered
+        if rendered is not None and now < rendered[0] and rendered[1] == fingerprint:
+            return rendered[2], rendered[3]
+        state, body = self._fit()
+        self._rendered = (now + self.ttl, fingerprint, state, body)
+        self.generation += 1
+        return state, body
+
+    def _fit(self) -> tuple[RelayState, bytes]:
+        limit = DEFAULT_LIMIT
+        state = self._view(limit)
+        body = encode(state)
+        while len(body) > self.max_bytes and limit > 1:
+            # Coordinators dominate the size: scale the count down, with a margin.
+            limit = max(1, min(limit - 1, limit * self.max_bytes * 9 // (10 * len(body))))
+            state = self._view(limit)
+            body = encode(state)
+        return state, body
