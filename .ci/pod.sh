@@ -19,8 +19,10 @@
 #
 # Networking: podman 4.3 rejects hostNetwork with containerPorts ("PortMappings can
 # only be used with Bridge or slirp4netns networking"), so the pod gets its own network
-# (slirp4netns, allow_host_loopback: the host's 127.0.0.1 is 10.0.2.2 in the pod) and
-# the one edit of the rendered YAML is hostIP 127.0.0.1 on every containerPort.
+# (slirp4netns on a link-local subnet of its own, allow_host_loopback: the host's
+# 127.0.0.1 is 169.254.77.2 in the pod, and slirp4netns reaches it over the host's
+# loopback) and the one edit of the rendered YAML is hostIP 127.0.0.1 on every
+# containerPort.
 #
 # IMAGE=... names the sidecar image (default localhost/market-data-sidecar:ci, as
 # .ci/image.sh); LOAD_SECONDS=... the load phase (default 20).
@@ -35,8 +37,10 @@ LOAD_SECONDS="${LOAD_SECONDS:-20}"
 RELEASE="mdspod$$"
 NAMESPACE="mdspodci$$"
 COORDINATOR=ci-bars
-# The host's Redis as the pod sees it (slirp4netns allow_host_loopback).
-POD_REDIS_URL="redis://10.0.2.2:6379/0"
+# The pod's network: link-local, so nothing in it can be mistaken for another host.
+POD_CIDR="169.254.77.0/24"
+# The host's Redis as the pod sees it (slirp4netns allow_host_loopback: the gateway, .2).
+POD_REDIS_URL="redis://169.254.77.2:6379/0"
 HOST_REDIS_URL="redis://127.0.0.1:6379/0"
 STREAM_KEY="$NAMESPACE:$NAMESPACE.telemetry.feedback"
 # Sidecar: SIDECAR_SHUTDOWN_GRACE (2) + SIDECAR_DRAIN_TIMEOUT (5); store: its 6 s bound.
@@ -181,7 +185,7 @@ podman secret create "$SECRET_NAME" "$WORK/secret.json" >/dev/null
 SECRET="$SECRET_NAME"
 POD="$DEPLOYMENT-pod-0"
 started="$(now)"
-podman kube play --network slirp4netns:allow_host_loopback=true "$WORK/deployment.yaml" \
+podman kube play --network "slirp4netns:allow_host_loopback=true,cidr=$POD_CIDR" "$WORK/deployment.yaml" \
     >"$WORK/play.out" || die "podman kube play failed"
 podman ps --filter "pod=$POD" --format '  {{.Names}} {{.Image}} {{.Ports}}'
 SIDECAR_URL="http://127.0.0.1:$SIDECAR_PORT"
