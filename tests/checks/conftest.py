@@ -12,11 +12,11 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
 from tests.support.postgres import PostgresInstance
 from tests.support.store import Coordinator, StoreMetrics
@@ -25,7 +25,7 @@ from tests.support.store import Coordinator, StoreMetrics
 @pytest.fixture(scope="session")
 def postgres_root() -> Iterator[Path]:
     if os.geteuid() != 0:
-        pytest.skip("starting a PostgreSQL of the tests' own needs root (runuser postgres)")
+        pytest.fail("starting a PostgreSQL of the tests' own needs root (runuser postgres)")
     root = Path(tempfile.mkdtemp(prefix="sidecar-pg-"))
     shutil.chown(root, "postgres", "postgres")
     try:
@@ -83,7 +83,7 @@ def replica(replica_instance: PostgresInstance, pg: PostgresInstance) -> Iterato
 
 
 @pytest.fixture
-async def store_metrics(aiohttp_server: Any) -> AsyncIterator[StoreMetrics]:
+async def store_metrics(aiohttp_server: AiohttpServer) -> AsyncIterator[StoreMetrics]:
     """A store metrics server with two coordinators well below their watermarks."""
     store = StoreMetrics()
     store.coordinators = {"bars-coord": Coordinator(depth=100), "ticks-coord": Coordinator()}
@@ -109,7 +109,7 @@ def small_filesystem() -> Iterator[Path]:
     )
     if mounted.returncode != 0:
         mountpoint.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        pytest.fail(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         yield mountpoint
     finally:

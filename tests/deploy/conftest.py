@@ -183,7 +183,7 @@ def helm_binary() -> Path | None:
 def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
     binary = helm_binary()
     if binary is None:
-        pytest.skip(f"no helm binary at {helm_path()} (run .ci/deploy-checks.sh to fetch it)")
+        pytest.fail(f"no helm binary at {helm_path()} (run .ci/deploy-checks.sh to fetch it)")
     return Helm(binary, tmp_path_factory.mktemp("helm-home"))
 
 
@@ -199,7 +199,7 @@ def _rendered(name: str, *args: str, tmp_path_factory: pytest.TempPathFactory) -
     fallback = DEFAULT_RENDERED_DIR / f"{name}.yaml"
     if fallback.is_file():
         return Manifests.parse(fallback.read_text(encoding="utf-8"))
-    pytest.skip(f"no helm binary at {helm_path()} and no rendered {name}.yaml")
+    pytest.fail(f"no helm binary at {helm_path()} and no rendered {name}.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,12 @@ from typing import Any
 
 import pytest
 
+from market_data_sidecar.settings import load_settings
+
 from .conftest import Manifests
 
 pytestmark = pytest.mark.timeout(60)
 
-settings_module = pytest.importorskip(
-    "market_data_sidecar.settings", reason="the market-data-sidecar package is not installed"
-)
 
 # What the operator's existingSecret holds in examples/values-full.yaml.
 EXISTING_SECRET_DATA = {
@@ -50,7 +49,7 @@ def load(monkeypatch: pytest.MonkeyPatch) -> Any:
                 monkeypatch.delenv(name)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        return settings_module.load_settings()
+        return load_settings()
 
     return load_from
 

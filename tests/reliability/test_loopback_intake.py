@@ -88,12 +88,14 @@ def _free_link_local_subnet() -> tuple[str, str]:
 @pytest.fixture
 def peer() -> Iterator[Peer]:
     if shutil.which("ip") is None:
-        pytest.skip("iproute2 (`ip`) is not installed")
+        pytest.fail("this test needs iproute2's `ip`: apt-get install iproute2")
     suffix = secrets.token_hex(3)
     namespace, host_link, peer_link = f"mds-peer-{suffix}", f"mdsh{suffix}", f"mdsp{suffix}"
     created = _ip("netns", "add", namespace)
     if created.returncode != 0:
-        pytest.skip(f"cannot create a network namespace here: {created.stderr.strip()}")
+        pytest.fail(
+            "this test needs to create a network namespace (run as root): " + created.stderr.strip()
+        )
     try:
         host_address, peer_address = _free_link_local_subnet()
         steps = [
