@@ -22,6 +22,7 @@ import asyncio
 import errno
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -223,6 +224,8 @@ class BoundedHandler(RequestHandler):
         self._body: StreamReader | None = None
         self._refused = False
         self.last_active = 0.0
+        #: The deadline this connection missed, if it was closed for one.
+        self.deadline_missed: str | None = None
 
     @property
     def idle(self) -> bool:
@@ -261,6 +264,7 @@ class BoundedHandler(RequestHandler):
         if self._refused:
             return  # read and dropped until the refused connection closes
         self.last_active = self._loop.time()
+        self._server.touch(self)
         before = self._request_count
         super().data_received(data)
         if self._request_count != before:
@@ -292,6 +296,7 @@ class BoundedHandler(RequestHandler):
         self._deadline = None
         if kind == "body_timeout" and (self._body is None or self._body.is_eof()):
             return
+        self.deadline_missed = kind
         self._server.faults.record(kind)
         self.force_close()
 
@@ -333,7 +338,8 @@ class BoundedServer(web.Server):
         self.bounds = bounds
         self.faults = faults
         self._gauge = faults.metrics.connections
-        self._open: set[BoundedHandler] = set()
+        #: Open connections, the least recently active first.
+        self._open: OrderedDict[BoundedHandler, None] = OrderedDict()
 
     def __call__(self) -> BoundedHandler:
         return BoundedHandler(self, loop=self._loop, **self._kwargs)
@@ -342,20 +348,25 @@ class BoundedServer(web.Server):
         """Room for `newcomer`: under the cap, or by closing the least recently active
         idle connection; False when every connection is busy."""
         if len(self._open) >= self.bounds.max_connections:
-            idle = [handler for handler in self._open if handler.idle]
-            if not idle:
+            # In order of activity, so under a flood of idle connections this stops at once.
+            victim = next((handler for handler in self._open if handler.idle), None)
+            if victim is None:
                 self.faults.record("refused", "connection cap")
                 return False
-            victim = min(idle, key=lambda handler: handler.last_active)
-            self._open.discard(victim)
+            del self._open[victim]
             victim.evict()
             self.faults.record("evicted", "connection cap")
-        self._open.add(newcomer)
+        self._open[newcomer] = None
         self._gauge.set(len(self._open))
         return True
 
+    def touch(self, handler: BoundedHandler) -> None:
+        """`handler` received bytes: it is now the most recently active."""
+        if handler in self._open:
+            self._open.move_to_end(handler)
+
     def release(self, handler: BoundedHandler) -> None:
-        self._open.discard(handler)
+        self._open.pop(handler, None)
         self._gauge.set(len(self._open))
 
 

@@ -33,7 +33,7 @@ from market_data_sidecar.limits import (
 from market_data_sidecar.metrics import CONTENT_TYPE, Metrics
 from market_data_sidecar.openapi import add_openapi_route
 from market_data_sidecar.settings import Settings
-from market_data_sidecar.status_page import add_status_routes
+from market_data_sidecar.views.page import add_status_routes
 from market_data_sidecar.wiring import wire
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -287,9 +287,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             faults.record(f"http_{exc.status}")
         return web.json_response({"error": exc.reason}, status=exc.status, headers=_allow(exc))
     except ConnectionError:
-        # The client went away mid-request (or missed its body deadline): its fault,
-        # and nobody is left to read an answer.
-        faults.record("aborted", request.method)
+        # The client went away mid-request, or was closed at its body deadline (counted
+        # as that): its fault, and nobody is left to read an answer.
+        if getattr(request.protocol, "deadline_missed", None) is None:
+            faults.record("aborted", request.method)
         return web.json_response({"error": "connection closed by the client"}, status=400)
     except HttpProcessingError as exc:  # a body whose framing is broken
         faults.record("malformed", type(exc).__name__)

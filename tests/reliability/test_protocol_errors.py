@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
+from tests import helpers
 from tests.helpers import SidecarProcess, eventually
-from tests.reliability.conftest import assert_still_serving
+from tests.reliability.conftest import assert_still_serving, metric_value, scrape
 from tests.reliability.test_bounds import (
     StartSidecar,
     closed_after,
@@ -130,3 +132,43 @@ async def test_log_lines_stay_bounded_under_a_thousand_malformed_requests(
     assert len(lines) <= 3, lines
     assert TOKEN not in "\n".join(lines)
     assert_still_serving(sidecar)
+
+
+async def test_out_of_file_descriptors_is_one_line_per_interval_not_a_traceback_each(
+    sidecar_process: StartSidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 64 descriptors, 100 connections leave accept() failing (asyncio retries it
+    every second); once they are gone, the sidecar serves again."""
+    monkeypatch.setattr(
+        helpers, "SIDECAR_COMMAND", ["prlimit", "--nofile=64:64", *helpers.SIDECAR_COMMAND]
+    )
+    sidecar = await started(sidecar_process, idle_timeout="60", fault_log_interval="120")
+    before = len(sidecar.output().splitlines())
+    held = []
+    for _ in range(100):  # beyond 64 descriptors, within the listen backlog
+        held.append(await connect(sidecar))
+
+    async def accept_failing() -> bool:
+        return "cannot accept connections" in sidecar.output()
+
+    await eventually(accept_failing, message="accept errors logged", timeout=15)
+    first = time.monotonic()
+    # Let asyncio retry accept() a few times (once a second) and fail each time.
+    await eventually(lambda: time.monotonic() - first > 3.5, message="retries", interval=0.2)
+    for _, writer in held:
+        writer.transport.abort()
+    await eventually(lambda: _serves(sidecar), message="serving again", timeout=15)
+    lines = sidecar.output().splitlines()[before:]
+    accept_lines = [line for line in lines if "cannot accept connections" in line]
+    assert len(accept_lines) == 1, lines
+    assert "Too many open files" in accept_lines[0]
+    assert "Traceback" not in "\n".join(lines)
+    assert metric_value(await scrape(sidecar), "sidecar_accept_errors_total") >= 2
+
+
+async def _serves(sidecar: SidecarProcess) -> bool:
+    try:
+        status, _ = await sidecar.get("/readyz")
+    except OSError:
+        return False
+    return status == 200

@@ -1,0 +1,502 @@
+"""Hostile peers against a real `market-data-sidecar run`: each attack, its bound, and what
+was observed, beside a baseline (no attack) measured in the same run.
+
+    .venv/bin/python bench/attacks.py            # every attack, ~2 minutes
+    .venv/bin/python bench/attacks.py --only slow-bodies idle-connections
+
+Every attack gets a fresh sidecar subprocess with the default settings (only its port,
+disk path and, for the queue attack, the store's metrics URL are set). While the attack
+runs, a separate process asks `/readyz` on a new connection every 20 ms, as the kubelet
+does, and the sidecar's RSS is sampled every 20 ms. Figures: the largest RSS, the p99 of
+`/readyz`, the largest response body seen by the attacker, and the sidecar's log lines.
+Only loopback addresses are used; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from aiohttp import web
+
+MIB = 1024 * 1024
+#: What the chart gives the sidecar container (charts/.../values.yaml: 192Mi).
+CHART_MEMORY_LIMIT = 192 * MIB
+#: Seconds of `/readyz` probing measured while an attack holds its resources.
+HOLD = 6.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- the sidecar and what is measured of it ----------------------------------------------
+
+
+class Sidecar:
+    """`market-data-sidecar run` with default settings on a port of its own."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.disk = tempfile.mkdtemp(prefix="sidecar-attacks-")
+        self.log = Path(self.disk) / "sidecar.log"
+        full_env = {
+            **os.environ,
+            "SIDECAR_HOST": "127.0.0.1",
+            "SIDECAR_PORT": str(self.port),
+            "SIDECAR_STORE_METRICS_URL": "",
+            "SIDECAR_DATABASE_URL": "",
+            "SIDECAR_DISK_PATHS": json.dumps([self.disk]),
+            "SIDECAR_SHUTDOWN_GRACE": "0",
+            **(env or {}),
+        }
+        self._log = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "market_data_sidecar", "run"],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.process = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if get(self.port, "/readyz")[0] == 200:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text())
+            time.sleep(0.05)
+        raise RuntimeError("the sidecar did not become ready")
+
+    def log_lines(self) -> list[str]:
+        self._log.flush()
+        return self.log.read_text(errors="replace").splitlines()
+
+    def rss(self) -> int:
+        return int(self.process.memory_info().rss)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except OSError:
+        return 0, b""
+    finally:
+        connection.close()
+
+
+def _probe(port: int, seconds: float, results: Any) -> None:
+    """In a process of its own: `/readyz` on a new connection every 20 ms."""
+    latencies: list[float] = []
+    failures = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        began = time.perf_counter()
+        status, _ = get(port, "/readyz", timeout=5)
+        latencies.append(time.perf_counter() - began)
+        failures += status != 200
+        time.sleep(0.02)
+    results.put((latencies, failures))
+
+
+@dataclass
+class Observation:
+    rss_max: int = 0
+    readyz: list[float] = field(default_factory=list)
+    readyz_failures: int = 0
+    response_bytes: int = 0
+    log_lines: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def p99_ms(self) -> float:
+        if not self.readyz:
+            return float("nan")
+        ordered = sorted(self.readyz)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+
+
+@contextlib.contextmanager
+def observing(sidecar: Sidecar, seconds: float) -> Iterator[Observation]:
+    """Sample RSS and probe `/readyz` for `seconds` while the body runs the attack."""
+    seen = Observation()
+    lines_before = len(sidecar.log_lines())
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                seen.rss_max = max(seen.rss_max, sidecar.rss())
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    results: Any = multiprocessing.get_context("spawn").Queue()
+    prober = multiprocessing.get_context("spawn").Process(
+        target=_probe, args=(sidecar.port, seconds, results)
+    )
+    prober.start()
+    try:
+        yield seen
+    finally:
+        seen.readyz, seen.readyz_failures = results.get(timeout=seconds + 60)
+        prober.join()
+        stop.set()
+        sampler.join()
+        seen.log_lines = len(sidecar.log_lines()) - lines_before
+
+
+# -- attacks ---------------------------------------------------------------------------------
+
+
+async def open_many(port: int, count: int) -> list[tuple[asyncio.StreamReader, Any]]:
+    connections = []
+    for _ in range(count):
+        with contextlib.suppress(OSError):
+            connections.append(await asyncio.open_connection("127.0.0.1", port))
+    return connections
+
+
+async def closed_count(
+    connections: list[tuple[asyncio.StreamReader, Any]], answers: dict[int, bytes] | None = None
+) -> int:
+    """How many of `connections` the sidecar has closed (EOF or reset); what each was
+    sent is kept in `answers` by index."""
+    closed = 0
+    for index, (reader, _) in enumerate(connections):
+        if reader.at_eof():
+            closed += 1
+            continue
+        try:
+            async with asyncio.timeout(0.001):
+                data = await reader.read(65536)
+            if answers is not None and data:
+                answers[index] = answers.get(index, b"") + data
+            closed += data == b"" or reader.at_eof()
+        except TimeoutError:
+            pass
+        except OSError:
+            closed += 1
+    return closed
+
+
+def close_all(connections: list[tuple[asyncio.StreamReader, Any]]) -> None:
+    for _, writer in connections:
+        writer.transport.abort()
+
+
+async def baseline(sidecar: Sidecar, seen: Observation) -> None:
+    await asyncio.sleep(HOLD)
+
+
+async def slow_bodies(sidecar: Sidecar, seen: Observation) -> None:
+    """150 connections each send 1 MiB - 1 bytes of a 1 MiB body and hold."""
+    head = (
+        "POST /feedback HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {MIB}\r\n\r\n"
+    ).encode()
+    connections = await open_many(sidecar.port, 150)
+    chunk = b" " * (64 * 1024)
+    for _, writer in connections:
+        with contextlib.suppress(OSError):
+            writer.write(head)
+    for sent in range(0, MIB - 1, len(chunk)):
+        piece = chunk[: min(len(chunk), MIB - 1 - sent)]
+        for _, writer in connections:
+            with contextlib.suppress(OSError):
+                writer.write(piece)
+        await asyncio.sleep(0)
+    began = time.monotonic()
+    answers: dict[int, bytes] = {}
+    closed = refused = 0
+    while time.monotonic() - began < HOLD + 6:
+        closed = await closed_count(connections, answers)
+        refused = sum(answer.startswith(b"HTTP/1.1 503") for answer in answers.values())
+        if closed == len(connections):
+            break
+        await asyncio.sleep(0.1)
+    seen.notes.append(
+        f"{refused} answered 503 at once; all {closed} of {len(connections)} closed "
+        f"{time.monotonic() - began:.1f} s after the last byte"
+    )
+    close_all(connections)
+
+
+async def idle_connections(sidecar: Sidecar, seen: Observation) -> None:
+    """3,000 connections that never send a byte."""
+    connections = await open_many(sidecar.port, 3000)
+    await asyncio.sleep(1.0)
+    held = len(connections) - await closed_count(connections)
+    seen.notes.append(f"{len(connections)} opened, {held} still open after 1 s")
+    began = time.monotonic()
+    while time.monotonic() - began < 40:
+        held = len(connections) - await closed_count(connections)
+        if held == 0:
+            break
+        await asyncio.sleep(0.5)
+    seen.notes.append(f"{held} open after {time.monotonic() - began + 1:.0f} s")
+    close_all(connections)
+
+
+async def slow_headers(sidecar: Sidecar, seen: Observation) -> None:
+    """500 connections sending their headers a byte every 100 ms (slowloris)."""
+    connections = await open_many(sidecar.port, 500)
+    line = b"GET /readyz HTTP/1.1\r\nHost: sidecar\r\nX-Slow: " + b"a" * 200
+    began = time.monotonic()
+    for index in range(len(line)):
+        if time.monotonic() - began > HOLD + 2:
+            break
+        for _, writer in connections:
+            with contextlib.suppress(OSError):
+                writer.write(line[index : index + 1])
+        await asyncio.sleep(0.1)
+    closed = await closed_count(connections)
+    seen.notes.append(f"{closed}/{len(connections)} closed within {time.monotonic() - began:.1f} s")
+    close_all(connections)
+
+
+def _max_size_events(batch: int, count: int) -> bytes:
+    """Coordinator ids of 256 characters and reasons of 1,024, four UTF-8 bytes each."""
+    events = [
+        {
+            "coordinator_id": ("\U0001f600" * 256)[:248] + f"{batch:04}{n:04}",
+            "queue_size": 950,
+            "capacity": 1000,
+            "level": "hard",
+            "reason": "\U0001f4a5" * 1024,
+        }
+        for n in range(count)
+    ]
+    return json.dumps(events, ensure_ascii=False).encode()
+
+
+async def big_state_readers(sidecar: Sidecar, seen: Observation) -> None:
+    """50 POSTs of maximum-size events, then four clients reading `/feedback` (and one
+    `/`) in a loop."""
+    for batch in range(50):
+        body = _max_size_events(batch, 100)
+        status = await asyncio.to_thread(_post, sidecar.port, body)
+        if status != 202:
+            seen.notes.append(f"POST {batch} answered {status}")
+    end = time.monotonic() + HOLD
+    reads = 0
+
+    def reader(path: str) -> None:
+        nonlocal reads
+        connection = http.client.HTTPConnection("127.0.0.1", sidecar.port, timeout=10)
+        while time.monotonic() < end:
+            connection.request("GET", path)
+            body = connection.getresponse().read()
+            seen.response_bytes = max(seen.response_bytes, len(body))
+            reads += 1
+        connection.close()
+
+    await asyncio.gather(*(asyncio.to_thread(reader, path) for path in ["/feedback"] * 4 + ["/"]))
+    seen.notes.append(f"{reads} reads of /feedback and / in {HOLD:g} s")
+
+
+def _post(port: int, body: bytes) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(
+            "POST", "/feedback", body=body, headers={"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+TOKEN = "attack-token-0123456789"
+
+
+async def malformed_flood(sidecar: Sidecar, seen: Observation) -> None:
+    """5,000 requests with a control character after a bearer token, 50 at a time."""
+    limit = asyncio.Semaphore(50)
+    leaked = 0
+
+    async def one(n: int) -> None:
+        nonlocal leaked
+        async with limit:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+            except OSError:
+                return
+            writer.write(f"GET /{n} HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\x01\r\n\r\n".encode())
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(5):
+                    answer = await reader.read()
+                seen.response_bytes = max(seen.response_bytes, len(answer))
+                leaked += TOKEN.encode() in answer
+            writer.close()
+
+    await asyncio.gather(*(one(n) for n in range(5000)))
+    in_log = sum(TOKEN in line for line in sidecar.log_lines())
+    seen.notes.append(f"token in {leaked} answers and {in_log} log lines")
+
+
+async def queue_flood(sidecar: Sidecar, seen: Observation) -> None:
+    """The store's `/metrics` lists 30,000 coordinators (served by `store_with`)."""
+    began = time.monotonic()
+    while time.monotonic() - began < HOLD + 10:
+        _, body = await asyncio.to_thread(get, sidecar.port, "/healthz")
+        seen.response_bytes = max(seen.response_bytes, len(body))
+        await asyncio.sleep(0.5)
+    _, body = await asyncio.to_thread(get, sidecar.port, "/healthz")
+    queue = next(c for c in json.loads(body)["components"] if c["name"] == "queue")
+    seen.notes.append(
+        f"queue {queue['state']}: {queue['details'].get('coordinators_omitted', 0)} omitted"
+    )
+
+
+@contextlib.asynccontextmanager
+async def store_with(coordinators: int) -> Any:
+    """A stand-in store whose `/metrics` lists `coordinators` coordinators."""
+    lines = []
+    for n in range(coordinators):
+        c = f'coord_id="coordinator-{n:06}"'
+        lines.append(f"mds_coord_queue_depth{{{c}}} {n % 9000}")
+        lines.append(f"mds_coord_workers_alive{{{c}}} 4")
+        lines.append(f"mds_coord_circuit_state{{{c}}} 0")
+    body = ("\n".join(lines) + "\n").encode()
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/metrics", len(body)
+    finally:
+        await runner.cleanup()
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    run: Callable[[Sidecar, Observation], Awaitable[None]]
+    bound: str
+    store_coordinators: int = 0
+
+
+ATTACKS = [
+    Attack("baseline", baseline, "no attack"),
+    Attack(
+        "slow-bodies",
+        slow_bodies,
+        "8 MiB of bodies in flight (then 503); body deadline 10 s",
+    ),
+    Attack("idle-connections", idle_connections, "256 connections; idle timeout 30 s"),
+    Attack("slow-headers", slow_headers, "header deadline 5 s from the first byte"),
+    Attack(
+        "big-state-readers",
+        big_state_readers,
+        "128 KiB relay state, rendered at most every 0.5 s",
+    ),
+    Attack("malformed-flood", malformed_flood, "own JSON error; one log line per kind per 10 s"),
+    Attack(
+        "queue-flood",
+        queue_flood,
+        "2,000 coordinators kept of the store's list",
+        store_coordinators=30_000,
+    ),
+]
+
+
+async def run_attack(attack: Attack) -> Observation:
+    env: dict[str, str] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        if attack.store_coordinators:
+            url, size = await stack.enter_async_context(store_with(attack.store_coordinators))
+            env = {"SIDECAR_STORE_METRICS_URL": url, "SIDECAR_CHECK_INTERVAL": "1"}
+        sidecar = await asyncio.to_thread(Sidecar, env)
+        try:
+            with observing(sidecar, HOLD) as seen:
+                await attack.run(sidecar, seen)
+            if attack.store_coordinators:
+                seen.notes.append(f"store exposition {size / MIB:.1f} MiB")
+            seen.rss_max = max(seen.rss_max, sidecar.rss())
+        finally:
+            await asyncio.to_thread(sidecar.stop)
+    return seen
+
+
+def table(rows: list[tuple[Attack, Observation]]) -> str:
+    lines = [
+        "| attack | bound | RSS max | /readyz p99 | /readyz failed | largest answer | "
+        "log lines | observed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for attack, seen in rows:
+        lines.append(
+            f"| {attack.name} | {attack.bound} | {seen.rss_max / MIB:.0f} MiB | "
+            f"{seen.p99_ms:.1f} ms | {seen.readyz_failures}/{len(seen.readyz)} | "
+            f"{_size(seen.response_bytes)} | {seen.log_lines} | {'; '.join(seen.notes)} |"
+        )
+    return "\n".join(lines)
+
+
+def _size(count: int) -> str:
+    return f"{count} B" if count < 10 * 1024 else f"{count / 1024:.0f} KiB"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", choices=[a.name for a in ATTACKS])
+    args = parser.parse_args()
+    # 3,000 connections: this process needs the file descriptors (the sidecar inherits it).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 20_000)), hard))
+    chosen = [a for a in ATTACKS if not args.only or a.name in args.only or a.name == "baseline"]
+    rows = []
+    for attack in chosen:
+        print(f"-- {attack.name}", file=sys.stderr, flush=True)
+        rows.append((attack, asyncio.run(run_attack(attack))))
+    print(table(rows))
+    worst_rss = max(seen.rss_max for _, seen in rows)
+    worst_p99 = max(seen.p99_ms for _, seen in rows)
+    print(
+        f"\nlargest RSS {worst_rss / MIB:.0f} MiB (chart limit {CHART_MEMORY_LIMIT // MIB} MiB), "
+        f"worst /readyz p99 {worst_p99:.1f} ms (target < 50 ms)"
+    )
+    return 0 if worst_rss < CHART_MEMORY_LIMIT and worst_p99 < 50 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
