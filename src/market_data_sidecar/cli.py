@@ -26,11 +26,10 @@ from market_data_sidecar.settings import (
     load_settings,
     unknown_variables,
 )
-from market_data_sidecar.status_view import local_url, show_status
+from market_data_sidecar.views.command import EXIT_CODES, local_url, show_status
 from market_data_sidecar.wiring import wire_checks
 
 EXIT_CONFIG = 2
-EXIT_CODES = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from market_data_sidecar.server import MONITOR
-from market_data_sidecar.status_page import render_page
-from market_data_sidecar.status_view import StatusView
+from market_data_sidecar.views.model import StatusView
+from market_data_sidecar.views.page import render_page
 from tests.helpers import SidecarProcess, eventually
 from tests.operator.conftest import Chromium, FixedCheck
 from tests.operator.test_status_view import FEEDBACK, HEALTH

@@ -9,16 +9,10 @@ from typing import Any
 
 import pytest
 
-from market_data_sidecar import status_view
-from market_data_sidecar.status_view import (
-    ReceiverRow,
-    StatusView,
-    bar,
-    local_url,
-    render_lines,
-    render_table,
-    summarize,
-)
+from market_data_sidecar.views import format as view_format
+from market_data_sidecar.views.command import local_url
+from market_data_sidecar.views.model import ReceiverRow, StatusView, summarize, target_health
+from market_data_sidecar.views.terminal import bar, render_lines, render_table
 
 NOW = time.time()
 
@@ -121,7 +115,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 @pytest.fixture(autouse=True)
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ages ("3s ago") are relative to NOW, however long the test session has run."""
-    monkeypatch.setattr(status_view, "time", SimpleNamespace(time=lambda: NOW))
+    monkeypatch.setattr(view_format, "time", SimpleNamespace(time=lambda: NOW))
 
 
 def test_coordinators_merge_polled_queues_and_latest_events() -> None:
@@ -154,8 +148,9 @@ def test_coordinators_merge_polled_queues_and_latest_events() -> None:
 def test_targets_are_read_with_their_state() -> None:
     view = StatusView.from_json(HEALTH, FEEDBACK)
     orchestrator, pipeline = view.targets
-    assert (orchestrator.delivered, orchestrator.retried, orchestrator.state) == (12, 1, "healthy")
-    assert (pipeline.circuit, pipeline.dropped, pipeline.state) == ("open", 2, "unhealthy")
+    assert (orchestrator.delivered, orchestrator.retried) == (12, 1)
+    assert target_health(orchestrator) == "healthy"
+    assert (pipeline.circuit, pipeline.dropped, target_health(pipeline)) == ("open", 2, "unhealthy")
     assert view.relay
     assert not view.synthesizing
 

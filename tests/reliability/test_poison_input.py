@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from market_data_sidecar.server import MONITOR
-from market_data_sidecar.status_page import render_page
-from market_data_sidecar.status_view import StatusView, render_lines, render_table
+from market_data_sidecar.views.model import StatusView
+from market_data_sidecar.views.page import render_page
+from market_data_sidecar.views.terminal import render_lines, render_table
 from tests.conftest import make_settings
 from tests.helpers import eventually, store_payload
 from tests.operator.conftest import FixedCheck

@@ -20,7 +20,7 @@ from loguru import logger
 from market_data_sidecar.demo.listening import listening
 from market_data_sidecar.demo.webhooks import Attempt, WebhookReceiver
 from market_data_sidecar.settings import consumers_stream
-from market_data_sidecar.status_view import ReceiverRow
+from market_data_sidecar.views.model import ReceiverRow
 
 
 @dataclass

@@ -28,15 +28,9 @@ from market_data_sidecar.demo.store import SimulatedStore, demo_queues
 from market_data_sidecar.logs import configure_logging
 from market_data_sidecar.server import MONITOR, create_app
 from market_data_sidecar.settings import ConfigError, Settings, load_settings
-from market_data_sidecar.status_view import (
-    CLEAR_SCREEN,
-    StatusView,
-    Unreachable,
-    fetch_view,
-    local_url,
-    render_lines,
-    render_table,
-)
+from market_data_sidecar.views.command import Unreachable, fetch_view, local_url
+from market_data_sidecar.views.model import StatusView
+from market_data_sidecar.views.terminal import CLEAR_SCREEN, render_lines, render_table
 
 #: The view redraws this often on a terminal; plain lines are printed less often.
 TERMINAL_REFRESH = 1.0

@@ -11,30 +11,20 @@ relative, so the page also works behind a path prefix (`kubectl proxy`, an ingre
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from html import escape
 
 from aiohttp import web
 from market_data_core.telemetry import HealthStatus
 
-from market_data_sidecar.feedback.state import RelayState
-from market_data_sidecar.status_view import (
-    BOOKKEEPING,
-    CoordinatorRow,
-    StatusView,
-    TargetRow,
-    count,
-    percent,
-)
+from market_data_sidecar.feedback.state import RelayState, TargetState
+from market_data_sidecar.views.format import age, count, num, percent, timestamp
+from market_data_sidecar.views.model import BOOKKEEPING, CoordinatorRow, StatusView, target_health
 
 HealthSource = Callable[[], HealthStatus]
 FeedbackSource = Callable[[], RelayState | None]
 
 DEFAULT_REFRESH = 5
-#: Ages beyond a week show the time instead of a count of minutes.
-_LONG_AGO = 7 * 86400
 _MAX_REFRESH = 3600
 
 _HEALTH_SOURCE = web.AppKey[HealthSource]("status_page_health")
@@ -107,7 +97,7 @@ def render_page(view: StatusView, *, refresh: int = DEFAULT_REFRESH) -> str:
   <h1>{escape(view.service)} <span class="version">{escape(view.version)}</span></h1>
   <span id="overall" class="badge big {_state_class(view.state)}"
     data-state="{escape(view.state)}">{escape(view.state)}</span>
-  <p class="muted">as of {escape(_clock(view.ts))} &middot; {note} &middot;
+  <p class="muted">as of {escape(timestamp(view.ts))} &middot; {note} &middot;
     <a href="healthz">/healthz</a> &middot; <a href="feedback">/feedback</a> &middot;
     <a href="metrics">/metrics</a></p>
 </header>
@@ -187,12 +177,12 @@ def _coordinator_row(c: CoordinatorRow) -> str:
     if c.event_level:
         event = (
             f'<span class="badge {_level_class(c.event_level)}">{escape(c.event_level)}</span> '
-            f"{escape(c.event_origin or '?')}, {escape(_age(c.event_ts))}"
+            f"{escape(c.event_origin or '?')}, {escape(age(c.event_ts))}"
         )
         if c.event_reason:
             event += f' <span class="muted">{escape(c.event_reason)}</span>'
-    depth = f"{_num(c.depth)} / {_num(c.capacity)}"
-    dropped = f'<span class="error">{_num(c.dropped)}</span>' if c.dropped else _num(c.dropped)
+    depth = f"{num(c.depth)} / {num(c.capacity)}"
+    dropped = f'<span class="error">{num(c.dropped)}</span>' if c.dropped else num(c.dropped)
     return (
         f'<tr data-coordinator="{escape(c.coordinator_id)}" data-level="{escape(level)}">'
         f"<td>{escape(c.coordinator_id)}</td>"
@@ -218,7 +208,7 @@ def _targets(view: StatusView) -> str:
             f"<th>last success</th><th>last error</th></tr></thead><tbody>{rows}</tbody></table>"
         )
     source = "synthesized from queue depths" if view.synthesizing else "pushed by the store"
-    last = _age(view.last_store_event_at) if view.last_store_event_at else "never"
+    last = age(view.last_store_event_at) if view.last_store_event_at else "never"
     footer = (
         f'<p class="muted">Feedback is {source}; last event from the store: {escape(last)}.</p>'
         if view.relay
@@ -227,21 +217,21 @@ def _targets(view: StatusView) -> str:
     return f'<section id="targets"><h2>Targets</h2>{body}{footer}</section>'
 
 
-def _target_row(t: TargetRow) -> str:
+def _target_row(t: TargetState) -> str:
     kind = t.kind + (f" ({t.mode})" if t.mode else "")
     circuit = _circuit("disabled" if t.disabled else t.circuit)
     error = "-"
     if t.last_error:
-        when = f" ({_age(t.last_error_at)})" if t.last_error_at else ""
+        when = f" ({age(t.last_error_at)})" if t.last_error_at else ""
         error = f'<span class="error">{escape(t.last_error)}</span>{escape(when)}'
     dropped = f'<span class="error">{count(t.dropped)}</span>' if t.dropped else "0"
     return (
-        f'<tr data-target="{escape(t.name)}" data-state="{escape(t.state)}">'
+        f'<tr data-target="{escape(t.name)}" data-state="{escape(target_health(t))}">'
         f"<td>{escape(t.name)}</td><td>{escape(kind)}</td>"
         f'<td class="endpoint">{escape(t.endpoint)}</td><td>{circuit}</td>'
         f'<td class="num">{count(t.buffer_depth)}</td><td class="num">{count(t.delivered)}</td>'
         f'<td class="num">{count(t.retried)}</td><td class="num">{dropped}</td>'
-        f"<td>{escape(_age(t.last_success) if t.last_success else 'never')}</td>"
+        f"<td>{escape(age(t.last_success) if t.last_success else 'never')}</td>"
         f"<td>{error}</td></tr>"
     )
 
@@ -259,33 +249,6 @@ def _state_class(state: str) -> str:
 
 def _level_class(level: str) -> str:
     return {"ok": "good", "soft": "warn", "hard": "bad"}.get(level, "unknown")
-
-
-def _age(ts: float | None) -> str:
-    if ts is None:
-        return "?"
-    seconds = time.time() - ts
-    if seconds < -60:  # a clock far ahead: say when, not "0s ago"
-        return f"at {_clock(ts)}"
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < _LONG_AGO:
-        return f"{seconds / 60:.0f} min ago"
-    return f"at {_clock(ts)}"  # minutes would be a meaningless number
-
-
-def _clock(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    try:
-        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):  # before year 1 or after 9999
-        return f"ts {ts:.6g}"
-
-
-def _num(value: int | None) -> str:
-    return "-" if value is None else count(value)
 
 
 _CSS = """

@@ -1,0 +1,83 @@
+"""`market-data-sidecar status`: read a running sidecar over HTTP and print its view."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from typing import Any
+
+import aiohttp
+
+from market_data_sidecar.views.model import StatusView
+from market_data_sidecar.views.terminal import render_table
+
+
+class Unreachable(Exception):
+    """The sidecar did not answer `/healthz` with a health status."""
+
+
+async def fetch_view(base_url: str, *, deadline: float = 5.0) -> StatusView:
+    """Read `/healthz` (any status code: 503 still carries the body) and `/feedback`."""
+    base = base_url.rstrip("/")
+    client_timeout = aiohttp.ClientTimeout(total=deadline)
+    try:
+        async with aiohttp.ClientSession(timeout=client_timeout) as session:
+            health = await _get_json(session, f"{base}/healthz")
+            if not isinstance(health, dict) or "state" not in health:
+                raise Unreachable(f"{base}/healthz did not answer a health status")
+            try:
+                feedback = await _get_json(session, f"{base}/feedback")
+            except (aiohttp.ClientError, ValueError):
+                feedback = None
+    except TimeoutError:
+        raise Unreachable(f"cannot reach {base}: timed out after {deadline:g}s") from None
+    except aiohttp.ClientConnectionError as exc:
+        raise Unreachable(f"cannot reach {base}: {_connection_reason(exc)}") from None
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise Unreachable(f"{base}/healthz did not answer a health status ({exc})") from None
+    return StatusView.from_json(health, feedback if isinstance(feedback, dict) else None)
+
+
+def local_url(host: str, port: int) -> str:
+    """How to reach a sidecar listening on `host:port` from the same machine."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"  # a wildcard listener answers on loopback
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+EXIT_UNREACHABLE = 3
+EXIT_CODES = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+
+
+def show_status(base_url: str) -> int:
+    """`market-data-sidecar status`: print the view; the exit code is the sidecar's state."""
+    try:
+        view = asyncio.run(fetch_view(base_url))
+    except Unreachable as exc:
+        print(f"market-data-sidecar: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    colour = sys.stdout.isatty()
+    width = shutil.get_terminal_size().columns if colour else None
+    table = render_table(view, colour=colour, width=width)
+    # A terminal in Latin-1 or ASCII cannot print every character: replace, never raise.
+    encoding = sys.stdout.encoding or "utf-8"
+    print(table.encode(encoding, "replace").decode(encoding))
+    return EXIT_CODES.get(view.state, EXIT_CODES["unhealthy"])
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url) as response:
+        if response.status == 404:
+            return None
+        return await response.json(content_type=None)
+
+
+def _connection_reason(exc: aiohttp.ClientConnectionError) -> str:
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os.strerror(os_error.errno).lower()
+    return str(exc) or type(exc).__name__
