@@ -4,8 +4,9 @@ Run in a process of their own: `python -m bench.servers ROLE ...`.
 
 - `static`: answers GET `--path` with a fixed body and status (the probe baseline).
 - `accept`: parses a JSON body on POST `--path` and answers 202 (the intake baseline).
-- `orchestrators`: one webhook receiver per port, recording when each event arrives;
-  the `--hanging` ones accept requests and never answer. `GET /_receipts` returns
+- `orchestrators`: one webhook receiver per port (the demo's, `market_data_sidecar.demo.
+  webhooks`), recording when each event arrives; the `--hanging` ones accept requests
+  and never answer. `GET /_receipts` returns
   what one port received, `POST /_reset` forgets it.
 """
 
@@ -15,12 +16,11 @@ import argparse
 import asyncio
 import contextlib
 import json
-import time
 from pathlib import Path
 
 from aiohttp import web
 
-HANG_SECONDS = 3600.0
+from market_data_sidecar.demo.webhooks import Attempt, WebhookReceiver
 
 
 def static_app(path: str, body: bytes, status: int, content_type: str) -> web.Application:
@@ -44,20 +44,21 @@ def accept_app(path: str) -> web.Application:
 
 
 def orchestrator_app(*, hanging: bool) -> web.Application:
-    """A webhook receiver; events carry their sequence number as `reason: "seq:N"`."""
+    """The demo's webhook receiver, with what the benchmark reads across processes;
+    events carry their sequence number as `reason: "seq:N"`."""
     receipts: list[tuple[int, float]] = []
     counts = {"requests": 0}
 
-    async def hook(request: web.Request) -> web.Response:
+    def arrived(attempt: Attempt) -> None:
+        # Only (seq, arrival) is kept: the receivers share the load generator's core.
         counts["requests"] += 1
-        if hanging:
-            await asyncio.sleep(HANG_SECONDS)
-        body = await request.read()
-        arrived = time.monotonic()
-        reason = json.loads(body).get("reason") or ""
+        reason = attempt.json.get("reason") or ""
         if reason.startswith("seq:"):
-            receipts.append((int(reason[4:]), arrived))
-        return web.Response(status=200)
+            receipts.append((int(reason[4:]), attempt.at))
+
+    receiver = WebhookReceiver(record=False, on_attempt=arrived)
+    if hanging:
+        receiver.hang()
 
     async def results(_request: web.Request) -> web.Response:
         return web.json_response({"requests": counts["requests"], "receipts": receipts})
@@ -67,8 +68,7 @@ def orchestrator_app(*, hanging: bool) -> web.Application:
         counts["requests"] = 0
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
+    app = receiver.app()
     app.router.add_get("/_receipts", results)
     app.router.add_post("/_reset", reset)
     return app

@@ -12,6 +12,7 @@ from market_data_core.telemetry import HealthComponent, HealthState, HealthStatu
 from market_data_sidecar.checks import Check
 from market_data_sidecar.health import Damping, HealthMonitor
 from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.settings import Settings
 from tests.helpers import eventually
 from tests.support.sidecar import StartSidecar
 
@@ -152,7 +153,7 @@ async def test_aggregate_is_the_worst_state(sidecar_client: StartSidecar) -> Non
 
 
 async def test_degraded_can_block_readiness(
-    sidecar_client: StartSidecar, settings_factory: Callable[..., Any]
+    sidecar_client: StartSidecar, settings_factory: Callable[..., Settings]
 ) -> None:
     client = await sidecar_client(
         settings_factory(ready_when_degraded=False), checks=[ScriptedCheck("b", ["degraded"])]
@@ -216,7 +217,7 @@ async def test_exclude_leaves_a_component_out_of_the_aggregate(
 
 
 async def test_liveness_fails_when_the_scheduler_is_wedged(
-    sidecar_client: StartSidecar, settings_factory: Callable[..., Any]
+    sidecar_client: StartSidecar, settings_factory: Callable[..., Settings]
 ) -> None:
     wedged = WedgedCheck()
     client = await sidecar_client(settings_factory(liveness_intervals=2), checks=[wedged])

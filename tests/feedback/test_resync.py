@@ -8,7 +8,7 @@ sent, and the poison event that must not block a target.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -30,7 +30,7 @@ pytest_plugins = ["tests.redis_fixtures"]
 
 FAST = RetryPolicy(Backoff(0.01, 0.05), circuit_failures=3, circuit_cooldown=0.2)
 
-RouterFactory = Callable[..., Any]
+RouterFactory = Callable[..., Awaitable[Router]]
 
 
 class RecordingPublisher(Publisher):

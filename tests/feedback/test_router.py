@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
@@ -43,7 +42,7 @@ class GatedPublisher(Publisher):
         self.batches.append(list(batch))
 
 
-RouterFactory = Callable[..., Any]
+RouterFactory = Callable[..., Awaitable[Router]]
 
 
 @pytest.fixture
