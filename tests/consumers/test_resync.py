@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.exposition import generate_latest
 
 from tests.consumers.conftest import (
     DEPTHS,
@@ -31,6 +29,7 @@ from tests.consumers.conftest import (
 )
 from tests.helpers import SidecarProcess, eventually, free_port
 from tests.redis_helpers import RedisServer
+from tests.support.store import Coordinator, StoreMetrics
 
 pytestmark = pytest.mark.timeout(60, func_only=True)
 
@@ -88,28 +87,6 @@ async def test_consumers_get_the_current_level_after_redis_restarts_empty(
     assert await dead_letters(redis_url) == 0
 
 
-class StoreMetrics:
-    """The store's Prometheus endpoint, with the series the sidecar's queue check reads."""
-
-    def __init__(self, depths: dict[str, int]) -> None:
-        self.depths = depths
-
-    async def handle(self, request: web.Request) -> web.Response:
-        registry = CollectorRegistry()
-        depth = Gauge("mds_coord_queue_depth", "Queue depth", ["coord_id"], registry=registry)
-        workers = Gauge("mds_coord_workers_alive", "Workers", ["coord_id"], registry=registry)
-        circuit = Gauge("mds_coord_circuit_state", "Circuit", ["coord_id"], registry=registry)
-        dropped = Counter(
-            "mds_coord_items_dropped", "Dropped", ["coord_id", "reason"], registry=registry
-        )
-        for coordinator, value in self.depths.items():
-            depth.labels(coordinator).set(value)
-            workers.labels(coordinator).set(2)
-            circuit.labels(coordinator).set(0)
-            dropped.labels(coordinator, "overflow").inc(0)
-        return web.Response(body=generate_latest(registry), content_type="text/plain")
-
-
 @asynccontextmanager
 async def serving(app: web.Application, port: int) -> AsyncIterator[str]:
     """`app` on 127.0.0.1:`port` until the block ends; yields its base URL."""
@@ -128,7 +105,8 @@ async def test_consumers_get_the_current_level_after_the_sidecar_restarts(
 ) -> None:
     """The restarted sidecar has heard nothing from the store: its queue check knows the
     level, and resync hands it to consumers that started after both."""
-    metrics = StoreMetrics({"bars-coord": DEPTHS["hard"]})
+    metrics = StoreMetrics()
+    metrics.coordinators = {"bars-coord": Coordinator(depth=DEPTHS["hard"])}
     app = web.Application()
     app.router.add_get("/metrics", metrics.handle)
     async with serving(app, free_port()) as store_url:
