@@ -39,8 +39,9 @@ from market_data_sidecar.metrics import Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: Seconds a client is given to go away after a 503 before its unread body is dropped.
-LINGERING_TIME = 0.0
+#: Seconds an answered request's unread body is read and dropped before the connection
+#: closes: closing at once resets it, and the client never sees its 503 (aiohttp: 10 s).
+LINGERING_TIME = 1.0
 #: The accept errors asyncio reports when the process has no file descriptor left.
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
