@@ -3,11 +3,14 @@ sidecars configured to reach them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from market_data_sidecar.feedback.retry import Backoff
+from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
+from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.settings import Settings
 from tests.checks.conftest import store_metrics  # noqa: F401 - the checks' store
 from tests.publishers.conftest import orchestrator  # noqa: F401 - the same real receivers
@@ -35,3 +38,28 @@ def relay_settings() -> Callable[..., Settings]:
         return make_settings(**{**FAST_RELAY, **overrides})
 
     return build
+
+
+#: Router pacing for fault tests: retries within milliseconds, circuits that reopen fast.
+FAST = RetryPolicy(Backoff(0.01, 0.05), circuit_failures=5, circuit_cooldown=0.3)
+
+RouterFactory = Callable[..., Awaitable[Router]]
+
+
+@pytest.fixture
+async def router() -> AsyncIterator[RouterFactory]:
+    """`await router(*targets, policy=FAST, resync_interval=0)`: a started router, stopped
+    after the test."""
+    started: list[Router] = []
+
+    async def start(
+        *targets: Target, policy: RetryPolicy = FAST, resync_interval: float = 0.0
+    ) -> Router:
+        routed = Router(targets, metrics=Metrics(), policy=policy, resync_interval=resync_interval)
+        await routed.start()
+        started.append(routed)
+        return routed
+
+    yield start
+    for routed in started:
+        await routed.stop(0.2)

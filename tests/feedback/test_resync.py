@@ -8,29 +8,23 @@ sent, and the poison event that must not block a target.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
-from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.feedback.router import Router, Target
 from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import HttpTargetSettings, RedisStreamTargetSettings
+from tests.feedback.conftest import RouterFactory
 from tests.helpers import eventually, feedback
 from tests.redis_helpers import RedisServer, stream_fields
 from tests.support.receivers import StartOrchestrator
 
 pytest_plugins = ["tests.redis_fixtures"]
-
-FAST = RetryPolicy(Backoff(0.01, 0.05), circuit_failures=3, circuit_cooldown=0.2)
-
-RouterFactory = Callable[..., Awaitable[Router]]
 
 
 class RecordingPublisher(Publisher):
@@ -48,21 +42,6 @@ class RecordingPublisher(Publisher):
 
     def resyncs(self) -> list[Feedback]:
         return [f for f in self.delivered if f.resync]
-
-
-@pytest.fixture
-async def router() -> AsyncIterator[RouterFactory]:
-    started: list[Router] = []
-
-    async def start(*targets: Target, resync_interval: float = 0.0) -> Router:
-        routed = Router(targets, metrics=Metrics(), policy=FAST, resync_interval=resync_interval)
-        await routed.start()
-        started.append(routed)
-        return routed
-
-    yield start
-    for routed in started:
-        await routed.stop(0.2)
 
 
 def target(publisher: Publisher, kind: str = "memory") -> Target:

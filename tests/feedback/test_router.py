@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-
-import pytest
+from collections.abc import Sequence
 
 from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.feedback.model import Feedback
@@ -14,10 +12,9 @@ from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.settings import HttpTargetSettings
+from tests.feedback.conftest import FAST, RouterFactory
 from tests.helpers import eventually, feedback
 from tests.support.receivers import StartOrchestrator, closed_port_url
-
-FAST = RetryPolicy(Backoff(0.01, 0.05), circuit_failures=5, circuit_cooldown=0.3)
 
 
 def http(name: str, url: str, *, timeout: float = 0.5, buffer: int = 10_000) -> Target:
@@ -40,24 +37,6 @@ class GatedPublisher(Publisher):
     async def deliver(self, batch: Sequence[Feedback]) -> None:
         await self.gate.wait()
         self.batches.append(list(batch))
-
-
-RouterFactory = Callable[..., Awaitable[Router]]
-
-
-@pytest.fixture
-async def router() -> AsyncIterator[RouterFactory]:
-    started: list[Router] = []
-
-    async def start(*targets: Target, policy: RetryPolicy = FAST) -> Router:
-        routed = Router(targets, metrics=Metrics(), policy=policy)
-        await routed.start()
-        started.append(routed)
-        return routed
-
-    yield start
-    for routed in started:
-        await routed.stop(0.2)
 
 
 def metric(routed: Router, name: str, **labels: str) -> float:
