@@ -242,15 +242,19 @@ async def test_relay_state_answers_stay_bounded_with_maximum_size_events(
 
 
 def test_the_queue_check_keeps_a_bounded_number_of_coordinators() -> None:
+    """The first `MAX_COORDINATORS` of the coordinator series; other families (a latency
+    histogram per coordinator listed first) neither count nor are cut."""
     listed = MAX_COORDINATORS + 500
-    text = "".join(
-        f'mds_coord_queue_depth{{coord_id="c{n:06}"}} {n}\n'
-        f'mds_coord_workers_alive{{coord_id="c{n:06}"}} 2\n'
+    other = "".join(f'mds_coord_latency_count{{coord_id="z{n}"}} 1\n' for n in range(listed))
+    text = other + "".join(
+        f'mds_coord_queue_depth{{coord_id="c\\"{n:06}"}} {n}\n'
+        f'mds_coord_workers_alive{{coord_id="c\\"{n:06}"}} 2\n'
         for n in range(listed)
     )
     series = parse(text)
     assert len(series.coordinators) == MAX_COORDINATORS
     assert series.omitted == 500
+    assert series.depth[f'c"{MAX_COORDINATORS - 1:06}'] == MAX_COORDINATORS - 1
 
 
 async def _gauge(sidecar: SidecarProcess, name: str, value: float) -> bool:
