@@ -13,7 +13,6 @@ import contextlib
 import itertools
 import json
 import os
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -25,9 +24,9 @@ import redis.asyncio as aioredis
 
 from tests.helpers import SidecarProcess
 from tests.redis_helpers import RedisServer
+from tests.support.installers import run_installer
 
 ROOT = Path(__file__).resolve().parents[2]
-CONSUMERS_SCRIPT = ROOT / ".ci" / "consumers.sh"
 DRIVERS = Path(__file__).resolve().parent
 #: The key both consumers read with their defaults, and the sidecar's stream target writes.
 FEEDBACK_KEY = "mdp:mdp.telemetry.feedback"
@@ -46,24 +45,10 @@ def consumers_python() -> Path:
     A failure fails the tests: skipping would let a fresh machine pass without ever
     running the consumers.
     """
-    try:
-        result = subprocess.run(
-            ["bash", str(CONSUMERS_SCRIPT)],
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{CONSUMERS_SCRIPT} did not finish within {INSTALL_TIMEOUT}s", pytrace=False)
-    if result.returncode != 0:
-        pytest.fail(
-            f"{CONSUMERS_SCRIPT} exited {result.returncode}:\n{result.stdout}{result.stderr}",
-            pytrace=False,
-        )
+    run_installer("consumers.sh", timeout=INSTALL_TIMEOUT, what="the consumers' venv")
     python = ROOT / ".cache" / "consumers" / "venv" / "bin" / "python"
     if not python.exists():
-        pytest.fail(f"{CONSUMERS_SCRIPT} succeeded but {python} is missing", pytrace=False)
+        pytest.fail(f".ci/consumers.sh succeeded but {python} is missing", pytrace=False)
     return python
 
 

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.installers import ci_tool
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "charts" / "market-data-sidecar"
 FULL_VALUES = REPO_ROOT / "examples" / "values-full.yaml"
@@ -167,16 +169,7 @@ def helm_binary() -> Path | None:
     candidate = helm_path()
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return candidate
-    fetched = subprocess.run(
-        ["bash", str(REPO_ROOT / ".ci" / "tools.sh"), "helm"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if fetched.returncode != 0:
-        pytest.fail(f"helm is missing and .ci/tools.sh helm failed: {fetched.stderr.strip()}")
-    return Path(fetched.stdout.strip())
+    return Path(ci_tool("helm", timeout=300, what="helm"))
 
 
 @pytest.fixture(scope="session")

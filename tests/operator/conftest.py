@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import pytest
 from market_data_core.telemetry import HealthComponent, HealthState
 
 from market_data_sidecar.checks import Check
+from tests.support.installers import ci_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -89,24 +89,14 @@ def install_chromium() -> str:
     """Debian's chromium through the installer CI uses (`.ci/tools.sh chromium`, apt as
     root); a failure fails the tests: skipping would let a fresh machine pass without
     ever running them."""
-    try:
-        fetched = subprocess.run(
-            ["bash", str(REPO_ROOT / ".ci" / "tools.sh"), "chromium"],
-            capture_output=True,
-            text=True,
-            timeout=CHROMIUM_INSTALL_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(
-            f"chromium is missing and .ci/tools.sh chromium took over {CHROMIUM_INSTALL_TIMEOUT}s"
-        )
+    ci_tool(
+        "chromium",
+        timeout=CHROMIUM_INSTALL_TIMEOUT,
+        what="chromium (apt-get install chromium chromium-driver, as root)",
+    )
     binary = installed_chromium()
-    if fetched.returncode != 0 or binary is None:
-        pytest.fail(
-            "chromium is missing and `.ci/tools.sh chromium` (apt-get install chromium "
-            f"chromium-driver, as root) failed: {fetched.stderr.strip()[-2000:]}"
-        )
+    if binary is None:
+        pytest.fail("`.ci/tools.sh chromium` succeeded but no chromium is on PATH")
     return binary
 
 

@@ -16,6 +16,7 @@ import yaml
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.settings import Settings
 from tests.operator.conftest import REPO_ROOT
+from tests.support.installers import ci_tool
 
 RULES = REPO_ROOT / "deploy" / "prometheus" / "alerts.yaml"
 RULE_TESTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.test.yaml"
@@ -143,19 +144,11 @@ def promtool() -> str:
     found = shutil.which("promtool")
     if found is not None:
         return found
-    fetched = subprocess.run(
-        ["bash", str(REPO_ROOT / ".ci" / "tools.sh"), "promtool"],
-        capture_output=True,
-        text=True,
+    return ci_tool(
+        "promtool",
         timeout=50,
-        check=False,
+        what="promtool (Debian's prometheus package, unpacked into .cache/prom)",
     )
-    if fetched.returncode != 0 or not fetched.stdout.strip():
-        pytest.fail(
-            "promtool is missing and `.ci/tools.sh promtool` (Debian's prometheus package, "
-            f"unpacked into .cache/prom) failed: {fetched.stderr.strip()[-2000:]}"
-        )
-    return fetched.stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(
