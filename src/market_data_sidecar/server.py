@@ -26,7 +26,6 @@ from market_data_sidecar.limits import (
     RENDER_TTL,
     BodyBudget,
     BoundedRelayView,
-    Bounds,
     ClientFaults,
     bounded_bodies,
 )
@@ -34,7 +33,7 @@ from market_data_sidecar.metrics import CONTENT_TYPE, Metrics
 from market_data_sidecar.openapi import add_openapi_route
 from market_data_sidecar.settings import Settings
 from market_data_sidecar.views.page import add_status_routes
-from market_data_sidecar.wiring import wire
+from market_data_sidecar.wiring import bounds_from, wire
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -90,23 +89,10 @@ def create_app(
     return app
 
 
-def bounds_from(settings: Settings) -> Bounds:
-    """What one client may hold, from the settings."""
-    return Bounds(
-        max_connections=settings.max_connections,
-        header_timeout=settings.header_timeout,
-        body_timeout=settings.body_timeout,
-        idle_timeout=settings.idle_timeout,
-        body_bytes_in_flight=settings.body_bytes_in_flight,
-        max_body_bytes=settings.max_body_bytes,
-        fault_log_interval=settings.fault_log_interval,
-    )
-
-
 def _relay_fingerprint(relay: Relay) -> object:
     """What changes when the relay state changes visibly: a POST, or a target's record.
     (An event synthesized meanwhile shows within `RENDER_TTL`.)"""
-    return (relay.last_store_event_at, relay.synthesizing, [t.status() for t in relay.router.lanes])
+    return (relay.last_store_event_at, relay.synthesizing, relay.router.states())
 
 
 async def _run_relay(app: web.Application) -> AsyncIterator[None]:

@@ -1,9 +1,9 @@
 """The composition root: settings in, the sidecar's parts out, wired in one place.
 
 `run`, `check` and `demo` all build through `wire` (or `wire_checks`), so how settings
-become checks, publishers, the relay and the health monitor is written once; `feedback/`
-knows neither settings nor publishers, and `publishers/` knows the relay only through
-`feedback.delivery`. Publishers come from a map of target kind to factory; a factory
+become checks, publishers, the relay, the health monitor and the bounds on clients is
+written once; `feedback/` knows neither settings nor publishers, and `publishers/` knows
+the relay only through `feedback.delivery`. Publishers come from a map of target kind to factory; a factory
 imports its module when called, so redis-py is imported only for a Redis target (it is
 an optional extra).
 """
@@ -27,6 +27,7 @@ from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
 from market_data_sidecar.feedback.watermarks import QueueSampleSource, Watermarks
 from market_data_sidecar.health import Damping, HealthMonitor
+from market_data_sidecar.limits import Bounds
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.redaction import redact_url
 from market_data_sidecar.settings import ConfigError, Settings, TargetSettings
@@ -81,6 +82,19 @@ def build_monitor(settings: Settings, checks: Sequence[Check], metrics: Metrics)
         damping=Damping(rise=settings.rise, fall=settings.fall),
         liveness_intervals=settings.liveness_intervals,
         ready_when_degraded=settings.ready_when_degraded,
+    )
+
+
+def bounds_from(settings: Settings) -> Bounds:
+    """What one client may hold, from the settings."""
+    return Bounds(
+        max_connections=settings.max_connections,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        idle_timeout=settings.idle_timeout,
+        body_bytes_in_flight=settings.body_bytes_in_flight,
+        max_body_bytes=settings.max_body_bytes,
+        fault_log_interval=settings.fault_log_interval,
     )
 
 
