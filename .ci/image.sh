@@ -15,7 +15,6 @@ IMAGE="${IMAGE:-localhost/market-data-sidecar:ci}"
 NAME="mds-sidecar-ci-$$"
 # SIDECAR_SHUTDOWN_GRACE (2) + SIDECAR_DRAIN_TIMEOUT (5) + margin.
 STOP_GRACE=10
-CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'image: %s\n' "$*" >&2; exit 1; }
@@ -35,11 +34,7 @@ podman --version
 
 step "build $IMAGE on $BASE_IMAGE"
 started="$(now)"
-# --format docker keeps HEALTHCHECK; pip inside the build reaches the index only
-# with the host's CA bundle.
-podman build --quiet --format docker --pull=never --network=host \
-    --build-arg BASE_IMAGE="$BASE_IMAGE" -v "$CA_BUNDLE:$CA_BUNDLE:ro" \
-    -t "$IMAGE" . >/dev/null
+bash .ci/tools.sh image -t "$IMAGE" .
 printf 'built in %.1f s\n' "$(echo "$(now) - $started" | bc)"
 size="$(podman image inspect "$IMAGE" --format '{{.Size}}')"
 printf 'image size: %d MB\n' "$((size / 1000000))"

@@ -45,7 +45,6 @@ HOST_REDIS_URL="redis://127.0.0.1:6379/0"
 STREAM_KEY="$NAMESPACE:$NAMESPACE.telemetry.feedback"
 # Sidecar: SIDECAR_SHUTDOWN_GRACE (2) + SIDECAR_DRAIN_TIMEOUT (5); store: its 6 s bound.
 STOP_GRACE=10
-CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 # PyYAML, for the rendered documents: the project's venv has it.
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [[ -x "$PYTHON" ]] || PYTHON=python3
@@ -126,19 +125,14 @@ step "tools: podman, helm, the base image"
 CONTAINERS_CONF="$(bash .ci/tools.sh podman)"
 export CONTAINERS_CONF
 HELM="$(bash .ci/tools.sh helm)"
-BASE_IMAGE="$(bash .ci/tools.sh base-image)"
 command -v slirp4netns >/dev/null || die "no slirp4netns (bash .ci/tools.sh podman installs it)"
 redis-cli -u "$HOST_REDIS_URL" ping >/dev/null || die "no Redis on 127.0.0.1:6379"
 podman --version
 
 step "images: $IMAGE (as .ci/image.sh) and $STORE_IMAGE"
 started="$(now)"
-podman build --quiet --format docker --pull=never --network=host \
-    --build-arg BASE_IMAGE="$BASE_IMAGE" -v "$CA_BUNDLE:$CA_BUNDLE:ro" \
-    -t "$IMAGE" . >/dev/null
-podman build --quiet --format docker --pull=never --network=host \
-    --build-arg BASE_IMAGE="$BASE_IMAGE" -v "$CA_BUNDLE:$CA_BUNDLE:ro" \
-    -t "$STORE_IMAGE" .ci/pod >/dev/null
+bash .ci/tools.sh image -t "$IMAGE" .
+bash .ci/tools.sh image -t "$STORE_IMAGE" .ci/pod
 printf 'built in %s s\n' "$(since "$started")"
 
 step "render the chart"

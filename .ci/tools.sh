@@ -138,11 +138,22 @@ chromium_tool() {
     command -v chromium || die "no chromium on PATH after installing ${CHROMIUM_PACKAGES[*]}"
 }
 
+# `image ARGS...`: podman build on the local base image (`base-image`), with the host's
+# CA bundle mounted so pip inside the build reaches the index; `--format docker` keeps the
+# HEALTHCHECK. ARGS go to podman build (the tag, `-f`, the context).
+image_tool() {
+    local base bundle=/etc/ssl/certs/ca-certificates.crt
+    base="$(base_image_tool)"
+    podman build --quiet --format docker --pull=never --network=host \
+        --build-arg BASE_IMAGE="$base" -v "$bundle:$bundle:ro" "$@" >/dev/null
+}
+
 case "${1:-}" in
     helm) helm_tool ;;
     promtool) promtool_tool ;;
     podman) podman_tool ;;
     base-image) base_image_tool ;;
     chromium) chromium_tool ;;
-    *) die "usage: $0 helm|promtool|podman|base-image|chromium" ;;
+    image) shift; image_tool "$@" ;;
+    *) die "usage: $0 helm|promtool|podman|base-image|chromium|image ARGS..." ;;
 esac
