@@ -3,9 +3,9 @@
 `run`, `check` and `demo` all build through `wire` (or `wire_checks`), so how settings
 become checks, publishers, the relay, the health monitor and the bounds on clients is
 written once; `feedback/` knows neither settings nor publishers, and `publishers/` knows
-the relay only through `feedback.delivery`. Publishers come from a map of target kind to factory; a factory
-imports its module when called, so redis-py is imported only for a Redis target (it is
-an optional extra).
+the relay only through `feedback.delivery`. Publishers come from a map of target kind to
+factory; a factory imports its module when called, so redis-py is imported only for a
+Redis target (it is an optional extra).
 """
 
 from __future__ import annotations
