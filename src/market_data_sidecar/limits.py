@@ -11,8 +11,8 @@ traceback with it; this module replaces those edges with bounded ones:
   keep-alive timeout, and protocol errors answered with a short JSON body of our own.
 - `BodyBudget` / `bounded_bodies`: body bytes in flight across all requests; beyond the
   budget a request is answered 503 with `Retry-After` before its body is read.
-- `ClientFaults` / `ThrottledLog`: every client fault counted by kind, logged at most
-  once per kind per interval with the count since the last line.
+- `ClientFaults`: every client fault counted by kind, logged at most once per kind per
+  interval with the count since the last line (`logs.ThrottledLog`).
 - `BoundedRunner`: an `AppRunner` that serves through `BoundedServer`.
 """
 
@@ -35,6 +35,7 @@ from aiohttp.web_request import BaseRequest
 from loguru import logger
 
 from market_data_sidecar.feedback.state import DEFAULT_LIMIT, RelayState, encode
+from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,29 +61,6 @@ class Bounds:
 
 
 # -- logs --------------------------------------------------------------------------------------
-
-
-class ThrottledLog:
-    """At most one line per kind per `interval`, saying how many were folded into it.
-
-    A flood of bad requests must not become a flood of log lines: the counter carries the
-    rate, the log only says that it is happening."""
-
-    def __init__(self, interval: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self._clock = clock
-        self._logged_at: dict[str, float] = {}
-        self._pending: dict[str, int] = {}
-
-    def note(self, kind: str) -> int:
-        """Count one `kind`; the number to report if a line is due now, else 0."""
-        self._pending[kind] = self._pending.get(kind, 0) + 1
-        now = self._clock()
-        last = self._logged_at.get(kind)
-        if last is not None and now - last < self.interval:
-            return 0
-        self._logged_at[kind] = now
-        return self._pending.pop(kind)
 
 
 class ClientFaults:

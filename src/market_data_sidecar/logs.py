@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -64,3 +66,27 @@ class _InterceptHandler(logging.Handler):
         except ValueError:
             level = record.levelno
         logger.opt(exception=record.exc_info, depth=6).log(level, record.getMessage())
+
+
+class ThrottledLog:
+    """At most one line per kind per `interval`, saying how many were folded into it.
+
+    A flood of bad requests must not become a flood of log lines: the counter carries the
+    rate, the log only says that it is happening."""
+
+    def __init__(self, interval: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._logged_at: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
+
+    def note(self, kind: str, count: int = 1) -> int:
+        """Count `count` of `kind`; the number to report (these and those folded since the
+        last line) if a line is due now, else 0."""
+        self._pending[kind] = self._pending.get(kind, 0) + count
+        now = self._clock()
+        last = self._logged_at.get(kind)
+        if last is not None and now - last < self.interval:
+            return 0
+        self._logged_at[kind] = now
+        return self._pending.pop(kind)

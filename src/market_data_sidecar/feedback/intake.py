@@ -38,6 +38,7 @@ from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
 from pydantic import ValidationError
 
 from market_data_sidecar.feedback.model import Feedback
+from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import Metrics
 
 #: Longest coordinator id or source accepted: ids are short names in the store, and
@@ -106,8 +107,7 @@ class Intake:
         self._token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
         self.max_events = max_events
-        self._forbidden_logged_at: float | None = None
-        self._forbidden_unlogged = 0
+        self._forbidden_log = ThrottledLog(FORBIDDEN_LOG_INTERVAL)
 
     def admit(self, headers: Mapping[str, str], *, peer: str | None) -> None:
         """Check what is known before reading the body: who may post (a loopback `peer`
@@ -138,21 +138,14 @@ class Intake:
     def _forbidden(self, peer: str | None) -> Rejected:
         """403, counted every time but logged at most once per `FORBIDDEN_LOG_INTERVAL`."""
         self._metrics.feedback_received.labels("forbidden").inc()
-        now = time.monotonic()
-        if (
-            self._forbidden_logged_at is None
-            or now - self._forbidden_logged_at >= FORBIDDEN_LOG_INTERVAL
-        ):
-            more = self._forbidden_unlogged
+        if count := self._forbidden_log.note("forbidden"):
+            more = count - 1
             logger.warning(
                 "feedback rejected (403 forbidden) from {}: without SIDECAR_TOKEN only "
                 "loopback peers may post{}",
                 peer or "an unknown peer",
                 f" ({more} more since the last such line)" if more else "",
             )
-            self._forbidden_logged_at, self._forbidden_unlogged = now, 0
-        else:
-            self._forbidden_unlogged += 1
         return Rejected(
             403,
             "forbidden",

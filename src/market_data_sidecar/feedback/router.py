@@ -29,6 +29,7 @@ from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import CIRCUIT_GAUGE, Backoff, CircuitBreaker, CircuitState
 from market_data_sidecar.feedback.state import LEVEL_SEVERITY, MAX_ERROR_LENGTH, TargetState, clip
+from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.redaction import first_line
 
@@ -122,8 +123,9 @@ class TargetLane:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._drop_logged_at: dict[str, float] = {}
-        self._unreported_drops: dict[str, int] = {}
+        #: Under overload every event may be dropped: each reason is reported at most
+        #: every `DROP_LOG_INTERVAL` seconds, with the count since the last report.
+        self._drop_log = ThrottledLog(DROP_LOG_INTERVAL)
 
         self._metrics = metrics
         self._delivered_total = metrics.feedback_delivered.labels(self.name)
@@ -350,15 +352,9 @@ class TargetLane:
             return
         self.dropped += len(events)
         self._metrics.feedback_dropped.labels(self.name, reason).inc(len(events))
-        unreported = self._unreported_drops.get(reason, 0) + len(events)
-        now = time.monotonic()
-        # Under overload every event may be dropped: report each reason at most every
-        # DROP_LOG_INTERVAL seconds, with the count since the last report.
-        if now - self._drop_logged_at.get(reason, -DROP_LOG_INTERVAL) < DROP_LOG_INTERVAL:
-            self._unreported_drops[reason] = unreported
+        unreported = self._drop_log.note(reason, len(events))
+        if not unreported:
             return
-        self._drop_logged_at[reason] = now
-        self._unreported_drops[reason] = 0
         logger.warning(
             "feedback target {}: dropped {} event(s) ({}){}; latest coordinators {}",
             self.name,
