@@ -40,6 +40,12 @@ class DeliveryError(Exception):
         self.disable = disable
 
 
+class EncodingError(Exception):
+    """The publisher could not encode an event (not a failure of the target): the router
+    drops that event as `unencodable` and goes on. Any other exception from `deliver` is
+    the target's fault (or a bug) and is retried like a `DeliveryError`."""
+
+
 class Publisher(ABC):
     """Delivers feedback to one target."""
 
@@ -72,6 +78,12 @@ class Publisher(ABC):
     async def health_details(self) -> dict[str, str]:
         """Extra details for the `feedback` component (Redis: reachable, ping latency)."""
         return {}
+
+    def problem(self) -> str | None:
+        """Why the target is wrong although deliveries succeed (nobody reads the stream,
+        another sidecar claims this one's fleet member), or None: the `feedback` component
+        degrades with it. Refreshed by `health_details`."""
+        return None
 
 
 def _nothing() -> None:

@@ -287,7 +287,7 @@ class TargetLane:
                     f"target {self.name} has delivered nothing for {failing_for:.0f}s "
                     f"({self.last_error})"
                 )
-        return None
+        return self.publisher.problem()
 
     def _failed(self, error: DeliveryError) -> bool:
         """Record a failed attempt; True when the in-flight events are to be retried."""
