@@ -58,7 +58,7 @@ async def test_subscriber_receives_each_event_as_json_in_order(
 
         await eventually(collect, message="all events published")
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py: PubSub.aclose is unannotated
+        await pubsub.aclose()
 
     assert received == [f.wire() for f in sent]
     assert received[0]["reason"] == "high_watermark"
