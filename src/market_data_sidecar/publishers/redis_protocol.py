@@ -34,10 +34,12 @@ MAX_LINE_BYTES = 64 * KIB
 #: 2 KiB; a Redis value can be 512 MiB, which no reply the sidecar reads has reason to be.
 MAX_BULK_BYTES = 1 * MIB
 #: One whole reply, counted on the wire: XINFO CONSUMERS of a thousand consumers is about
-#: 150 KiB, an XRANGE of a thousand sidecar entries under 2 MiB.
+#: 150 KiB, an XPENDING page of 50,000 entries about 3.5 MiB, an XRANGE page of 1,000
+#: sidecar entries under 2 MiB. Longer lists are read in pages (`COUNT`).
 MAX_REPLY_BYTES = 4 * MIB
-#: Values in one reply (each costs a Python object whatever its size).
-MAX_REPLY_VALUES = 100_000
+#: Values in one reply (each costs a Python object, 30 to 90 bytes, whatever its size on
+#: the wire): an XPENDING page of 50,000 entries is 250,000. At most about 25 MiB.
+MAX_REPLY_VALUES = 250_000
 #: Aggregates inside aggregates. XINFO STREAM FULL, the deepest reply Redis sends, nests
 #: five deep; Lua results are what the scripts return.
 MAX_DEPTH = 16
