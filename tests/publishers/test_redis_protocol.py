@@ -44,6 +44,13 @@ async def line_without_end(writer: asyncio.StreamWriter) -> bool:
     return True
 
 
+async def bare_newlines(writer: asyncio.StreamWriter) -> bool:
+    """A line protocol that ends its lines with `\\n` alone."""
+    writer.write(b"+OK ready\n")
+    await writer.drain()
+    return True
+
+
 HOSTILE: dict[str, tuple[Answer, str]] = {
     "http-server": (fake_redis.garbage, "protocol"),
     "loading-forever": (fake_redis.loading, "loading"),
@@ -54,6 +61,7 @@ HOSTILE: dict[str, tuple[Answer, str]] = {
     "array-of-a-million": (fake_redis.long_array(1_000_000), "protocol"),
     "array-over-4-MiB": (fake_redis.long_array(9, size=MAX_REPLY_BYTES // 8), "protocol"),
     "endless-line": (line_without_end, "protocol"),
+    "bare-newlines": (bare_newlines, "protocol"),
 }
 
 
@@ -114,11 +122,18 @@ async def test_a_2_gb_announcement_is_refused_before_a_byte_of_it_is_held(
     assert peak < 4 * 1024 * 1024, peak
 
 
+@pytest.mark.parametrize(
+    ("sent", "reason"),
+    [
+        pytest.param(b"\x1b[2J\x1b[31mFAKE LOG LINE", "protocol", id="not-RESP"),
+        pytest.param(b"-ERR \x1b[2J\x1b[31mFAKE LOG LINE", "redis_err", id="error-reply"),
+    ],
+)
 async def test_what_a_peer_sends_is_shown_escaped_and_short(
-    publishers: Callable[[str, str], RedisStreamPublisher],
+    sent: bytes, reason: str, publishers: Callable[[str, str], RedisStreamPublisher]
 ) -> None:
     async def terminal_escapes(writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"\x1b[2J\x1b[31mFAKE LOG LINE" + b"!" * 5000 + b"\r\n")
+        writer.write(sent + b"!" * 5000 + b"\r\n")
         await writer.drain()
         return True
 
@@ -126,10 +141,13 @@ async def test_what_a_peer_sends_is_shown_escaped_and_short(
         publisher = publishers("redis-stream", fake.url)
         with pytest.raises(DeliveryError) as failure:
             await publisher.deliver([feedback()])
-    assert failure.value.reason == "protocol"
-    assert "\x1b" not in str(failure.value)
-    assert "\\x1b[2J" in str(failure.value)
-    assert len(str(failure.value)) < 100
+        details = await publisher.health_details()
+    shown = str(failure.value)
+    assert failure.value.reason == reason
+    assert "\x1b" not in shown
+    assert "\\x1b[2J" in shown
+    assert len(shown) <= 250
+    assert details["last_redis_error"].isprintable()
 
 
 # -- what a real Redis answers still fits ----------------------------------------------------

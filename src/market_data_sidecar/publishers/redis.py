@@ -66,6 +66,8 @@ PING_BUDGET = 1.0
 # Replies that describe a passing condition (failover, loading, memory pressure): retry.
 _TRANSIENT_REPLIES = frozenset({"BUSY", "CLUSTERDOWN", "MASTERDOWN", "OOM", "READONLY", "TRYAGAIN"})
 _TRANSIENT_REPLY_ERRORS = (ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError)
+#: Characters of an error's text kept (an error reply may be 64 KiB of the peer's text).
+MAX_DETAIL_LENGTH = 200
 #: Failures that say no Redis answered: the target is reported unreachable.
 _UNREACHABLE = frozenset({"connection", "timeout", "loading", "protocol"})
 
@@ -195,7 +197,7 @@ class _RedisPublisher(Publisher):
 
     def _failed(self, exc: BaseException, *, timeout: float | None = None) -> DeliveryError:
         """Record a failure and classify it for the router."""
-        detail = self._scrub(str(exc))
+        detail = _printable(self._scrub(str(exc)))
         if not detail:  # asyncio's TimeoutError says nothing
             detail = f"no answer within {timeout:g}s" if timeout else type(exc).__name__
         error = classify(exc, detail)
@@ -320,6 +322,16 @@ async def _run_id(connection: AbstractConnection) -> str | None:
         if line.startswith("run_id:"):
             return line.removeprefix("run_id:").strip()
     return None
+
+
+def _printable(text: str) -> str:
+    """An error's text fit for a log line: an error reply is the peer's own text, which may
+    hold anything (terminal escapes, a forged line), and be as long as a line may be."""
+    if len(text) > MAX_DETAIL_LENGTH:
+        text = text[: MAX_DETAIL_LENGTH - 1] + "…"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _replies(replies: list[Any]) -> list[Any]:

@@ -85,6 +85,8 @@ class BoundedParser(_AsyncRESP3Parser):
                 return self._error(await self._bulk(rest, raw) if kind == b"!" else rest)
             if kind == b">":
                 push = await self._items(_length(rest, raw), disable_decoding, push_request, depth)
+                if not push:
+                    raise ReplyOutOfBounds("an empty push frame")
                 # As redis-py's own parser: hand the push on, then read the reply it
                 # interleaved with (a loop, so a burst of pushes does not grow the stack).
                 response = await self.handle_push_response(push)  # type: ignore[no-untyped-call]
@@ -185,12 +187,28 @@ class BoundedParser(_AsyncRESP3Parser):
         return data
 
     async def _readline(self) -> bytes:
-        try:
-            line: bytes = await super()._readline()
-        except ValueError:  # asyncio's reader: no `\n` within its limit
-            raise ReplyOutOfBounds(f"a line over {MAX_LINE_BYTES} bytes") from None
+        """The next line without its `\r\n` (as redis-py's parser reads it, keeping what
+        was read for a resumed parse), within `MAX_LINE_BYTES`."""
+        found = self._buffer.find(b"\r\n", self._pos)
+        if found >= 0:
+            line: bytes = self._buffer[self._pos : found]
+        else:
+            if self._stream is None:
+                raise RedisConnectionError(_SERVER_CLOSED)
+            try:
+                data = await self._stream.readline()
+            except ValueError:  # asyncio's reader: no `\n` within its limit
+                raise ReplyOutOfBounds(f"a line over {MAX_LINE_BYTES} bytes") from None
+            if not data.endswith(b"\n"):
+                raise RedisConnectionError(_SERVER_CLOSED)
+            if not data.endswith(b"\r\n"):
+                # A text protocol's line (an SSH or SMTP banner): not a hang-up.
+                raise ReplyOutOfBounds(f"not a RESP reply: {_shown(data)}")
+            line = (self._buffer[self._pos :] + data)[:-2]
+            self._chunks.append(data)
         if len(line) > MAX_LINE_BYTES:
             raise ReplyOutOfBounds(f"a line over {MAX_LINE_BYTES} bytes")
+        self._pos += len(line) + 2
         self._count_bytes(len(line) + 2)
         return line
 
