@@ -150,6 +150,25 @@ async def test_what_a_peer_sends_is_shown_escaped_and_short(
     assert details["last_redis_error"].isprintable()
 
 
+async def test_a_peer_answering_resp_that_is_not_redis_is_a_protocol_failure(
+    publishers: Callable[[str, str], RedisStreamPublisher],
+) -> None:
+    async def hello(writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"+hello\r\n")
+        await writer.drain()
+        return True
+
+    async with FakeRedis(hello) as fake:
+        publisher = publishers("redis-pubsub", fake.url)
+        with pytest.raises(DeliveryError) as failure:
+            await publisher.deliver([feedback()])
+        details = await publisher.health_details()
+    assert (failure.value.reason, failure.value.retryable) == ("protocol", True)
+    assert str(failure.value) == "protocol: PUBLISH answered b'hello', not a count"
+    assert details["reachable"] == "false"
+    assert details["last_redis_error"] == "protocol: PING answered something else than PONG"
+
+
 # -- what a real Redis answers still fits ----------------------------------------------------
 
 

@@ -176,7 +176,8 @@ class _RedisPublisher(Publisher):
         started = time.perf_counter()
         try:
             async with asyncio.timeout(budget):
-                await self._client.ping()
+                if not await self._client.ping():  # redis-py: whether it answered PONG
+                    raise InvalidResponse("PING answered something else than PONG")
         except (RedisError, OSError) as exc:
             self._failed(exc, timeout=budget)
         else:
@@ -241,9 +242,12 @@ class RedisPubSubPublisher(_RedisPublisher):
             for feedback in batch:
                 pipe.publish(self.channel, self.message(feedback))
             receivers = _replies(await pipe.execute(raise_on_error=False))
+        wrong = next((count for count in receivers if not isinstance(count, int)), None)
+        if wrong is not None:  # RESP, but not Redis
+            raise InvalidResponse(f"PUBLISH answered {repr(wrong)[:40]}, not a count")
         # Pub/sub is fire-and-forget: nobody listening still counts as delivered, but
         # operators can see it.
-        self._subscribers = int(receivers[-1])
+        self._subscribers = receivers[-1]
 
     @encoder
     def message(self, feedback: Feedback) -> bytes:
