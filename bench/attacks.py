@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import importlib
 import json
 import multiprocessing
 import os
@@ -28,13 +29,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from tests.support.fake_redis import Answer, FakeRedis
 
 MIB = 1024 * 1024
 #: What the chart gives the sidecar container (charts/.../values.yaml: 192Mi).
@@ -413,6 +418,9 @@ class Attack:
     run: Callable[[Sidecar, Observation], Awaitable[None]]
     bound: str
     store_coordinators: int = 0
+    #: What the attack needs before the sidecar starts (a peer to point it at); yields
+    #: the sidecar's extra environment.
+    setup: Callable[[], contextlib.AbstractAsyncContextManager[dict[str, str]]] | None = None
 
 
 ATTACKS = [
@@ -439,12 +447,98 @@ ATTACKS = [
 ]
 
 
+# -- Redis targets pointed at peers that are not Redis ------------------------------------
+#
+# The sidecar (default settings) gets one `redis-stream` target whose URL is a peer
+# speaking raw bytes: the fake of tests/support/fake_redis.py, started before it. One event
+# is posted; then `/healthz` is read until the `feedback` component reports the target
+# (or 20 s pass), and the peer's count of accepted connections is the storm, if any.
+
+#: How long `feedback` has to report the target.
+REDIS_REPORT_DEADLINE = 20.0
+
+
+def _fake_redis() -> ModuleType:
+    """The tests' fake Redis (this script runs from bench/, without the tests on its path)."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("tests.support.fake_redis")
+
+
+class HostileRedis:
+    """A peer that a Redis target is pointed at, and what it saw of the sidecar."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.peer: FakeRedis | None = None
+
+    @contextlib.asynccontextmanager
+    async def setup(self) -> AsyncIterator[dict[str, str]]:
+        async with _fake_redis().FakeRedis(self.answer) as peer:
+            self.peer = peer
+            target = {"kind": "redis-stream", "name": "pulse", "url": peer.url}
+            yield {"SIDECAR_TARGETS": json.dumps([target])}
+
+    async def run(self, sidecar: Sidecar, seen: Observation) -> None:
+        assert self.peer is not None
+        event = {"coordinator_id": "bars", "queue_size": 900, "capacity": 1000, "level": "hard"}
+        status = await asyncio.to_thread(_post, sidecar.port, json.dumps(event).encode())
+        began = time.monotonic()
+        component: dict[str, Any] = {}
+        while time.monotonic() - began < REDIS_REPORT_DEADLINE:
+            component = await asyncio.to_thread(_feedback_component, sidecar.port)
+            if component.get("state") == "degraded":
+                break
+            await asyncio.sleep(0.25)
+        waited = time.monotonic() - began
+        _, body = await asyncio.to_thread(get, sidecar.port, "/feedback")
+        target = json.loads(body)["targets"][0]
+        reason = component.get("details", {}).get("reason", "")
+        seen.notes.append(
+            (f"POST {status}; " if status != 202 else "")
+            + f"feedback {component.get('state')} after {waited:.1f} s"
+            + (f" ({reason[:90]})" if reason else "")
+            + f"; {self.peer.accepted} connections, {target['retried']} failed attempts, "
+            f"{target['dropped']} dropped"
+        )
+
+
+def _feedback_component(port: int) -> dict[str, Any]:
+    _, body = get(port, "/healthz")
+    try:
+        components = json.loads(body)["components"]
+    except (ValueError, KeyError):
+        return {}
+    return next((c for c in components if c["name"] == "feedback"), {})
+
+
+def _redis_attack(name: str, answer: Answer, bound: str) -> Attack:
+    peer = HostileRedis(answer)
+    return Attack(name, peer.run, bound, setup=peer.setup)
+
+
+_peers = _fake_redis()
+REDIS_BOUND = (
+    "1 MiB bulk, 4 MiB and 250,000 values a reply, 16 deep; a connection or two an attempt"
+)
+ATTACKS += [
+    _redis_attack("redis-http-server", _peers.garbage, REDIS_BOUND),
+    _redis_attack("redis-hang-up", _peers.hang_up, REDIS_BOUND),
+    _redis_attack("redis-loading", _peers.loading, REDIS_BOUND),
+    _redis_attack("redis-2gb-bulk", _peers.huge_bulk(pause=0.0), REDIS_BOUND),
+    _redis_attack("redis-nested", _peers.nested(100_000), REDIS_BOUND),
+]
+
+
 async def run_attack(attack: Attack) -> Observation:
     env: dict[str, str] = {}
     async with contextlib.AsyncExitStack() as stack:
         if attack.store_coordinators:
             url, size = await stack.enter_async_context(store_with(attack.store_coordinators))
             env = {"SIDECAR_STORE_METRICS_URL": url, "SIDECAR_CHECK_INTERVAL": "1"}
+        if attack.setup is not None:
+            env |= await stack.enter_async_context(attack.setup())
         sidecar = await asyncio.to_thread(Sidecar, env)
         try:
             with observing(sidecar, HOLD) as seen:

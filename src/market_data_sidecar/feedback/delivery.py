@@ -1,18 +1,25 @@
 """The delivery interface the router needs; each module of `publishers` implements it.
 
 A publisher does one delivery attempt and reports the outcome by raising
-`DeliveryError`; retries, backoff, buffering and circuit breaking belong to the router.
+`DeliveryError` (or `EncodingError`, from the function marked as its `encoder`); retries,
+backoff, buffering and circuit breaking belong to the router.
 Every publisher satisfies Core's `FeedbackPublisher` protocol through `publish`.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
 
 from market_data_core.telemetry import FeedbackEvent
 
 from market_data_sidecar.feedback.model import Feedback, as_feedback
+from market_data_sidecar.redaction import first_line
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class DeliveryError(Exception):
@@ -44,6 +51,21 @@ class EncodingError(Exception):
     """The publisher could not encode an event (not a failure of the target): the router
     drops that event as `unencodable` and goes on. Any other exception from `deliver` is
     the target's fault (or a bug) and is retried like a `DeliveryError`."""
+
+
+def encoder(encode: Callable[P, T]) -> Callable[P, T]:
+    """Marks the function that encodes one event for a publisher: whatever it raises is
+    that event's fault, an `EncodingError`. Only there: a failure anywhere else is never
+    blamed on the event."""
+
+    @functools.wraps(encode)
+    def encoded(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return encode(*args, **kwargs)
+        except Exception as exc:
+            raise EncodingError(f"{type(exc).__name__}: {first_line(exc)}") from exc
+
+    return encoded
 
 
 class Publisher(ABC):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from market_data_sidecar.feedback.buffers import ConflatingBuffer, FifoBuffer, TargetBuffer
-from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
+from market_data_sidecar.feedback.delivery import DeliveryError, EncodingError, Publisher
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import CIRCUIT_GAUGE, Backoff, CircuitBreaker, CircuitState
 from market_data_sidecar.feedback.state import LEVEL_SEVERITY, MAX_ERROR_LENGTH, TargetState, clip
@@ -126,6 +126,8 @@ class TargetLane:
         #: Under overload every event may be dropped: each reason is reported at most
         #: every `DROP_LOG_INTERVAL` seconds, with the count since the last report.
         self._drop_log = ThrottledLog(DROP_LOG_INTERVAL)
+        #: Kinds of unclassified exception whose traceback was logged.
+        self._unexpected_seen: set[str] = set()
 
         self._metrics = metrics
         self._delivered_total = metrics.feedback_delivered.labels(self.name)
@@ -219,11 +221,16 @@ class TargetLane:
                 await self.publisher.deliver(self.in_flight)
             except DeliveryError as exc:
                 error = exc
-            except Exception as exc:
-                # Not a delivery failure: the publisher could not encode the batch (or has
-                # a bug). Retrying cannot help, and must not block what comes after.
+            except EncodingError as exc:
+                # The publisher could not encode an event: retrying cannot help, and must
+                # not block what comes after.
                 await self._unencodable(exc)
                 return
+            except Exception as exc:
+                # Neither: the target answered what the publisher did not expect, or the
+                # publisher has a bug. The events are not at fault; retried like any
+                # failure, so a target that keeps doing it opens the circuit.
+                error = self._unexpected(exc)
             else:
                 self._delivered(self.in_flight)
                 return
@@ -234,7 +241,18 @@ class TargetLane:
             )
             self._shed_superseded()
 
-    async def _unencodable(self, exc: Exception) -> None:
+    def _unexpected(self, exc: Exception) -> DeliveryError:
+        """A failure the publisher did not classify, as one the router retries; its
+        traceback is logged once per kind of exception (it may be a bug)."""
+        kind = type(exc).__name__
+        if kind not in self._unexpected_seen:
+            self._unexpected_seen.add(kind)
+            logger.opt(exception=exc).error(
+                "feedback target {}: delivery raised {} (retried as a failure)", self.name, kind
+            )
+        return DeliveryError("error", detail=f"{kind}: {first_line(exc)}")
+
+    async def _unencodable(self, exc: EncodingError) -> None:
         """Find the events the publisher cannot carry, one at a time; drop only those."""
         if len(self.in_flight) > 1:
             batch = self.in_flight
@@ -243,7 +261,7 @@ class TargetLane:
                 await self._deliver_in_flight()
             self.in_flight = []
             return
-        self.last_error = f"unencodable: {type(exc).__name__}: {first_line(exc)}"
+        self.last_error = f"unencodable: {first_line(exc)}"
         self.last_error_at = time.time()
         self._note_failing()
         self.drop(self.in_flight, "unencodable", detail=self.last_error)

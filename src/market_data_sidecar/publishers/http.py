@@ -26,7 +26,7 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 
 from market_data_sidecar import __version__
-from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
+from market_data_sidecar.feedback.delivery import DeliveryError, Publisher, encoder
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.settings import HttpTargetSettings, signing_key
 
@@ -69,7 +69,7 @@ class HttpPublisher(Publisher):
         if self._session is None or self._session.closed:
             await self.start()
         assert self._session is not None
-        body = json.dumps(feedback.wire(), separators=(",", ":")).encode()
+        body = _body(feedback)
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
@@ -93,6 +93,11 @@ class HttpPublisher(Publisher):
         if 200 <= status < 300:
             return
         raise _status_error(status, retry_after)
+
+
+@encoder
+def _body(feedback: Feedback) -> bytes:
+    return json.dumps(feedback.wire(), separators=(",", ":")).encode()
 
 
 def sign(key: bytes, message_id: str, timestamp: str, body: bytes) -> str:

@@ -34,6 +34,7 @@ from redis.exceptions import (
     AuthorizationError,
     BusyLoadingError,
     ClusterDownError,
+    InvalidResponse,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
@@ -43,9 +44,10 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
+from market_data_sidecar.feedback.delivery import DeliveryError, Publisher, encoder
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.publishers.redis_protocol import BoundedParser
 from market_data_sidecar.redaction import Redactor, redact_url, url_secrets
 from market_data_sidecar.settings import (
     ConfigError,
@@ -64,6 +66,10 @@ PING_BUDGET = 1.0
 # Replies that describe a passing condition (failover, loading, memory pressure): retry.
 _TRANSIENT_REPLIES = frozenset({"BUSY", "CLUSTERDOWN", "MASTERDOWN", "OOM", "READONLY", "TRYAGAIN"})
 _TRANSIENT_REPLY_ERRORS = (ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError)
+#: Characters of an error's text kept (an error reply may be 64 KiB of the peer's text).
+MAX_DETAIL_LENGTH = 200
+#: Failures that say no Redis answered: the target is reported unreachable.
+_UNREACHABLE = frozenset({"connection", "timeout", "loading", "protocol"})
 
 
 class _RedisPublisher(Publisher):
@@ -115,12 +121,23 @@ class _RedisPublisher(Publisher):
             # else is the router's.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             redis_connect_func=self._on_connect,
+            # Every reply bounded in bytes, values and nesting: a peer that is not Redis
+            # costs a failed attempt (`protocol`), never the sidecar's memory or stack.
+            parser_class=BoundedParser,
+            # RESP2, unless the URL asks for RESP3: every Redis speaks it, a connection
+            # needs no HELLO round trip, and redis-py never swaps in its own unbounded
+            # parser (it does when a server it greeted with HELLO 3 refuses it).
+            protocol=2,
         )
 
     async def _on_connect(self, connection: AbstractConnection) -> None:
         """redis-py's hook for each new connection: a Redis with a new `run_id` restarted,
         and may hold none of what was written before, so the router resyncs the target."""
-        await connection.on_connect()
+        # Without a health check: a PING that fails here reconnects, which calls this
+        # hook again, and again - a few hundred connections deep per attempt against a
+        # peer that closes or answers `-LOADING`, until the stack ran out. The
+        # connection is new; redis-py's own hook skips the check the same way.
+        await connection.on_connect_check_health(check_health=False)
         run_id = await _run_id(connection)
         if run_id is None:
             return
@@ -159,7 +176,8 @@ class _RedisPublisher(Publisher):
         started = time.perf_counter()
         try:
             async with asyncio.timeout(budget):
-                await self._client.ping()
+                if not await self._client.ping():  # redis-py: whether it answered PONG
+                    raise InvalidResponse("PING answered something else than PONG")
         except (RedisError, OSError) as exc:
             self._failed(exc, timeout=budget)
         else:
@@ -180,13 +198,14 @@ class _RedisPublisher(Publisher):
 
     def _failed(self, exc: BaseException, *, timeout: float | None = None) -> DeliveryError:
         """Record a failure and classify it for the router."""
-        detail = self._scrub(str(exc))
+        detail = _printable(self._scrub(str(exc)))
         if not detail:  # asyncio's TimeoutError says nothing
             detail = f"no answer within {timeout:g}s" if timeout else type(exc).__name__
         error = classify(exc, detail)
         self._last_error = str(error)
-        # A server reply, even an error, proves Redis is there.
-        self._set_reachable(error.reason not in {"connection", "timeout", "loading"})
+        # A server reply, even an error, proves Redis is there; one that is not RESP
+        # proves the opposite.
+        self._set_reachable(error.reason not in _UNREACHABLE)
         return error
 
     def _set_reachable(self, reachable: bool) -> None:
@@ -221,11 +240,19 @@ class RedisPubSubPublisher(_RedisPublisher):
     async def _send(self, client: aioredis.Redis, batch: Sequence[Feedback]) -> None:
         async with client.pipeline(transaction=False) as pipe:
             for feedback in batch:
-                pipe.publish(self.channel, json.dumps(feedback.wire()))
+                pipe.publish(self.channel, self.message(feedback))
             receivers = _replies(await pipe.execute(raise_on_error=False))
+        wrong = next((count for count in receivers if not isinstance(count, int)), None)
+        if wrong is not None:  # RESP, but not Redis
+            raise InvalidResponse(f"PUBLISH answered {repr(wrong)[:40]}, not a count")
         # Pub/sub is fire-and-forget: nobody listening still counts as delivered, but
         # operators can see it.
-        self._subscribers = int(receivers[-1])
+        self._subscribers = receivers[-1]
+
+    @encoder
+    def message(self, feedback: Feedback) -> bytes:
+        """The flat event JSON, as bytes: encoded here, not by redis-py inside the send."""
+        return json.dumps(feedback.wire()).encode()
 
     def _describe(self) -> dict[str, str]:
         details = {"channel": self.channel}
@@ -262,6 +289,7 @@ class RedisStreamPublisher(_RedisPublisher):
                 )
             _replies(await pipe.execute(raise_on_error=False))
 
+    @encoder
     def envelope(self, feedback: Feedback) -> bytes:
         """The Core `JsonCodec` envelope, with the relay's extras in `meta.headers`.
 
@@ -289,7 +317,7 @@ class RedisStreamPublisher(_RedisPublisher):
 async def _run_id(connection: AbstractConnection) -> str | None:
     """The server's `run_id` (new at every start), or None where `INFO` is not allowed."""
     try:
-        await connection.send_command("INFO", "server")
+        await connection.send_command("INFO", "server", check_health=False)
         reply = await connection.read_response()
     except ResponseError:
         return None
@@ -298,6 +326,16 @@ async def _run_id(connection: AbstractConnection) -> str | None:
         if line.startswith("run_id:"):
             return line.removeprefix("run_id:").strip()
     return None
+
+
+def _printable(text: str) -> str:
+    """An error's text fit for a log line: an error reply is the peer's own text, which may
+    hold anything (terminal escapes, a forged line), and be as long as a line may be."""
+    if len(text) > MAX_DETAIL_LENGTH:
+        text = text[: MAX_DETAIL_LENGTH - 1] + "…"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _replies(replies: list[Any]) -> list[Any]:
@@ -314,6 +352,11 @@ def classify(exc: BaseException, detail: str | None = None) -> DeliveryError:
     if isinstance(exc, AuthenticationError | AuthorizationError):
         # Wrong password or ACL: retrying cannot help until an operator acts.
         return DeliveryError("auth", retryable=False, detail=detail)
+    if isinstance(exc, InvalidResponse):
+        # Not RESP, or a reply beyond the parser's bounds: not the Redis it should be
+        # (a wrong port, a proxy gone wrong). redis-py has dropped the connection; the
+        # next attempt starts afresh, and the circuit opens if it keeps happening.
+        return DeliveryError("protocol", detail=detail)
     if isinstance(exc, BusyLoadingError):
         return DeliveryError("loading", detail=detail)
     if isinstance(exc, RedisTimeoutError | TimeoutError):
@@ -324,8 +367,7 @@ def classify(exc: BaseException, detail: str | None = None) -> DeliveryError:
         code = _reply_code(exc)
         transient = isinstance(exc, _TRANSIENT_REPLY_ERRORS) or code in _TRANSIENT_REPLIES
         return DeliveryError(f"redis_{code.lower()}", retryable=transient, detail=detail)
-    # Protocol errors and the like: redis-py drops the connection, the next attempt
-    # starts afresh.
+    # Whatever else redis-py raises: the next attempt starts afresh.
     return DeliveryError("redis_error", detail=detail)
 
 
