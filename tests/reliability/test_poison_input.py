@@ -266,7 +266,7 @@ def test_any_view_model_renders_whatever_json_it_is_given(
 
 
 accepted_id = st.text(
-    st.characters(codec="utf-8", exclude_categories=("Cc",)), min_size=1, max_size=256
+    st.characters(codec="utf-8", exclude_categories=["Cc"]), min_size=1, max_size=256
 )
 #: A queue at most `MAX_UTILIZATION` (1000) times its capacity.
 accepted_queues = st.integers(min_value=1, max_value=2**53 - 1).flatmap(
