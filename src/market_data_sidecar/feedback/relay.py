@@ -24,7 +24,11 @@ from market_data_sidecar.feedback.state import (
     RelayState,
 )
 from market_data_sidecar.feedback.watermarks import QueueSample, Watermarks
+from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import Metrics
+
+#: Synthesized events are logged at most once per this many seconds.
+SYNTHESIZED_LOG_INTERVAL = 10.0
 
 
 class Relay:
@@ -48,6 +52,7 @@ class Relay:
         self._clock = clock
         self.last_store_event_at: float | None = None
         self.started_at = clock()
+        self._synthesized_log = ThrottledLog(SYNTHESIZED_LOG_INTERVAL)
 
     # -- in ----------------------------------------------------------------------------------
 
@@ -62,6 +67,11 @@ class Relay:
         """Listener for the queue check: synthesize events from watermark crossings."""
         if self._watermarks is None:
             return
+        # Only what the intake would accept becomes an event (`bounds`). What bounds the
+        # events themselves: the queue check keeps at most 2,000 coordinators a scrape,
+        # so ids that change every scrape make at most that many per interval, and each
+        # target conflates them per coordinator.
+        samples = self._watermarks.admissible(samples)
         # Levels are tracked even while the store pushes, so a later switch-on starts
         # from the truth.
         crossings = {c.event.coordinator_id: c for c in self._watermarks.observe(samples)}
@@ -87,13 +97,17 @@ class Relay:
     def _synthesized(self, feedback: Feedback) -> None:
         event = feedback.event
         self._metrics.feedback_synthesized.labels(event.level.value).inc()
-        logger.info(
-            "synthesized feedback: {} {} ({} of {})",
-            event.coordinator_id,
-            event.level.value,
-            event.queue_size,
-            event.capacity,
-        )
+        # One line per interval, not per event: ids that change every scrape once made
+        # 54,000 lines in 30 s. The counter has every one.
+        if count := self._synthesized_log.note("synthesized"):
+            logger.info(
+                "synthesized feedback: {} {} ({} of {}){}",
+                event.coordinator_id,
+                event.level.value,
+                event.queue_size,
+                event.capacity,
+                f"; {count - 1} more since the last such line" if count > 1 else "",
+            )
         self.router.submit(feedback)
 
     @property
