@@ -29,6 +29,11 @@ from market_data_sidecar.metrics import Metrics
 
 #: Synthesized events are logged at most once per this many seconds.
 SYNTHESIZED_LOG_INTERVAL = 10.0
+#: Coordinators nobody has spoken of yet, announced per scrape; the rest at the following
+#: scrapes (the watermarks keep their levels meanwhile). What bounds the synthesized
+#: events, and so the POSTs to every webhook: ids that change every scrape once made
+#: 1,200 a second (the queue check keeps up to 2,000 a scrape); a store runs tens.
+MAX_NEWS_PER_SCRAPE = 200
 
 
 class Relay:
@@ -67,10 +72,7 @@ class Relay:
         """Listener for the queue check: synthesize events from watermark crossings."""
         if self._watermarks is None:
             return
-        # Only what the intake would accept becomes an event (`bounds`). What bounds the
-        # events themselves: the queue check keeps at most 2,000 coordinators a scrape,
-        # so ids that change every scrape make at most that many per interval, and each
-        # target conflates them per coordinator.
+        # Only what the intake would accept becomes an event (`bounds`).
         samples = self._watermarks.admissible(samples)
         # Levels are tracked even while the store pushes, so a later switch-on starts
         # from the truth.
@@ -78,12 +80,16 @@ class Relay:
         if not self._synthesize:
             return
         current = self.router.current
+        news = 0
         for sample in samples:
             known = current.get(sample.coordinator_id)
             crossing = crossings.get(sample.coordinator_id)
             if known is None and sample.capacity > 0:
                 # Nobody has said anything of this coordinator (the sidecar restarted, or
                 # the store never pushes): its polled level, `ok` included, is the news.
+                news += 1
+                if news > MAX_NEWS_PER_SCRAPE:
+                    continue  # announced at a later scrape, if it is still there
                 self._synthesized(Feedback(self._watermarks.current(sample), origin="synthesized"))
             elif crossing is None or not self.synthesizing:
                 continue
