@@ -421,6 +421,8 @@ class Attack:
     #: What the attack needs before the sidecar starts (a peer to point it at); yields
     #: the sidecar's extra environment.
     setup: Callable[[], contextlib.AbstractAsyncContextManager[dict[str, str]]] | None = None
+    #: A hostile store (`HostileStore`) serving these bodies, and a webhook target.
+    store_body: Callable[[], bytes] | None = None
 
 
 ATTACKS = [
@@ -539,6 +541,9 @@ async def run_attack(attack: Attack) -> Observation:
             env = {"SIDECAR_STORE_METRICS_URL": url, "SIDECAR_CHECK_INTERVAL": "1"}
         if attack.setup is not None:
             env |= await stack.enter_async_context(attack.setup())
+        if attack.store_body is not None:
+            HOSTILE.reset(attack.store_body)
+            env |= await stack.enter_async_context(HOSTILE.serving())
         sidecar = await asyncio.to_thread(Sidecar, env)
         try:
             with observing(sidecar, HOLD) as seen:
@@ -549,6 +554,130 @@ async def run_attack(attack: Attack) -> Observation:
         finally:
             await asyncio.to_thread(sidecar.stop)
     return seen
+
+
+# -- the store's metrics, hostile -----------------------------------------------------------
+#
+# The store's `/metrics` is served by a stand-in that answers a benign exposition until the
+# sidecar is ready, then the attack's bodies; a webhook target on the same server counts
+# the POSTs the sidecar makes of what it synthesizes.
+
+
+class HostileStore:
+    """A store stand-in and a webhook receiver on one port of the benchmark's own."""
+
+    def __init__(self) -> None:
+        self.body: Callable[[], bytes] = lambda: b""
+        self.hostile = False
+        self.posts = 0
+        self.scrapes = 0
+
+    def reset(self, body: Callable[[], bytes]) -> None:
+        self.body, self.hostile, self.posts, self.scrapes = body, False, 0, 0
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        self.scrapes += self.hostile
+        body = self.body() if self.hostile else b'mds_coord_queue_depth{coord_id="bars"} 1\n'
+        return web.Response(body=body, content_type="text/plain")
+
+    async def hook(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.posts += 1
+        return web.Response(status=204)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> Any:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/hook", self.hook)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        target = {"kind": "http", "name": "hook", "url": f"http://127.0.0.1:{port}/hook"}
+        try:
+            yield {
+                "SIDECAR_STORE_METRICS_URL": f"http://127.0.0.1:{port}/metrics",
+                "SIDECAR_CHECK_INTERVAL": "1",
+                "SIDECAR_TARGETS": json.dumps([target]),
+            }
+        finally:
+            await runner.cleanup()
+
+
+HOSTILE = HostileStore()
+
+
+def _depth_lines(ids: Iterator[str] | list[str], depth: int) -> bytes:
+    return "".join(f'mds_coord_queue_depth{{coord_id="{c}"}} {depth}\n' for c in ids).encode()
+
+
+def long_ids_body() -> bytes:
+    """2,000 coordinators whose ids are 4 KB long, at the high watermark."""
+    return _depth_lines([f"{n:04}" + "x" * 4096 for n in range(2000)], 9000)
+
+
+_fresh = iter(range(10**12))
+
+
+def changing_ids_body() -> bytes:
+    """2,000 coordinators, new ids at every scrape (one with a newline in it)."""
+    ids = [f"c{next(_fresh)}" for _ in range(2000)]
+    # The forged id first: the sidecar of before kept only the first 2,000 it read.
+    return _depth_lines(["forged\\nERROR forged line", *ids], 9000)
+
+
+def label_bomb_body() -> bytes:
+    """One line of 200,000 labels (2.3 MB), then a normal coordinator."""
+    labels = ",".join(f'l{n}="v"' for n in range(200_000))
+    return f'mds_coord_queue_depth{{coord_id="m",{labels}}} 1\n'.encode() + _depth_lines(
+        ["bars"], 1
+    )
+
+
+async def hostile_store(sidecar: Sidecar, seen: Observation) -> None:
+    """Turn the store hostile, and read what the sidecar answers and does meanwhile."""
+    HOSTILE.hostile = True
+    began = time.monotonic()
+    while time.monotonic() - began < HOLD:
+        for path in ("/readyz", "/healthz", "/"):
+            _, body = await asyncio.to_thread(get, sidecar.port, path, 10)
+            seen.response_bytes = max(seen.response_bytes, len(body))
+        await asyncio.sleep(0.5)
+    _, body = await asyncio.to_thread(get, sidecar.port, "/healthz", 10)
+    with contextlib.suppress(ValueError, KeyError):
+        states = {c["name"]: c for c in json.loads(body)["components"]}
+        queue, disk = states["queue"], states["disk"]
+        seen.notes.append(
+            f"queue {queue['state']} ({queue['details'].get('duration_ms', '?')} ms), "
+            f"disk {disk['state']}"
+        )
+    forged = sum(line.startswith("ERROR forged") for line in sidecar.log_lines())
+    seen.notes.append(
+        f"{HOSTILE.scrapes} scrapes, {HOSTILE.posts} webhook POSTs, {forged} forged lines"
+    )
+
+
+ATTACKS += [
+    Attack(
+        "store-long-ids",
+        hostile_store,
+        "ids over 256 characters not kept; probe details summarised, 12 KiB",
+        store_body=long_ids_body,
+    ),
+    Attack(
+        "store-changing-ids",
+        hostile_store,
+        "2,000 coordinators a scrape; synthesized events logged once per 10 s",
+        store_body=changing_ids_body,
+    ),
+    Attack(
+        "store-label-bomb",
+        hostile_store,
+        "lines over 1 KiB skipped; each check in its own thread",
+        store_body=label_bomb_body,
+    ),
+]
 
 
 def table(rows: list[tuple[Attack, Observation]]) -> str:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -19,6 +20,53 @@ from market_data_core.telemetry import HealthComponent, HealthState, HealthStatu
 from market_data_sidecar import __version__
 from market_data_sidecar.checks import Check, worst
 from market_data_sidecar.metrics import Metrics
+
+#: JSON bytes of all components' details together: the `/readyz` and `/healthz` bodies
+#: stay under 16 KiB whatever a check reports (the kubelet reads only 10 KiB of a probe's
+#: answer; 2,000 coordinators with 4 KB ids once made it 40 MB). Shared evenly by the
+#: checks; what a component's share cannot hold is counted in `details_omitted`.
+DETAILS_BUDGET = 12 * 1024
+#: Longest detail value kept whole; longer ones are cut, marked with an ellipsis.
+MAX_DETAIL_VALUE = 512
+#: Details kept first, whatever else a component says.
+_FIRST = ("error", "reason", "checked_at", "duration_ms", "observed_state", "streak")
+_OMITTED = "details_omitted"
+
+
+def bound_details(details: Mapping[str, str], budget: int) -> dict[str, str]:
+    """`details` within `budget` JSON bytes: the `_FIRST` keys first, then in order; values
+    cut to `MAX_DETAIL_VALUE` characters; lone surrogates (which no UTF-8 encoder writes,
+    and which made `/healthz` answer 500) escaped. How many entries did not fit is in
+    `details_omitted`."""
+    ordered = [k for k in _FIRST if k in details] + [k for k in details if k not in _FIRST]
+    kept: dict[str, str] = {}
+    used, omitted = 0, 0
+    reserve = len(json.dumps(_OMITTED)) + 12  # room to say how many were left out
+    for key in ordered:
+        name, value = _encodable(key), _encodable(_cut(details[key]))
+        cost = len(json.dumps(name)) + len(json.dumps(value)) + 2  # ": " and ", "
+        if len(key) > MAX_DETAIL_VALUE or used + cost > budget - reserve:
+            omitted += 1
+            continue
+        kept[name] = value
+        used += cost
+    if omitted:
+        kept[_OMITTED] = str(omitted)
+    return kept
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_DETAIL_VALUE else text[: MAX_DETAIL_VALUE - 1] + "\u2026"
+
+
+def _encodable(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 @dataclass(frozen=True)
@@ -146,7 +194,10 @@ class HealthMonitor:
         if state != observed.state:
             details["observed_state"] = observed.state
             details["streak"] = str(slot.streak)
-        slot.reported = HealthComponent(name=observed.name, state=state, details=details)
+        budget = DETAILS_BUDGET // len(self._slots)
+        slot.reported = HealthComponent(
+            name=observed.name, state=state, details=bound_details(details, budget)
+        )
         self._cached = None
         self._metrics.set_component_state(slot.check.name, state)
         if state != previous:

@@ -1,13 +1,16 @@
 """Loguru set-up: readable lines on a terminal, JSON lines for log collectors.
 
 Standard-library logging (aiohttp, psycopg, asyncio) is routed through loguru so every
-line has one format.
+line has one format. Every message is escaped on its way to a sink (`escape_record`):
+text from clients, the store or Redis reaches log lines at many call sites, and a
+coordinator id holding a newline once forged a whole ERROR line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 import traceback
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 if TYPE_CHECKING:
-    from loguru import Message
+    from loguru import Message, Record
 
 TEXT_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
@@ -25,8 +28,32 @@ TEXT_FORMAT = (
 )
 
 
+#: Control characters (C0, DEL, C1) and lone surrogates: a line break forges a line, an
+#: escape sequence rewrites a terminal, a surrogate cannot be written as UTF-8.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def escape(text: str) -> str:
+    """`text` with control characters and lone surrogates as Python escapes (`\\n`,
+    `\\x1b`, `\\udc80`); everything else, non-ASCII letters included, as it is."""
+    if _UNSAFE.search(text) is None:
+        return text  # the common case: one scan, no copy
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def escape_record(record: Record) -> None:
+    """Loguru patcher: runs after the message is formatted, before any sink, so no call
+    site has to remember to escape what it logs."""
+    record["message"] = escape(record["message"])
+
+
 def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     logger.remove()
+    logger.configure(patcher=escape_record)
     if fmt == "json":
         logger.add(_json_sink, level=level, format="{message}")
     else:

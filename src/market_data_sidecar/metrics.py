@@ -204,6 +204,13 @@ class Metrics:
             "Coordinators in the store's metrics beyond what the queue check keeps.",
             registry=r,
         )
+        self.queue_series_rejected = Counter(
+            "sidecar_queue_series_rejected_total",
+            "Series of the store's metrics the queue check did not keep, by reason "
+            "(line_too_long, over_budget, invalid_id, out_of_range).",
+            ["reason"],
+            registry=r,
+        )
 
     def set_component_state(self, component: str, state: str) -> None:
         for candidate in HEALTH_STATES:

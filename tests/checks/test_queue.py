@@ -89,7 +89,8 @@ async def test_healthy_coordinators_and_their_samples(
 
     assert result.state == "healthy", result.details
     d = result.details
-    assert d["coordinators"] == "bars-coord,ticks-coord"
+    assert d["coordinators"] == "2"
+    assert d["levels"] == "hard=0,soft=1,ok=1"
     assert d["bars-coord:depth"] == "600"
     assert d["bars-coord:capacity"] == "1000"
     assert d["bars-coord:utilization"] == "0.6"
@@ -191,8 +192,12 @@ async def test_a_large_exposition_is_read_whole(store_metrics: StoreMetrics) -> 
     finally:
         await check.close()
     assert result.state == "healthy", result.details
-    assert len(result.details["coordinators"].split(",")) == 2000
-    assert result.details["coord-1999:depth"] == "499"
+    assert result.details["coordinators"] == "2000"
+    # The fullest queues in detail (depth 499 of 1000), every one in the gauges.
+    assert result.details["coordinators_detailed"] == "3 worst of 2000"
+    assert result.details["coord-0499:depth"] == "499"
+    depth = check.metrics.registry.get_sample_value
+    assert depth("sidecar_queue_depth", {"coordinator": "coord-0001"}) == 1
 
 
 async def test_an_oversized_body_is_refused(store_metrics: StoreMetrics, check: QueueCheck) -> None:

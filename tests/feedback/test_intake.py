@@ -208,6 +208,12 @@ UNCARRIABLE = [
     ("ts", 1.7e12, "unix seconds"),  # milliseconds by mistake
     ("ts", 1e300, "unix seconds"),
     ("ts", 10**400, "valid number"),
+    ("ts", -0.0, "unix seconds"),  # a sign no clock gives
+    ("coordinator_id", "bars\nERROR forged line", "control characters"),
+    ("coordinator_id", "bars\x1b[2J", "control characters"),
+    ("coordinator_id", "bars\x85", "control characters"),  # C1: NEL
+    ("source", "store\x00", "control characters"),
+    ("queue_size", 1001 * 1000, "1000 x capacity"),  # a thousand times over its capacity
     ("utilization", 1e300, "0 to 1000"),
     ("utilization", -0.1, "0 to 1000"),
     ("utilization", True, "number or null"),

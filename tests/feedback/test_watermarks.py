@@ -132,3 +132,19 @@ def test_store_marks_are_whole_items() -> None:
     assert Marks.of(4, 0.5, 0.8) == Marks(low=2, high=3)
     assert level_for(3, 4, 0.5, 0.8) is BackpressureLevel.hard
     assert Marks.of(1, 0.5, 0.8) == Marks(low=0, high=1)
+
+
+def test_only_what_the_intake_would_accept_becomes_an_event() -> None:
+    """The intake's bounds, whatever the store's metrics said (`feedback/bounds.py`)."""
+    marks = Watermarks(0.5, 0.8)
+    hostile = [
+        Sample("", 900),
+        Sample("a\nERROR forged", 900),
+        Sample("x" * 257, 900),
+        Sample("huge", 10**300),
+        Sample("hot", 1_000_001),  # 1,000 x capacity and one more
+        Sample("negative", -1),
+    ]
+    crossings = marks.observe([*hostile, Sample("good", 900)])
+    assert [c.event.coordinator_id for c in crossings] == ["good"]
+    assert Watermarks.admissible([*hostile, Sample("good", 900)]) == [Sample("good", 900)]

@@ -105,13 +105,16 @@ async def test_the_edges_of_what_is_accepted_render_in_every_view(
     )
     await eventually(lambda: client.app[MONITOR].first_round_done, message="first round")
     events = [
-        {**store_payload(f"edge-{n}", reason=text), "queue_size": 2**53 - 1, "capacity": 1}
+        {**store_payload(f"edge-{n}", reason=text), "queue_size": 2**53 - 1, "capacity": 2**53 - 1}
         for n, text in enumerate(HOSTILE_TEXT)
     ]
+    # Ids and sources hold no control characters (the intake refuses them), anything else.
+    printable = [text for text in HOSTILE_TEXT if not any(c < " " for c in text)]
     events += [
-        {**store_payload(HOSTILE_TEXT[0]), "ts": 0},
-        {**store_payload(HOSTILE_TEXT[1]), "ts": 1e11 - 1, "utilization": 1000},
-        {**store_payload(HOSTILE_TEXT[2][:256]), "source": HOSTILE_TEXT[3]},
+        {**store_payload(printable[0]), "ts": 0},
+        {**store_payload(printable[1]), "ts": 1e11 - 1, "utilization": 1000},
+        {**store_payload(printable[2]), "queue_size": 1000, "capacity": 1},
+        {**store_payload(printable[3][:256]), "source": printable[2]},
     ]
     accepted = await client.post("/feedback", json=events)
     assert accepted.status == 202, await accepted.text()
@@ -262,21 +265,31 @@ def test_any_view_model_renders_whatever_json_it_is_given(
     _assert_renders_safely(render_page(view))
 
 
-accepted_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=256)
-accepted_events = st.fixed_dictionaries(
+accepted_id = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cc"]), min_size=1, max_size=256
+)
+#: A queue at most `MAX_UTILIZATION` (1000) times its capacity.
+accepted_queues = st.integers(min_value=1, max_value=2**53 - 1).flatmap(
+    lambda capacity: st.fixed_dictionaries(
+        {
+            "capacity": st.just(capacity),
+            "queue_size": st.integers(min_value=0, max_value=min(2**53 - 1, capacity * 1000)),
+        }
+    )
+)
+accepted_fields = st.fixed_dictionaries(
     {
-        "coordinator_id": accepted_text,
-        "queue_size": st.integers(min_value=0, max_value=2**53 - 1),
-        "capacity": st.integers(min_value=1, max_value=2**53 - 1),
+        "coordinator_id": accepted_id,
         "level": st.sampled_from(["ok", "soft", "hard"]),
     },
     optional={
         "ts": st.floats(min_value=0, max_value=1e11, exclude_max=True),
-        "source": accepted_text,
+        "source": accepted_id,
         "reason": st.none() | st.text(st.characters(codec="utf-8"), max_size=1024),
         "utilization": st.none() | st.floats(min_value=0, max_value=1000),
     },
 )
+accepted_events = st.builds(lambda a, b: {**a, **b}, accepted_fields, accepted_queues)
 
 
 async def test_no_accepted_event_makes_a_view_answer_500(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -23,7 +24,8 @@ class StoreMetrics:
 
     `mode`: `ok` (an exposition from prometheus-client, as the store's), `error` (HTTP
     500), `garbage` (200 with a body that is no exposition), `hang` (never answers),
-    `huge` (a valid exposition padded with comments past any sane size).
+    `huge` (a valid exposition padded with comments past any sane size), `raw` (`raw`
+    as it is, or what `raw` returns, called once per scrape: a hostile store).
     """
 
     def __init__(self) -> None:
@@ -32,6 +34,7 @@ class StoreMetrics:
         self.requests = 0
         self.released = asyncio.Event()
         self.url = ""
+        self.raw: bytes | Callable[[], bytes] = b""
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -41,6 +44,9 @@ class StoreMetrics:
             return web.Response(status=500, text="internal server error")
         if self.mode == "garbage":
             return web.Response(text="<html><body>502 Bad Gateway</body></html>")
+        if self.mode == "raw":
+            body = self.raw if isinstance(self.raw, bytes) else self.raw()
+            return web.Response(body=body, content_type="text/plain")
         if self.mode == "huge":
             padding = b"# padding\n" * (1024 * 1024)
             return web.Response(body=padding + self.exposition(), content_type="text/plain")

@@ -6,10 +6,17 @@ interval, bounds it with its timeout and turns exceptions into an `unhealthy` co
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from market_data_core.telemetry import HealthComponent, HealthState
+
+_T = TypeVar("_T")
 
 STATE_RANK: Mapping[HealthState, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 
@@ -30,6 +37,12 @@ class Check(ABC):
         self.name = name
         self.interval = interval
         self.timeout = timeout
+        self._workers = Workers(name)
+
+    async def in_thread(self, function: Callable[..., _T], *args: object) -> _T:
+        """`function(*args)` in one of this check's own threads (never the loop's shared
+        executor), or `Busy` at once when all of them are still working."""
+        return await self._workers.run(function, *args)
 
     @abstractmethod
     async def run(self) -> HealthComponent:
@@ -51,3 +64,54 @@ def _text(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
+
+
+class Busy(Exception):
+    """A check's threads are all still working on earlier runs."""
+
+
+class Workers:
+    """A check's own bounded set of daemon threads for its blocking work.
+
+    Work abandoned at a check's timeout (a parse of hostile metrics, `statvfs` on a hung
+    mount) keeps its thread until it ends; with the loop's shared executor such threads
+    once filled it, so every other check's thread work (the disk check's) timed out too,
+    and exit waited on them (the executor's threads are joined at exit). Here each check
+    has its own `size` threads, a new run finds `Busy` instead of a queue behind a stuck
+    one, and the threads are daemons, so SIGTERM never waits on one.
+    """
+
+    def __init__(self, name: str, size: int = 1) -> None:
+        self.name = name
+        self.size = size
+        self._slots = threading.BoundedSemaphore(size)
+
+    async def run(self, function: Callable[..., _T], *args: object) -> _T:
+        if not self._slots.acquire(blocking=False):
+            raise Busy(f"still working on an earlier run ({self.size} threads busy)")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+
+        def work() -> None:
+            settle: Callable[[], None]
+            try:
+                settle = functools.partial(future.set_result, function(*args))
+            except BaseException as exc:  # handed to the awaiting coroutine
+                settle = functools.partial(future.set_exception, exc)
+            # Free before answering: the next run, started by this answer, finds it free.
+            self._slots.release()
+            _settle(loop, settle, future)
+
+        threading.Thread(target=work, name=f"check-{self.name}", daemon=True).start()
+        return await future
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop, setter: Callable[[], None], future: asyncio.Future[_T]
+) -> None:
+    def settle() -> None:
+        if not future.done():  # cancelled at the check's timeout: nobody waits any more
+            setter()
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits either
+        loop.call_soon_threadsafe(settle)

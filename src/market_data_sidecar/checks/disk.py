@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import psutil
 from market_data_core.telemetry import HealthComponent, HealthState
 
-from market_data_sidecar.checks import Check, worst
+from market_data_sidecar.checks import Busy, Check, Workers, worst
 from market_data_sidecar.metrics import Metrics
 
 
@@ -43,7 +43,8 @@ class PathUsage:
 
 
 def measure(path: str) -> PathUsage:
-    """Blocking filesystem calls; run in a thread so a hung mount cannot stall the loop."""
+    """Blocking filesystem calls; run in the check's own threads so a hung mount stalls
+    neither the loop nor another check."""
     usage = psutil.disk_usage(path)
     stats = os.statvfs(path)
     return PathUsage(path, usage.free, usage.total, stats.f_favail, stats.f_files)
@@ -63,12 +64,15 @@ class DiskCheck(Check):
     ) -> None:
         super().__init__("disk", interval=interval, timeout=timeout)
         self.paths = [os.path.abspath(path) for path in paths]
+        # A thread per path: a hung mount holds its own, never another path's.
+        self._workers_of = {path: Workers(f"disk:{path}") for path in self.paths}
         self.thresholds = thresholds
         self.metrics = metrics
 
     async def run(self) -> HealthComponent:
         results = await asyncio.gather(
-            *(asyncio.to_thread(measure, path) for path in self.paths), return_exceptions=True
+            *(self._workers_of[path].run(measure, path) for path in self.paths),
+            return_exceptions=True,
         )
         states: list[HealthState] = []
         details: dict[str, object] = {"paths": ",".join(self.paths)}
@@ -115,6 +119,8 @@ class DiskCheck(Check):
 
 
 def _os_error(exc: BaseException) -> str:
+    if isinstance(exc, Busy):
+        return "still blocked in an earlier check (a hung filesystem?)"
     if isinstance(exc, FileNotFoundError):
         return "path does not exist"
     if isinstance(exc, PermissionError):

@@ -6,14 +6,13 @@ can be synthesized from polled depths for stores that do not push it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
-import threading
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -21,8 +20,10 @@ from loguru import logger
 from market_data_core.telemetry import BackpressureLevel, HealthComponent, HealthState
 from prometheus_client.parser import text_string_to_metric_families
 
-from market_data_sidecar.checks import Check, worst
+from market_data_sidecar.checks import STATE_RANK, Check, worst
+from market_data_sidecar.feedback import bounds
 from market_data_sidecar.feedback.watermarks import SampleListener, level_for
+from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import Metrics
 
 DEPTH = "mds_coord_queue_depth"
@@ -41,7 +42,19 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 #: sidecar's RSS to 322 MiB through per-coordinator details and gauges.
 MAX_COORDINATORS = 2_000
 #: Reasons spelled out in the component's `reason`; the rest are counted.
-MAX_REASONS = 20
+MAX_REASONS = 5
+#: Coordinators detailed in the component (the worst first): probes read the component,
+#: and the kubelet only 10 KiB of it. The full list is on `/metrics` (the gauges of every
+#: kept coordinator) and `GET /feedback`.
+MAX_DETAILED = 3
+#: Longest series line parsed: a coordinator id is at most 256 characters (twice that
+#: escaped). A 2.3 MB line of 200,000 labels once took the parser 29 s.
+MAX_LINE = 1024
+#: Most bytes of coordinator series handed to the parser per scrape (2,000 coordinators
+#: take about 0.6 MB): the parser's CPU is bounded by its input.
+MAX_PARSED_BYTES = 2 * 1024 * 1024
+#: Lines about what the check leaves out, at most one per kind per this many seconds.
+REJECTED_LOG_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,7 @@ class QueueCheck(Check):
         self._dropped: dict[str, float] = {}
         self._exported: set[str] = set()
         self._last_error: str | None = None
-        self._judging = threading.Lock()
+        self._rejected_log = ThrottledLog(REJECTED_LOG_INTERVAL)
 
     def capacity_of(self, coordinator_id: str) -> int:
         """A coordinator's queue capacity: the store does not export it."""
@@ -109,8 +122,9 @@ class QueueCheck(Check):
         try:
             text = await self._scrape()
             # Parsing a store's whole exposition and judging up to `MAX_COORDINATORS`
-            # (60 ms of gauges and details for 2,000) would hold up probes: not on the loop.
-            samples, component = await asyncio.to_thread(self._evaluate, text)
+            # (60 ms of gauges and details for 2,000) would hold up probes: not on the loop,
+            # and in the check's own thread (a run abandoned at its timeout holds only it).
+            samples, component = await self.in_thread(self._evaluate, text)
         except ScrapeError as exc:
             if str(exc) != self._last_error:  # once per distinct failure
                 logger.warning("queue check failed: {}", exc)
@@ -122,11 +136,23 @@ class QueueCheck(Check):
         return component
 
     def _evaluate(self, text: str) -> tuple[tuple[CoordinatorSample, ...], HealthComponent]:
-        # One at a time: a run abandoned at its timeout may still be judging.
-        with self._judging:
-            series = parse(text)
-            samples = tuple(self._samples(series))
-            return samples, self._judge(series, samples)
+        series = parse(text)
+        samples = tuple(self._samples(series))
+        self._count_rejected(series)
+        return samples, self._judge(series, samples)
+
+    def _count_rejected(self, series: CoordinatorSeries) -> None:
+        """Count what the scrape left out; log it at most once per kind per interval."""
+        for reason, count in series.rejected.items():
+            self.metrics.queue_series_rejected.labels(reason).inc(count)
+            if folded := self._rejected_log.note(reason, count):
+                example = series.examples.get(reason)
+                logger.warning(
+                    "queue check: {} series of the store's metrics not kept ({}){}",
+                    folded,
+                    _REJECTED_WHY[reason],
+                    f", e.g. coordinator {example[:80]}" if example else "",
+                )
 
     async def _scrape(self) -> str:
         # Created here, inside the running loop; reused for every scrape.
@@ -160,9 +186,16 @@ class QueueCheck(Check):
     # -- judging ---------------------------------------------------------------------------
 
     def _samples(self, series: CoordinatorSeries) -> list[CoordinatorSample]:
+        """Samples of the coordinators whose depth an event can carry (`bounds`): an
+        out-of-range depth is counted and judged, never relayed."""
         samples = []
         for coordinator, depth in sorted(series.depth.items()):
             capacity = self.capacity_of(coordinator)
+            if bounds.queue_problem(coordinator, depth, capacity) is not None:
+                series.out_of_range.add(coordinator)
+                series.rejected["out_of_range"] += 1
+                series.examples.setdefault("out_of_range", coordinator)
+                continue
             samples.append(
                 CoordinatorSample(
                     coordinator_id=coordinator,
@@ -179,17 +212,15 @@ class QueueCheck(Check):
     def _judge(
         self, series: CoordinatorSeries, samples: Sequence[CoordinatorSample]
     ) -> HealthComponent:
+        """One component for every coordinator: counts, the worst few in detail, and
+        every kept coordinator's gauges on `/metrics`."""
         coordinators = sorted(series.coordinators)
+        sampled = {sample.coordinator_id: sample for sample in samples}
         verdicts: list[tuple[HealthState, str]] = []
-        details: dict[str, object] = {
-            "url": _safe_url(self.url),
-            "coordinators": ",".join(coordinators),
-        }
         if not coordinators:
             verdicts.append(("degraded", f"no {DEPTH} series in the store's metrics"))
         self.metrics.queue_coordinators_omitted.set(series.omitted)
         if series.omitted:
-            details["coordinators_omitted"] = series.omitted
             verdicts.append(
                 (
                     "degraded",
@@ -197,9 +228,29 @@ class QueueCheck(Check):
                     "not checked",
                 )
             )
+        if series.out_of_range:
+            verdicts.append(
+                ("degraded", f"{len(series.out_of_range)} coordinators with out-of-range depth")
+            )
+        judged = {c: self._judge_one(c, series, sampled.get(c)) for c in coordinators}
+        for state_reasons in judged.values():
+            verdicts.extend(state_reasons[1])
+        details = self._summary(series, samples, judged)
+        self._forget_coordinators(keep=set(coordinators))
+        if verdicts:
+            reasons = [reason for _, reason in verdicts[:MAX_REASONS]]
+            if len(verdicts) > MAX_REASONS:
+                reasons.append(f"and {len(verdicts) - MAX_REASONS} more")
+            details["reason"] = "; ".join(reasons)
+        return self.component(worst([state for state, _ in verdicts]), **details)
 
-        for sample in samples:
-            c = sample.coordinator_id
+    def _judge_one(
+        self, c: str, series: CoordinatorSeries, sample: CoordinatorSample | None
+    ) -> tuple[dict[str, object], list[tuple[HealthState, str]]]:
+        """One coordinator's details and verdicts; exports its gauges."""
+        details: dict[str, object] = {}
+        verdicts: list[tuple[HealthState, str]] = []
+        if sample is not None:
             details[f"{c}:depth"] = sample.depth
             details[f"{c}:capacity"] = sample.capacity
             details[f"{c}:utilization"] = round(sample.utilization, 4)
@@ -208,38 +259,59 @@ class QueueCheck(Check):
                 verdicts.append(("degraded", f"{c} at {sample.utilization:.0%} of capacity"))
             self.metrics.queue_depth.labels(c).set(sample.depth)
             self.metrics.queue_utilization.labels(c).set(sample.utilization)
+        else:
+            details[f"{c}:depth"] = "out of range" if c in series.out_of_range else "unknown"
+        workers = series.workers_alive.get(c)
+        if workers is not None:
+            details[f"{c}:workers_alive"] = workers
+            self.metrics.queue_workers_alive.labels(c).set(workers)
+            if workers <= 0:
+                verdicts.append(("unhealthy", f"{c} has no live workers"))
+        circuit = series.circuit_state.get(c)
+        if circuit is not None:
+            details[f"{c}:circuit"] = CIRCUIT_NAMES.get(circuit, str(circuit))
+            self.metrics.queue_circuit_state.labels(c).set(circuit)
+            if circuit == CIRCUIT_OPEN:
+                verdicts.append(("unhealthy", f"{c} circuit open"))
+            elif circuit == CIRCUIT_HALF_OPEN:
+                verdicts.append(("degraded", f"{c} circuit half-open"))
+        dropped = series.dropped.get(c)
+        if dropped is not None:
+            details[f"{c}:dropped_total"] = int(dropped)
+            newly = self._newly_dropped(c, dropped)
+            if newly > 0:
+                verdicts.append(("degraded", f"{c} dropped {newly:g} items since last check"))
+        return details, verdicts
 
-        for c in coordinators:
-            workers = series.workers_alive.get(c)
-            if workers is not None:
-                details[f"{c}:workers_alive"] = workers
-                self.metrics.queue_workers_alive.labels(c).set(workers)
-                if workers <= 0:
-                    verdicts.append(("unhealthy", f"{c} has no live workers"))
-            circuit = series.circuit_state.get(c)
-            if circuit is not None:
-                details[f"{c}:circuit"] = CIRCUIT_NAMES.get(circuit, str(circuit))
-                self.metrics.queue_circuit_state.labels(c).set(circuit)
-                if circuit == CIRCUIT_OPEN:
-                    verdicts.append(("unhealthy", f"{c} circuit open"))
-                elif circuit == CIRCUIT_HALF_OPEN:
-                    verdicts.append(("degraded", f"{c} circuit half-open"))
-            if c not in series.depth:
-                details[f"{c}:depth"] = "unknown"
-            dropped = series.dropped.get(c)
-            if dropped is not None:
-                details[f"{c}:dropped_total"] = int(dropped)
-                newly = self._newly_dropped(c, dropped)
-                if newly > 0:
-                    verdicts.append(("degraded", f"{c} dropped {newly:g} items since last check"))
+    def _summary(
+        self,
+        series: CoordinatorSeries,
+        samples: Sequence[CoordinatorSample],
+        judged: Mapping[str, tuple[dict[str, object], list[tuple[HealthState, str]]]],
+    ) -> dict[str, object]:
+        """Counts, and the `MAX_DETAILED` worst coordinators (unhealthy, then degraded,
+        then the fullest queue) in detail: the component stays small whatever the store
+        lists."""
+        levels = Counter(sample.level.value for sample in samples)
+        details: dict[str, object] = {
+            "url": _safe_url(self.url),
+            "coordinators": len(judged),
+            "levels": ",".join(f"{level.value}={levels[level.value]}" for level in _LEVELS),
+        }
+        if series.omitted:
+            details["coordinators_omitted"] = series.omitted
+        utilization = {sample.coordinator_id: sample.utilization for sample in samples}
 
-        self._forget_coordinators(keep=set(coordinators))
-        if verdicts:
-            reasons = [reason for _, reason in verdicts[:MAX_REASONS]]
-            if len(verdicts) > MAX_REASONS:
-                reasons.append(f"and {len(verdicts) - MAX_REASONS} more")
-            details["reason"] = "; ".join(reasons)
-        return self.component(worst([state for state, _ in verdicts]), **details)
+        def badness(c: str) -> tuple[int, float, str]:
+            states = [state for state, _ in judged[c][1]]
+            return (-STATE_RANK[worst(states)], -utilization.get(c, 0.0), c)
+
+        worst_few = sorted(judged, key=badness)[:MAX_DETAILED]
+        if len(judged) > len(worst_few):
+            details["coordinators_detailed"] = f"{len(worst_few)} worst of {len(judged)}"
+        for c in worst_few:
+            details.update(judged[c][0])
+        return details
 
     def _newly_dropped(self, coordinator: str, total: float) -> float:
         previous = self._dropped.get(coordinator)
@@ -273,6 +345,11 @@ class CoordinatorSeries:
     dropped: dict[str, float]
     #: Coordinators listed beyond `MAX_COORDINATORS`, counted by their depth series.
     omitted: int = 0
+    #: Series or coordinators not kept, by reason (`_REJECTED_WHY`), and one id of each.
+    rejected: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+    #: Coordinators whose depth no event can carry (`bounds`): judged, never relayed.
+    out_of_range: set[str] = field(default_factory=set)
 
     @property
     def coordinators(self) -> set[str]:
@@ -281,31 +358,29 @@ class CoordinatorSeries:
 
 def parse(text: str) -> CoordinatorSeries:
     """Read the coordinator series out of a Prometheus text exposition: those of the
-    first `MAX_COORDINATORS` coordinators listed; the others are only counted."""
-    text, omitted = _first_coordinators(text)
-    series = CoordinatorSeries({}, {}, {}, {}, omitted=omitted)
-    kept: set[str] = set()
+    first `MAX_COORDINATORS` coordinators listed whose ids an event can carry; the others
+    are only counted."""
+    lines = _coordinator_lines(text)
+    series = CoordinatorSeries({}, {}, {}, {}, omitted=lines.omitted)
+    series.rejected.update(lines.rejected)
     dropped: dict[str, float] = defaultdict(float)
     gauges = {
         DEPTH: series.depth,
         WORKERS_ALIVE: series.workers_alive,
         CIRCUIT_STATE: series.circuit_state,
     }
+    invalid: set[str] = set()
     try:
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families(lines.text):
             for sample in family.samples:
                 coordinator = sample.labels.get("coord_id")
                 if coordinator is None or not math.isfinite(sample.value):
                     continue
-                if sample.name not in _COORDINATOR_SERIES:
+                if sample.name not in _COORDINATOR_SERIES or coordinator in invalid:
                     continue
-                if coordinator not in kept:
-                    if len(kept) >= MAX_COORDINATORS:
-                        if sample.name == DEPTH:
-                            series.omitted += 1
-                        continue
-                    kept.add(coordinator)
-                if sample.name in gauges:
+                if _invalid_id(coordinator, series):
+                    invalid.add(coordinator)
+                elif sample.name in gauges:
                     gauges[sample.name][coordinator] = int(sample.value)
                 elif sample.name == ITEMS_DROPPED:
                     dropped[coordinator] += sample.value  # summed over reasons
@@ -316,39 +391,90 @@ def parse(text: str) -> CoordinatorSeries:
     return series
 
 
+def _invalid_id(coordinator: str, series: CoordinatorSeries) -> bool:
+    """Whether `coordinator` is no id an event can carry (`bounds.check_id`); counted once."""
+    try:
+        bounds.check_id("coordinator_id", coordinator)
+    except bounds.OutOfBounds:
+        series.rejected["invalid_id"] += 1
+        series.examples.setdefault("invalid_id", coordinator)
+        return True
+    return False
+
+
 _COORDINATOR_SERIES = (DEPTH, WORKERS_ALIVE, CIRCUIT_STATE, ITEMS_DROPPED)
+_COORDINATOR_LINES = tuple(f"{name}{sep}" for name in _COORDINATOR_SERIES for sep in "{ ")
+_DEPTH_LINES = (DEPTH + "{", DEPTH + " ")
 _COORDINATOR_LABEL = 'coord_id="'
+#: How a sample line starts: a metric name, then labels or the value.
+_SAMPLE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*[{ \t]")
+_LEVELS = (BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok)
+_REJECTED_WHY = {
+    "line_too_long": f"lines longer than {MAX_LINE} characters",
+    "over_budget": f"beyond {MAX_PARSED_BYTES} bytes of coordinator series",
+    "invalid_id": "coordinator ids over 256 characters, empty or with control characters",
+    "out_of_range": "depths no event can carry",
+}
 
 
-def _first_coordinators(text: str) -> tuple[str, int]:
-    """`text` without the coordinator series of coordinators beyond the first
-    `MAX_COORDINATORS`, and how many depth series that left out.
+@dataclass
+class _Lines:
+    """What of an exposition the parser gets, and what it does not."""
 
-    A cheap pass before the parser, which takes a second of CPU for 30,000 coordinators
-    (in a thread, but holding the GIL the event loop needs): lines are only looked at, the
-    label value taken as written (escapes and all), and every other line kept as it is."""
-    if text.count(_COORDINATOR_LABEL) <= MAX_COORDINATORS:
-        return text, 0  # not more coordinators than that, whatever the lines say
+    text: str
+    omitted: int
+    rejected: Counter[str]
+
+
+def _coordinator_lines(text: str) -> _Lines:
+    """Only the coordinator series of the first `MAX_COORDINATORS` coordinators, each
+    line at most `MAX_LINE` characters, `MAX_PARSED_BYTES` in all: the parser's CPU is
+    bounded by its input (it took a second for 30,000 coordinators, 29 s for one line of
+    200,000 labels, in a thread but holding the GIL the event loop needs).
+
+    Lines are only looked at, the label value taken as written (escapes and all). Lines
+    are split at `\n` alone, as the parser does (`str.splitlines` also splits at `\x85`
+    and U+2028, which a label value may hold)."""
     kept: set[str] = set()
-    omitted = 0
+    omitted, size = 0, 0
+    rejected: Counter[str] = Counter()
     lines = []
-    for line in text.splitlines(keepends=True):
-        if line.startswith(_COORDINATOR_SERIES):
-            start = line.find(_COORDINATOR_LABEL)
-            if start >= 0:
-                start += len(_COORDINATOR_LABEL)
-                end = line.find('"', start)
-                while end > 0 and line[end - 1] == "\\":
-                    end = line.find('"', end + 1)
-                coordinator = line[start:end]
-                if coordinator not in kept:
-                    if len(kept) >= MAX_COORDINATORS:
-                        if line.startswith((DEPTH + "{", DEPTH + " ")):
-                            omitted += 1
-                        continue
-                    kept.add(coordinator)
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.startswith(_COORDINATOR_LINES):
+            # Other families and comments: the sidecar reads none of them, but a body
+            # that is no exposition at all (an HTML error page) is a failed scrape.
+            if line and not line.startswith("#") and _SAMPLE.match(line) is None:
+                raise ScrapeError(
+                    f"store metrics are not a Prometheus exposition: line {number} is no sample"
+                )
+            continue
+        if len(line) > MAX_LINE:
+            rejected["line_too_long"] += 1
+            continue
+        coordinator = _label_as_written(line)
+        if coordinator is not None and coordinator not in kept:
+            if len(kept) >= MAX_COORDINATORS:
+                omitted += line.startswith(_DEPTH_LINES)
+                continue
+            kept.add(coordinator)
+        size += len(line) + 1
+        if size > MAX_PARSED_BYTES:
+            rejected["over_budget"] += 1
+            continue
         lines.append(line)
-    return "".join(lines), omitted
+    lines.append("")
+    return _Lines("\n".join(lines), omitted, rejected)
+
+
+def _label_as_written(line: str) -> str | None:
+    start = line.find(_COORDINATOR_LABEL)
+    if start < 0:
+        return None
+    start += len(_COORDINATOR_LABEL)
+    end = line.find('"', start)
+    while end > 0 and line[end - 1] == "\\":
+        end = line.find('"', end + 1)
+    return line[start:end]
 
 
 def _client_error(exc: aiohttp.ClientError) -> str:

@@ -7,16 +7,9 @@ computed it; when absent, relayed as `queue_size / capacity`) ride beside the ev
 or an array; an array with any invalid element is rejected whole. Fields are validated
 by Core's model in strict mode, so `"850"` or `true` is not a queue size.
 
-What is accepted, every target and view can encode (DESIGN.md, "Hostile peers"):
-
-- strings (`coordinator_id`, `source`, `reason`) are valid Unicode: JSON's `"\\ud800"`
-  decodes to a lone surrogate that no UTF-8 encoder (Redis, HTTP, the page) can write;
-- `queue_size` is 0 to `MAX_COUNT`, `capacity` 1 to `MAX_COUNT` (2**53 - 1, the largest
-  integer every JSON consumer holds exactly, RFC 7493; far inside int64);
-- `ts` is unix seconds, `0 <= ts < MAX_TS` (1e11, the year 5138): inside what
-  `datetime.fromtimestamp` converts (up to the year 9999, 2.5e11), while a millisecond
-  timestamp sent by mistake (1.7e12) is refused instead of read as the far future;
-- `utilization`, when present and not null, is a finite number, 0 to `MAX_UTILIZATION`.
+What is accepted is what `bounds` allows, the one rule for every event whatever its
+source (ids, counts, `ts`, `utilization`); `reason` is valid Unicode, at most
+`MAX_REASON_LENGTH` characters.
 
 The intake belongs to the pod: without a token only loopback peers may post (403
 otherwise); with one, any peer that presents it.
@@ -37,20 +30,25 @@ from loguru import logger
 from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
 from pydantic import ValidationError
 
+from market_data_sidecar.feedback import bounds
+from market_data_sidecar.feedback.bounds import (  # the limits, re-exported for the schema
+    MAX_COUNT as MAX_COUNT,
+)
+from market_data_sidecar.feedback.bounds import (
+    MAX_ID_LENGTH as MAX_ID_LENGTH,
+)
+from market_data_sidecar.feedback.bounds import (
+    MAX_TS as MAX_TS,
+)
+from market_data_sidecar.feedback.bounds import (
+    MAX_UTILIZATION as MAX_UTILIZATION,
+)
+from market_data_sidecar.feedback.bounds import OutOfBounds
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import Metrics
 
-#: Longest coordinator id or source accepted: ids are short names in the store, and
-#: every accepted coordinator id is kept in memory until restart.
-MAX_ID_LENGTH = 256
 MAX_REASON_LENGTH = 1024
-#: Largest queue size or capacity: exact in every JSON consumer (RFC 7493 I-JSON).
-MAX_COUNT = 2**53 - 1
-#: `ts` must be below this (unix seconds; the year 5138).
-MAX_TS = 1e11
-#: A queue a thousand times over its capacity is a broken sender, not backpressure.
-MAX_UTILIZATION = 1000.0
 #: Refusals of non-loopback peers are logged at most once per this many seconds: a
 #: scanner on the pod network must not fill the log.
 FORBIDDEN_LOG_INTERVAL = 60.0
@@ -262,28 +260,20 @@ def _feedback(element: Any, received_ts: float, received_at: float) -> Feedback:
         error = exc.errors(include_input=False, include_url=False)[0]
         field = ".".join(str(part) for part in error["loc"]) or None
         raise _Invalid(field, error["msg"]) from None
-    if not 0 <= event.ts < MAX_TS:  # NaN fails this too
-        raise _Invalid("ts", f"must be unix seconds, 0 <= ts < {MAX_TS:.0e}")
-    for name in ("queue_size", "capacity"):
-        if getattr(event, name) > MAX_COUNT:
-            raise _Invalid(name, f"must be at most {MAX_COUNT}")
-    for name in ("coordinator_id", "source"):
-        text = getattr(event, name)
-        if not 0 < len(text) <= MAX_ID_LENGTH:
-            raise _Invalid(name, f"must be 1 to {MAX_ID_LENGTH} characters")
-        _check_encodable(name, text)
+    try:
+        bounds.check_ts(event.ts)
+        bounds.check_id("source", event.source)
+        bounds.check_queue(event.coordinator_id, event.queue_size, event.capacity)
+    except OutOfBounds as exc:
+        raise _Invalid(exc.field, exc.message) from None
     return Feedback(event, reason=reason, given_utilization=utilization, received_at=received_at)
 
 
 def _check_encodable(field: str, text: str) -> None:
-    """Refuse lone surrogates: JSON escapes decode to them, and no UTF-8 encoder (a
-    target's, a view's) can write them."""
-    if text.isascii():
-        return
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _Invalid(field, "must be valid Unicode (no lone surrogates)") from None
+        bounds.check_encodable(field, text)
+    except OutOfBounds as exc:
+        raise _Invalid(exc.field, exc.message) from None
 
 
 def _utilization(element: dict[str, Any]) -> float | None:
@@ -294,8 +284,10 @@ def _utilization(element: dict[str, Any]) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Invalid("utilization", "must be a number or null")
-    if not 0 <= value <= MAX_UTILIZATION:  # NaN fails this too
-        raise _Invalid("utilization", f"must be 0 to {MAX_UTILIZATION:g}")
+    try:
+        bounds.check_utilization(value)
+    except OutOfBounds as exc:
+        raise _Invalid(exc.field, exc.message) from None
     return float(value)
 
 

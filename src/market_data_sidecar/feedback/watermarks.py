@@ -16,6 +16,8 @@ from typing import Protocol, runtime_checkable
 
 from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
 
+from market_data_sidecar.feedback import bounds
+
 RECOVERED = "queue_recovered"
 
 
@@ -94,12 +96,23 @@ class Watermarks:
     def level_of(self, coordinator_id: str) -> BackpressureLevel:
         return self._levels.get(coordinator_id, BackpressureLevel.ok)
 
+    @staticmethod
+    def admissible(samples: Sequence[QueueSample]) -> list[QueueSample]:
+        """The samples an event can carry: the intake's bounds (`bounds`), whatever the
+        store's metrics said (the queue check already keeps only those; this is the rule
+        applied where events are made)."""
+        return [
+            sample
+            for sample in samples
+            if bounds.queue_problem(sample.coordinator_id, int(sample.depth), sample.capacity)
+            is None
+        ]
+
     def observe(self, samples: Sequence[QueueSample]) -> list[Crossing]:
-        """Update every coordinator's level; return the crossings, in sample order."""
+        """Update every admissible coordinator's level; return the crossings, in sample
+        order."""
         crossings = []
-        for sample in samples:
-            if sample.capacity <= 0:
-                continue
+        for sample in self.admissible(samples):
             depth = max(int(sample.depth), 0)
             previous = self.level_of(sample.coordinator_id)
             level = self._next_level(previous, depth, sample.capacity)
