@@ -447,12 +447,15 @@ async def slow_readers(sidecar: Sidecar, seen: Observation) -> None:
 
 
 def _still_open(sock: socket.socket) -> bool:
+    """Not closed by the sidecar: what it sent is read (and dropped) to see the end."""
     try:
-        return sock.recv(1, socket.MSG_PEEK) != b""
+        while sock.recv(65536):
+            pass
     except BlockingIOError:
         return True
     except OSError:
         return False
+    return False
 
 
 #: 10 MB of zeros, gzip-compressed (about 10 KB on the wire).
@@ -461,7 +464,7 @@ GZIP_BOMB = gzip.compress(bytes(10_000_000), compresslevel=9)
 
 async def _send_bombs(sidecar: Sidecar, seen: Observation, method: str, path: str) -> None:
     """80 connections from another pod at a time, each sending a 10 MB gzip bomb to
-    `method path` and reading the answer, for the whole hold."""
+    `method path` and reading the answer, then again every 0.5 s, for the whole hold."""
     head = (
         f"{method} {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
         f"Content-Encoding: gzip\r\nContent-Length: {len(GZIP_BOMB)}\r\n\r\n"
@@ -484,6 +487,7 @@ async def _send_bombs(sidecar: Sidecar, seen: Observation, method: str, path: st
                     status = (await reader.readline()).split(b" ")[1].decode()
             statuses[status] = statuses.get(status, 0) + 1
             writer.transport.abort()
+            await asyncio.sleep(0.5)
 
     await asyncio.gather(*(one() for _ in range(80)))
     seen.notes.append(", ".join(f"{n} x {s}" for s, n in sorted(statuses.items())))
@@ -544,12 +548,14 @@ async def connect_close_at_cap(sidecar: Sidecar, seen: Observation) -> None:
     holders = await open_many(sidecar.port, 256)
     for _, writer in holders:
         writer.write(head)
+    await asyncio.sleep(0.5)  # every holder's head read: all busy
     churned = 0
     for _ in range(3000):
         with contextlib.suppress(OSError):
             _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
             writer.close()
             churned += 1
+    await asyncio.sleep(1.0)  # the log lines of the last ones written
     traceback_lines = sum("Traceback" in line for line in sidecar.log_lines())
     seen.notes.append(f"{churned} connect-then-close; {traceback_lines} tracebacks")
     close_all(holders)

@@ -5,10 +5,11 @@ hostile peer. aiohttp has no header deadline and keeps idle connections for an h
 default, its parse-error answers echo the offending header and its log carries a
 traceback with it; this module replaces those edges with bounded ones:
 
-- `BoundedServer` / `BoundedHandler`: a connection cap (the oldest idle connection is
-  closed to make room, else the newcomer gets a minimal 503), a deadline for the headers
-  from a request's first byte, one for the body from the end of the headers, an idle
-  keep-alive timeout, and protocol errors answered with a short JSON body of our own.
+- `BoundedServer` / `BoundedHandler`: a connection cap shared out by peer (a newcomer
+  replaces a connection of the peer holding the most, never refused), a deadline for the
+  headers from a request's first byte, one for the body from the end of the headers, one
+  for an answer the client does not read, an idle keep-alive timeout, and protocol errors
+  answered with a short JSON body of our own.
 - `BodyBudget` / `bounded_bodies`: body bytes in flight across all requests; beyond the
   budget a request is answered 503 with `Retry-After` before its body is read.
 - `ClientFaults`: every client fault counted by kind, logged at most once per kind per
@@ -115,7 +116,7 @@ def install_accept_error_log(loop: asyncio.AbstractEventLoop, faults: ClientFaul
             faults.accept_error(exc)
         elif isinstance(exc, OSError) and exc.errno in _PEER_GONE:
             # A client that connected and closed at once, seen by a callback already queued
-            # for it: its doing, counted, and no traceback (once one per connection).
+            # for it: its doing, counted, and no traceback (there was one per connection).
             faults.record("connection_lost", type(exc).__name__)
         elif previous is not None:
             previous(loop, context)
@@ -181,6 +182,8 @@ async def bounded_bodies(request: web.Request, handler: Handler) -> web.StreamRe
 # -- connections -----------------------------------------------------------------------------
 
 
+#: Seconds a connection must have been idle to be evicted before busier ones.
+IDLE_GRACE = 0.5
 #: Bytes asyncio reads from one connection at a time (its default is 256 KiB).
 READ_SIZE = 64 * 1024
 
@@ -340,7 +343,8 @@ class BoundedServer(web.Server):
     the peer holding the most (the newcomer's own when that is the one): a peer can only
     ever crowd out itself, so probes from the kubelet, or the store's POSTs, are never
     refused for want of a slot whatever another peer holds, idle, busy or blocked. Idle
-    connections go first, then the least recently active. Refusing newcomers instead let
+    connections go first, then the least recently active (`_victim`). Refusing newcomers
+    instead let
     600 connections that never read their answers lock every other peer out."""
 
     def __init__(self, *args: Any, bounds: Bounds, faults: ClientFaults, **kwargs: Any) -> None:
@@ -370,20 +374,23 @@ class BoundedServer(web.Server):
 
     def _victim(self, peer: str) -> BoundedHandler | None:
         """The newcomer's own peer's connection if that peer holds the most, else the
-        heaviest peer's: idle first, then the least recently active."""
+        heaviest peer's: the least recently active that has been idle for `IDLE_GRACE`,
+        else the least recently active. (A connection just made is idle until its request
+        arrives: taking those first let a flood of connect-then-close take probes' slots.)"""
         own = self._per_peer.get(peer, 0)
         top = max(self._per_peer.values(), default=0)
         if own and own >= top:
             heaviest = {peer}
         else:
             heaviest = {name for name, count in self._per_peer.items() if count == top}
-        busy = None
+        settled = self._loop.time() - IDLE_GRACE
+        oldest = None
         for handler in self._open:  # least recently active first
             if handler.peer in heaviest:
-                if handler.idle:
+                if handler.idle and handler.last_active < settled:
                     return handler
-                busy = busy or handler
-        return busy
+                oldest = oldest or handler
+        return oldest
 
     def touch(self, handler: BoundedHandler) -> None:
         """`handler` received bytes: it is now the most recently active."""
