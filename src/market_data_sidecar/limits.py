@@ -277,12 +277,22 @@ class BoundedHandler(RequestHandler):
         transport = self.transport
         self._cancel_deadline()
         self._cancel_write_deadline()
+        self._fail_body()
         self.force_close()
         if transport is not None:
             transport.abort()
 
+    def _fail_body(self) -> None:
+        """A handler still reading the body gets a ConnectionError (the client's doing,
+        answered and counted so), not aiohttp's RuntimeError for a closed connection,
+        which would be logged as a server error with a traceback."""
+        body = self._body
+        if body is not None and not body.is_eof():
+            body.set_exception(ConnectionResetError("connection closed by the sidecar"))
+
     def evict(self) -> None:
-        """Closed to make room for a newcomer when the cap is reached."""
+        """Closed to make room for a newcomer when the cap is reached (counted so)."""
+        self.deadline_missed = "evicted"
         self.abort()
 
     def _cancel_write_deadline(self) -> None:
@@ -304,6 +314,7 @@ class BoundedHandler(RequestHandler):
             return
         self.deadline_missed = kind
         self._server.faults.record(kind)
+        self._fail_body()
         self.force_close()
 
     def handle_error(

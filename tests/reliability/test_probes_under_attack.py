@@ -255,6 +255,9 @@ async def test_300_loopback_clients_trickling_bodies_starve_neither_probes_nor_t
     assert p99(probes["latencies"]) < PROBE_P99, sorted(probes["latencies"])[-5:]
     assert posted
     assert set(posted) == {202}, posted
+    # Tricklers evicted mid-body are the clients' doing: no server error, no traceback.
+    assert "unhandled error" not in sidecar.output()
+    assert "Traceback" not in sidecar.output()
 
 
 async def _post_from_the_store(sidecar: SidecarProcess) -> int:
