@@ -11,6 +11,7 @@ on a fixed delay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import signal
@@ -43,12 +44,12 @@ StartSidecar = Callable[..., SidecarProcess]
 #: What the kubelet needs of a probe under attack (issue: p99 within 50 ms).
 PROBE_P99 = 0.050
 
-#: Runs in the attacker's namespace (or here): `count` connections to `host:port`, each
-#: pipelining GETs of `/openapi.json` into a 4 KiB receive buffer and never reading.
+#: Runs in the attacker's namespace: `count` connections to `host:port`, each pipelining
+#: `depth` GETs of `/openapi.json` (15 KB each) into a 4 KiB receive buffer, never reading.
 _SLOW_READERS = """
 import asyncio, socket, sys
-host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-REQUEST = b"GET /openapi.json HTTP/1.1\\r\\nHost: sidecar\\r\\n\\r\\n" * 64
+host, port, count, depth = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+REQUEST = b"GET /openapi.json HTTP/1.1\\r\\nHost: sidecar\\r\\n\\r\\n" * depth
 
 async def one() -> None:
     sock = socket.socket()
@@ -178,7 +179,8 @@ async def test_600_remote_slow_readers_neither_slow_nor_refuse_probes_and_sigter
         sidecar_process, write_timeout="2", drain_timeout="1", shutdown_grace="0"
     )
     command = in_namespace(peer, _SLOW_READERS)
-    async with attacker(command, peer.host_address, str(sidecar.port), "600") as held:
+    # 8 deep: within what a connection may queue (deeper is closed at once, tested below).
+    async with attacker(command, peer.host_address, str(sidecar.port), "600", "8") as held:
         assert held >= 256
         # The attack is in place once answers wait on readers that do not read.
         await eventually(
@@ -199,6 +201,20 @@ async def test_600_remote_slow_readers_neither_slow_nor_refuse_probes_and_sigter
     # drain (1 s) + a little: blocked answers are dropped at once, not waited out.
     assert took < 4, took
     assert sidecar.proc.returncode == 0
+
+
+async def test_a_connection_pipelining_more_than_8_requests_is_closed_at_once(
+    sidecar_process: StartSidecar,
+) -> None:
+    sidecar = await started(sidecar_process)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /livez HTTP/1.1\r\nHost: sidecar\r\n\r\n" * 64)
+    async with asyncio.timeout(5):
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass  # what was answered before the close, if anything
+    writer.close()
+    assert await _fault_seen(sidecar, "pipelining")
 
 
 async def _fault_seen(sidecar: SidecarProcess, kind: str) -> bool:
@@ -395,7 +411,7 @@ async def test_connect_then_close_at_the_cap_and_a_flood_of_400s_log_a_few_lines
     assert rejected == 300, exposition
     lines = sidecar.output().splitlines()[lines_before:]
     assert "Traceback" not in "\n".join(lines)
-    assert sum("feedback rejected" in line for line in lines) == 1, lines
+    assert sum("feedback rejected" in line for line in lines) == 1, "\n".join(lines)
     # One line per kind (evicted, http_400, aborted ...) per interval, whatever the count.
     assert len(lines) <= 8, lines
 
