@@ -596,7 +596,7 @@ ATTACKS = [
     Attack(
         "slow-readers",
         slow_readers,
-        "write deadline 5 s; at the cap the heaviest peer gives up a connection",
+        "8 queued requests per connection; write deadline 5 s; fair eviction",
     ),
     Attack("gzip-readyz", gzip_readyz, "415 before the body; never inflated"),
     Attack(
