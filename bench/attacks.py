@@ -576,7 +576,7 @@ ATTACKS = [
     Attack(
         "slow-bodies",
         slow_bodies,
-        "8 MiB of bodies in flight (then 503); body deadline 10 s",
+        "8 MiB of bodies in flight (then the oldest gives way); body deadline 10 s",
     ),
     Attack("idle-connections", idle_connections, "256 connections; idle timeout 30 s"),
     Attack("slow-headers", slow_headers, "header deadline 5 s from the first byte"),
