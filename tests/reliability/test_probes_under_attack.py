@@ -411,7 +411,9 @@ async def test_connect_then_close_at_the_cap_and_a_flood_of_400s_log_a_few_lines
     assert rejected == 300, exposition
     lines = sidecar.output().splitlines()[lines_before:]
     assert "Traceback" not in "\n".join(lines)
-    assert sum("feedback rejected" in line for line in lines) == 1, "\n".join(lines)
+    # 300 rejections, at most one line about them (none if one was written in the minute
+    # before, by an eviction's aborted body say).
+    assert sum("feedback rejected" in line for line in lines) <= 1, "\n".join(lines)
     # One line per kind (evicted, http_400, aborted ...) per interval, whatever the count.
     assert len(lines) <= 8, lines
 
