@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gzip
 import http.client
 import importlib
 import json
@@ -412,6 +413,159 @@ async def store_with(coordinators: int) -> Any:
         await runner.cleanup()
 
 
+# -- attacks on the probes themselves (slow readers, compressed bodies, tricklers) ---------
+
+#: Another pod: the attacker's source address, so the probing kubelet (127.0.0.1) is a
+#: different peer, as it is in a cluster. Linux routes all of 127/8 to loopback.
+OTHER_POD = "127.0.0.2"
+
+
+async def slow_readers(sidecar: Sidecar, seen: Observation) -> None:
+    """600 connections from another pod pipeline `GET /openapi.json` into a 4 KiB receive
+    buffer and never read the answers."""
+    request = b"GET /openapi.json HTTP/1.1\r\nHost: sidecar\r\n\r\n" * 64
+    held = []
+    for _ in range(600):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind((OTHER_POD, 0))
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sidecar.port))
+            sock.send(request)
+        except OSError:
+            sock.close()
+            continue
+        held.append(sock)
+    began = time.monotonic()
+    await asyncio.sleep(HOLD)
+    open_now = sum(_still_open(sock) for sock in held)
+    seen.notes.append(
+        f"{len(held)} connected; {open_now} still open {time.monotonic() - began:.0f} s later"
+    )
+    stop_began = time.monotonic()
+    sidecar.proc.terminate()  # SIGTERM with the attack still in place
+    await asyncio.to_thread(sidecar.proc.wait, 30)
+    seen.notes.append(f"SIGTERM took {time.monotonic() - stop_began:.1f} s")
+    for sock in held:
+        sock.close()
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Not closed by the sidecar: what it sent is read (and dropped) to see the end."""
+    try:
+        while sock.recv(65536):
+            pass
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+#: 10 MB of zeros, gzip-compressed (about 10 KB on the wire).
+GZIP_BOMB = gzip.compress(bytes(10_000_000), compresslevel=9)
+
+
+async def _send_bombs(sidecar: Sidecar, seen: Observation, method: str, path: str) -> None:
+    """80 connections from another pod at a time, each sending a 10 MB gzip bomb to
+    `method path` and reading the answer, then again every 0.5 s, for the whole hold."""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        f"Content-Encoding: gzip\r\nContent-Length: {len(GZIP_BOMB)}\r\n\r\n"
+    ).encode()
+    end = time.monotonic() + HOLD
+    statuses: dict[str, int] = {}
+
+    async def one() -> None:
+        while time.monotonic() < end:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", sidecar.port, local_addr=(OTHER_POD, 0)
+                )
+            except OSError:
+                continue
+            status = "none"
+            with contextlib.suppress(OSError, TimeoutError, IndexError):
+                writer.write(head + GZIP_BOMB)
+                async with asyncio.timeout(5):
+                    status = (await reader.readline()).split(b" ")[1].decode()
+            statuses[status] = statuses.get(status, 0) + 1
+            writer.transport.abort()
+            await asyncio.sleep(0.5)
+
+    await asyncio.gather(*(one() for _ in range(80)))
+    seen.notes.append(", ".join(f"{n} x {s}" for s, n in sorted(statuses.items())))
+
+
+async def gzip_readyz(sidecar: Sidecar, seen: Observation) -> None:
+    await _send_bombs(sidecar, seen, "GET", "/readyz")
+
+
+async def gzip_feedback(sidecar: Sidecar, seen: Observation) -> None:
+    await _send_bombs(sidecar, seen, "POST", "/feedback")
+
+
+async def loopback_tricklers(sidecar: Sidecar, seen: Observation) -> None:
+    """300 clients in the pod (loopback) trickle admitted 1,000-byte bodies, a byte every
+    100 ms, while the store POSTs an event every 100 ms."""
+    head = (
+        b"POST /feedback HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n["
+    )
+    connections = await open_many(sidecar.port, 300)
+    for _, writer in connections:
+        writer.write(head)
+    event = json.dumps(
+        {"coordinator_id": "bars-coord", "queue_size": 850, "capacity": 1000, "level": "soft"}
+    ).encode()
+    end = time.monotonic() + HOLD
+    posts: dict[int, int] = {}
+    while time.monotonic() < end:
+        for _, writer in connections:
+            if not writer.is_closing():
+                writer.write(b" ")
+        status = await asyncio.to_thread(_post_or_zero, sidecar.port, event)
+        posts[status] = posts.get(status, 0) + 1
+        await asyncio.sleep(0.1)
+    closed = await closed_count(connections)
+    seen.notes.append(
+        "store POSTs " + ", ".join(f"{n} x {s}" for s, n in sorted(posts.items()))
+        + f"; {closed} of {len(connections)} tricklers closed"
+    )  # fmt: skip
+    close_all(connections)
+
+
+def _post_or_zero(port: int, body: bytes) -> int:
+    try:
+        return _post(port, body)
+    except OSError:
+        return 0
+
+
+async def connect_close_at_cap(sidecar: Sidecar, seen: Observation) -> None:
+    """256 connections hold bodies (the cap), then 3,000 connections are opened and
+    closed at once."""
+    head = (
+        b"POST /feedback HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n["
+    )
+    holders = await open_many(sidecar.port, 256)
+    for _, writer in holders:
+        writer.write(head)
+    await asyncio.sleep(0.5)  # every holder's head read: all busy
+    churned = 0
+    for _ in range(3000):
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+            writer.close()
+            churned += 1
+    await asyncio.sleep(1.0)  # the log lines of the last ones written
+    traceback_lines = sum("Traceback" in line for line in sidecar.log_lines())
+    seen.notes.append(f"{churned} connect-then-close; {traceback_lines} tracebacks")
+    close_all(holders)
+
+
 @dataclass(frozen=True)
 class Attack:
     name: str
@@ -423,6 +577,8 @@ class Attack:
     setup: Callable[[], contextlib.AbstractAsyncContextManager[dict[str, str]]] | None = None
     #: A hostile store (`HostileStore`) serving these bodies, and a webhook target.
     store_body: Callable[[], bytes] | None = None
+    #: Settings beside the defaults, as (name, value) pairs.
+    env: tuple[tuple[str, str], ...] = ()
 
 
 ATTACKS = [
@@ -430,7 +586,7 @@ ATTACKS = [
     Attack(
         "slow-bodies",
         slow_bodies,
-        "8 MiB of bodies in flight (then 503); body deadline 10 s",
+        "8 MiB of bodies in flight (then the oldest gives way); body deadline 10 s",
     ),
     Attack("idle-connections", idle_connections, "256 connections; idle timeout 30 s"),
     Attack("slow-headers", slow_headers, "header deadline 5 s from the first byte"),
@@ -445,6 +601,29 @@ ATTACKS = [
         queue_flood,
         "2,000 coordinators kept of the store's list",
         store_coordinators=30_000,
+    ),
+    # Probes cannot be starved (slow readers, compressed bodies, tricklers in the pod).
+    Attack(
+        "slow-readers",
+        slow_readers,
+        "8 queued requests per connection; write deadline 5 s; fair eviction",
+    ),
+    Attack("gzip-readyz", gzip_readyz, "415 before the body; never inflated"),
+    Attack(
+        "gzip-feedback",
+        gzip_feedback,
+        "415 before the body; never inflated",
+        env=(("SIDECAR_TOKEN", TOKEN),),
+    ),
+    Attack(
+        "loopback-tricklers",
+        loopback_tricklers,
+        "at the cap the heaviest peer's oldest connection makes room",
+    ),
+    Attack(
+        "connect-close-at-cap",
+        connect_close_at_cap,
+        "one counted line per kind per 10 s; no tracebacks",
     ),
 ]
 
@@ -534,11 +713,11 @@ ATTACKS += [
 
 
 async def run_attack(attack: Attack) -> Observation:
-    env: dict[str, str] = {}
+    env: dict[str, str] = dict(attack.env)
     async with contextlib.AsyncExitStack() as stack:
         if attack.store_coordinators:
             url, size = await stack.enter_async_context(store_with(attack.store_coordinators))
-            env = {"SIDECAR_STORE_METRICS_URL": url, "SIDECAR_CHECK_INTERVAL": "1"}
+            env |= {"SIDECAR_STORE_METRICS_URL": url, "SIDECAR_CHECK_INTERVAL": "1"}
         if attack.setup is not None:
             env |= await stack.enter_async_context(attack.setup())
         if attack.store_body is not None:
@@ -550,7 +729,8 @@ async def run_attack(attack: Attack) -> Observation:
                 await attack.run(sidecar, seen)
             if attack.store_coordinators:
                 seen.notes.append(f"store exposition {size / MIB:.1f} MiB")
-            seen.rss_max = max(seen.rss_max, sidecar.rss())
+            with contextlib.suppress(psutil.Error):  # an attack may have stopped it
+                seen.rss_max = max(seen.rss_max, sidecar.rss())
         finally:
             await asyncio.to_thread(sidecar.stop)
     return seen

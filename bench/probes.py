@@ -21,7 +21,7 @@ from bench.sidecar import Sidecar
 NAME = "probes"
 RATE = 1000
 CONNECTIONS = 16
-MIN_RATIO = 0.7
+MIN_RATIO = 0.9
 MAX_P99_MS = 5.0
 MAX_FROZEN_FACTOR = 1.5
 

@@ -5,10 +5,11 @@ hostile peer. aiohttp has no header deadline and keeps idle connections for an h
 default, its parse-error answers echo the offending header and its log carries a
 traceback with it; this module replaces those edges with bounded ones:
 
-- `BoundedServer` / `BoundedHandler`: a connection cap (the oldest idle connection is
-  closed to make room, else the newcomer gets a minimal 503), a deadline for the headers
-  from a request's first byte, one for the body from the end of the headers, an idle
-  keep-alive timeout, and protocol errors answered with a short JSON body of our own.
+- `BoundedServer` / `BoundedHandler`: a connection cap shared out by peer (a newcomer
+  replaces a connection of the peer holding the most, never refused), a deadline for the
+  headers from a request's first byte, one for the body from the end of the headers, one
+  for an answer the client does not read, an idle keep-alive timeout, and protocol errors
+  answered with a short JSON body of our own.
 - `BodyBudget` / `bounded_bodies`: body bytes in flight across all requests; beyond the
   budget a request is answered 503 with `Retry-After` before its body is read.
 - `ClientFaults`: every client fault counted by kind, logged at most once per kind per
@@ -20,12 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
@@ -45,6 +45,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LINGERING_TIME = 1.0
 #: The accept errors asyncio reports when the process has no file descriptor left.
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+#: The errors of a socket whose client has already gone.
+_PEER_GONE = {errno.ENOTCONN, errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Bounds:
     header_timeout: float = 5.0
     body_timeout: float = 10.0
     idle_timeout: float = 30.0
+    write_timeout: float = 5.0
     body_bytes_in_flight: int = 8 * 1024 * 1024
     max_body_bytes: int = 1024 * 1024
     fault_log_interval: float = 10.0
@@ -103,13 +106,18 @@ class ClientFaults:
 
 def install_accept_error_log(loop: asyncio.AbstractEventLoop, faults: ClientFaults) -> None:
     """Route asyncio's accept errors (a traceback per retry, every second, while out of
-    file descriptors) to one counted line per interval; anything else as before."""
+    file descriptors) and a gone client's socket errors to one counted line per interval;
+    anything else as before."""
     previous = loop.get_exception_handler()
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
             faults.accept_error(exc)
+        elif isinstance(exc, OSError) and exc.errno in _PEER_GONE:
+            # A client that connected and closed at once, seen by a callback already queued
+            # for it: its doing, counted, and no traceback (there was one per connection).
+            faults.record("connection_lost", type(exc).__name__)
         elif previous is not None:
             previous(loop, context)
         else:
@@ -122,24 +130,59 @@ def install_accept_error_log(loop: asyncio.AbstractEventLoop, faults: ClientFaul
 
 
 class BodyBudget:
-    """Body bytes in flight across all requests, reserved before a body is read."""
+    """Body bytes in flight across all requests, reserved before a body is read, and
+    shared out by peer as connections are: over the budget, a newcomer takes the oldest
+    reservation of the peer holding the most bytes (its own when that is the one), whose
+    connection is closed. A reservation that cannot be taken (`evict` None) is kept, and
+    the newcomer refused. (Refusing newcomers let eight slow 1 MiB bodies hold the budget
+    for their whole deadline, and every one of the store's POSTs got 503 meanwhile.)"""
 
     def __init__(self, limit: int, *, max_body_bytes: int, metrics: Metrics) -> None:
         self.limit = limit
         self.max_body_bytes = max_body_bytes
         self.in_flight = 0
         self._gauge = metrics.body_bytes_in_flight
+        #: Reservations, the oldest first: size, peer, and how to end the request.
+        self._held: OrderedDict[object, tuple[int, str, Callable[[], None] | None]] = OrderedDict()
 
-    def reserve(self, size: int) -> bool:
-        if self.in_flight + size > self.limit:
-            return False
+    def reserve(
+        self, size: int, *, peer: str = "", evict: Callable[[], None] | None = None
+    ) -> object | None:
+        """A token for `release`, or None when no room can be made."""
+        while self.in_flight + size > self.limit:
+            victim = self._victim(peer)
+            if victim is None:
+                return None
+            evict_victim = self._held[victim][2]
+            self.release(victim)
+            if evict_victim is not None:
+                evict_victim()
+        token = object()
+        self._held[token] = (size, peer, evict)
         self.in_flight += size
         self._gauge.set(self.in_flight)
-        return True
+        return token
 
-    def release(self, size: int) -> None:
-        self.in_flight -= size
-        self._gauge.set(self.in_flight)
+    def release(self, token: object) -> None:
+        held = self._held.pop(token, None)
+        if held is not None:
+            self.in_flight -= held[0]
+            self._gauge.set(self.in_flight)
+
+    def _victim(self, peer: str) -> object | None:
+        per_peer: Counter[str] = Counter()
+        for size, holder, _ in self._held.values():
+            per_peer[holder] += size
+        top = max(per_peer.values(), default=0)
+        own = per_peer.get(peer, 0)
+        if own and own >= top:
+            heaviest = {peer}
+        else:
+            heaviest = {name for name, held in per_peer.items() if held == top}
+        for token, (_, holder, evict) in self._held.items():  # the oldest first
+            if holder in heaviest and evict is not None:
+                return token
+        return None
 
 
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
@@ -150,14 +193,26 @@ BOUNDS = web.AppKey("bounds", Bounds)
 @web.middleware
 async def bounded_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Reserve a request's body bytes (its declared length, or the most a body may be
-    when it is chunked) for as long as the handler holds them; 503 when over budget."""
-    if not request.body_exists:
-        return await handler(request)
+    when it is chunked) for as long as the handler holds them; 503 when over budget and
+    no reservation can be taken (`BodyBudget`)."""
+    if not request.body_exists or request.method in ("GET", "HEAD"):
+        return await handler(request)  # no route of these reads a body (server.py)
     budget = request.app[BODY_BUDGET]
     declared = request.content_length
     size = min(declared if declared is not None else budget.max_body_bytes, budget.max_body_bytes)
-    if not budget.reserve(size):
-        request.app[FAULTS].record("over_budget")
+    faults = request.app[FAULTS]
+    evict = getattr(request.protocol, "evict", None)  # BoundedHandler's; None in tests
+
+    def preempted() -> None:
+        faults.record("preempted")
+        if evict is not None:
+            evict()
+
+    token = budget.reserve(
+        size, peer=request.remote or "", evict=preempted if evict is not None else None
+    )
+    if token is None:
+        faults.record("over_budget")
         response = web.json_response(
             {"error": "too many request bodies in flight; retry later"},
             status=503,
@@ -168,29 +223,18 @@ async def bounded_bodies(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     finally:
-        budget.release(size)
+        budget.release(token)
 
 
 # -- connections -----------------------------------------------------------------------------
 
 
-def _minimal_response(status: str, error: str, extra: str = "") -> bytes:
-    body = json.dumps({"error": error}).encode()
-    head = (
-        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
+#: Requests a connection may have queued behind the one being answered.
+MAX_PIPELINED = 8
+#: Seconds a connection must have been idle to be evicted before busier ones.
+IDLE_GRACE = 0.5
 #: Bytes asyncio reads from one connection at a time (its default is 256 KiB).
 READ_SIZE = 64 * 1024
-#: Seconds a refused connection is kept, reading and dropping, after its 503.
-REFUSED_LINGER = 0.5
-#: What a connection beyond the cap gets when no idle one can make room.
-REFUSED = _minimal_response(
-    "503 Service Unavailable", "too many connections; retry later", "Retry-After: 1\r\n"
-)
 
 
 class BoundedHandler(RequestHandler):
@@ -200,9 +244,11 @@ class BoundedHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._server = manager
         self._deadline: asyncio.TimerHandle | None = None
+        self._write_deadline: asyncio.TimerHandle | None = None
         self._body: StreamReader | None = None
-        self._refused = False
         self.last_active = 0.0
+        #: The address the connection comes from: connections are shared out per peer.
+        self.peer = ""
         #: The deadline this connection missed, if it was closed for one.
         self.deadline_missed: str | None = None
 
@@ -216,36 +262,35 @@ class BoundedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.last_active = self._loop.time()
-        if not self._server.admit(self):
-            # Answer, stop sending, and close a little later: closing with the request
-            # unread would reset the connection and lose the answer.
-            self._refused = True
-            writable = cast(asyncio.Transport, transport)
-            writable.write(REFUSED)
-            if writable.can_write_eof():
-                writable.write_eof()
-            self._loop.call_later(REFUSED_LINGER, writable.close)
-            return
+        peername = transport.get_extra_info("peername")
+        # A peer that connected and reset at once has no name any more: one bucket for them.
+        self.peer = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
         if hasattr(transport, "max_size"):
             # asyncio reads up to 256 KiB per socket per loop turn before aiohttp can pause
             # it: 150 connections sending bodies at once were 37 MiB of reads in one turn.
             transport.max_size = READ_SIZE
         super().connection_made(transport)
+        self._server.admit(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_deadline()
+        self._cancel_write_deadline()
         self._server.release(self)
-        if self._refused:
-            return
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # read and dropped until the refused connection closes
         self.last_active = self._loop.time()
         self._server.touch(self)
         before = self._request_count
         super().data_received(data)
+        if len(self._messages) > MAX_PIPELINED:
+            # No client of the sidecar pipelines (the kubelet, Prometheus and the store wait
+            # for each answer); 600 connections pipelining 64 GETs each and never reading
+            # the answers made the sidecar write ~10,000 of them, and probes waited 250 ms.
+            self.deadline_missed = "pipelining"
+            self._server.faults.record("pipelining")
+            self.abort()
+            return
         if self._request_count != before:
             # Headers complete: the next deadline, if any, is for the body.
             self._cancel_deadline()
@@ -258,10 +303,59 @@ class BoundedHandler(RequestHandler):
             self._body = None
             self._arm("header_timeout", self._server.bounds.header_timeout)
 
-    def evict(self) -> None:
-        """Closed to make room for a newcomer when the cap is reached."""
+    # A client that sends requests and never reads the answers fills the socket's buffers;
+    # aiohttp then waits in `drain()` with no deadline, and the connection is never idle,
+    # so nothing else would ever close it (600 of them once held every slot for minutes).
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_deadline is None:
+            self._write_deadline = self._loop.call_later(
+                self._server.bounds.write_timeout, self._write_deadline_passed
+            )
+
+    def resume_writing(self) -> None:
+        self._cancel_write_deadline()
+        super().resume_writing()
+
+    @property
+    def writing_blocked(self) -> bool:
+        """An answer waits on the client to read: closing it loses nothing it would read."""
+        return self._write_deadline is not None
+
+    def _write_deadline_passed(self) -> None:
+        self._write_deadline = None
+        self.deadline_missed = "write_timeout"
+        self._server.faults.record("write_timeout")
+        self.abort()
+
+    def abort(self) -> None:
+        """Close now, dropping what is buffered for the client: `close()` would wait for a
+        client that does not read to take it first."""
+        transport = self.transport
         self._cancel_deadline()
+        self._cancel_write_deadline()
+        self._fail_body()
         self.force_close()
+        if transport is not None:
+            transport.abort()
+
+    def _fail_body(self) -> None:
+        """A handler still reading the body gets a ConnectionError (the client's doing,
+        answered and counted so), not aiohttp's RuntimeError for a closed connection,
+        which would be logged as a server error with a traceback."""
+        body = self._body
+        if body is not None and not body.is_eof():
+            body.set_exception(ConnectionResetError("connection closed by the sidecar"))
+
+    def evict(self) -> None:
+        """Closed to make room for a newcomer when the cap is reached (counted so)."""
+        self.deadline_missed = "evicted"
+        self.abort()
+
+    def _cancel_write_deadline(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
 
     def _arm(self, kind: str, timeout: float) -> None:
         self._deadline = self._loop.call_later(timeout, self._deadline_passed, kind)
@@ -277,6 +371,7 @@ class BoundedHandler(RequestHandler):
             return
         self.deadline_missed = kind
         self._server.faults.record(kind)
+        self._fail_body()
         self.force_close()
 
     def handle_error(
@@ -310,7 +405,15 @@ class BoundedHandler(RequestHandler):
 
 
 class BoundedServer(web.Server):
-    """aiohttp's connection manager, with a cap on open connections."""
+    """aiohttp's connection manager, with a cap on open connections shared fairly by peer.
+
+    At the cap a newcomer is always let in, and the connection it replaces is taken from
+    the peer holding the most (the newcomer's own when that is the one): a peer can only
+    ever crowd out itself, so probes from the kubelet, or the store's POSTs, are never
+    refused for want of a slot whatever another peer holds, idle, busy or blocked. Idle
+    connections go first, then the least recently active (`_victim`). Refusing newcomers
+    instead let
+    600 connections that never read their answers lock every other peer out."""
 
     def __init__(self, *args: Any, bounds: Bounds, faults: ClientFaults, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -319,25 +422,43 @@ class BoundedServer(web.Server):
         self._gauge = faults.metrics.connections
         #: Open connections, the least recently active first.
         self._open: OrderedDict[BoundedHandler, None] = OrderedDict()
+        #: Open connections per peer address.
+        self._per_peer: Counter[str] = Counter()
 
     def __call__(self) -> BoundedHandler:
         return BoundedHandler(self, loop=self._loop, **self._kwargs)
 
-    def admit(self, newcomer: BoundedHandler) -> bool:
-        """Room for `newcomer`: under the cap, or by closing the least recently active
-        idle connection; False when every connection is busy."""
+    def admit(self, newcomer: BoundedHandler) -> None:
+        """Room for `newcomer`, made at the cap by evicting another connection."""
         if len(self._open) >= self.bounds.max_connections:
-            # In order of activity, so under a flood of idle connections this stops at once.
-            victim = next((handler for handler in self._open if handler.idle), None)
-            if victim is None:
-                self.faults.record("refused", "connection cap")
-                return False
-            del self._open[victim]
-            victim.evict()
-            self.faults.record("evicted", "connection cap")
+            victim = self._victim(newcomer.peer)
+            if victim is not None:
+                self._forget(victim)
+                victim.evict()
+                self.faults.record("evicted", "connection cap")
         self._open[newcomer] = None
+        self._per_peer[newcomer.peer] += 1
         self._gauge.set(len(self._open))
-        return True
+
+    def _victim(self, peer: str) -> BoundedHandler | None:
+        """The newcomer's own peer's connection if that peer holds the most, else the
+        heaviest peer's: the least recently active that has been idle for `IDLE_GRACE`,
+        else the least recently active. (A connection just made is idle until its request
+        arrives: taking those first let a flood of connect-then-close take probes' slots.)"""
+        own = self._per_peer.get(peer, 0)
+        top = max(self._per_peer.values(), default=0)
+        if own and own >= top:
+            heaviest = {peer}
+        else:
+            heaviest = {name for name, count in self._per_peer.items() if count == top}
+        settled = self._loop.time() - IDLE_GRACE
+        oldest = None
+        for handler in self._open:  # least recently active first
+            if handler.peer in heaviest:
+                if handler.idle and handler.last_active < settled:
+                    return handler
+                oldest = oldest or handler
+        return oldest
 
     def touch(self, handler: BoundedHandler) -> None:
         """`handler` received bytes: it is now the most recently active."""
@@ -345,8 +466,30 @@ class BoundedServer(web.Server):
             self._open.move_to_end(handler)
 
     def release(self, handler: BoundedHandler) -> None:
-        self._open.pop(handler, None)
+        if handler in self._open:
+            self._forget(handler)
         self._gauge.set(len(self._open))
+
+    def _forget(self, handler: BoundedHandler) -> None:
+        del self._open[handler]
+        left = self._per_peer[handler.peer] - 1
+        if left:
+            self._per_peer[handler.peer] = left
+        else:
+            del self._per_peer[handler.peer]
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (aiohttp's)
+        """Connections whose answers wait on a client that does not read are dropped at
+        once: SIGTERM must not wait out their deadlines."""
+        for handler in list(self._open):
+            if handler.writing_blocked:
+                handler.abort()
+        await super().shutdown(timeout)
+
+
+#: A probe answered without the router or middlewares: it reads only cached state.
+FastProbe = Callable[[], web.StreamResponse]
+FAST_PROBES = web.AppKey("fast_probes", dict[str, FastProbe])
 
 
 class BoundedRunner(web.AppRunner):
@@ -357,9 +500,15 @@ class BoundedRunner(web.AppRunner):
         app = self.app
         bounds = app[BOUNDS]
         kwargs = dict(plain._kwargs)
-        kwargs.update(keepalive_timeout=bounds.idle_timeout, lingering_time=LINGERING_TIME)
+        # auto_decompress=False: aiohttp inflates a `Content-Encoding` body as it arrives,
+        # whether or not anyone reads it; nothing here takes one (415, server.py).
+        kwargs.update(
+            keepalive_timeout=bounds.idle_timeout,
+            lingering_time=LINGERING_TIME,
+            auto_decompress=False,
+        )
         return BoundedServer(
-            plain.request_handler,
+            _with_fast_probes(plain.request_handler, app.get(FAST_PROBES, {})),
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             loop=plain._loop,
@@ -367,6 +516,22 @@ class BoundedRunner(web.AppRunner):
             faults=app[FAULTS],
             **kwargs,
         )
+
+
+def _with_fast_probes(
+    routed: Callable[[BaseRequest], Awaitable[web.StreamResponse]], probes: dict[str, FastProbe]
+) -> Callable[[BaseRequest], Awaitable[web.StreamResponse]]:
+    """`routed`, except that a plain `GET` of a probe path (no query, no body, no
+    encoding) is answered by its `FastProbe`: the kubelet's probes at bare aiohttp speed."""
+
+    async def handle(request: BaseRequest) -> web.StreamResponse:
+        if request.method == "GET" and not request.body_exists:
+            probe = probes.get(request.raw_path)
+            if probe is not None and "Content-Encoding" not in request.headers:
+                return probe()
+        return await routed(request)
+
+    return handle
 
 
 # -- responses -------------------------------------------------------------------------------

@@ -203,7 +203,10 @@ class Settings(BaseSettings):
     body_timeout: PositiveSeconds = 10.0
     #: Seconds a connection may sit idle before (or between) requests.
     idle_timeout: PositiveSeconds = 30.0
-    #: Request body bytes in flight across all requests; beyond them, 503 + Retry-After.
+    #: Seconds an answer may wait on a client that does not read it; then it is closed.
+    write_timeout: PositiveSeconds = 5.0
+    #: Request body bytes in flight across all requests; beyond, the heaviest peer's oldest
+    #: body gives way (limits.BodyBudget).
     body_bytes_in_flight: int = Field(default=8 * 1024 * 1024, gt=0)
     #: Seconds between two log lines about one kind of client fault (each is counted).
     fault_log_interval: PositiveSeconds = 10.0

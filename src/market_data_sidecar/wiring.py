@@ -92,6 +92,7 @@ def bounds_from(settings: Settings) -> Bounds:
         header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
         idle_timeout=settings.idle_timeout,
+        write_timeout=settings.write_timeout,
         body_bytes_in_flight=settings.body_bytes_in_flight,
         max_body_bytes=settings.max_body_bytes,
         fault_log_interval=settings.fault_log_interval,

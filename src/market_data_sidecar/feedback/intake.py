@@ -205,9 +205,18 @@ class Intake:
         field: str | None = None,
         count: int = 1,
     ) -> Rejected:
-        """Count and log a rejection (never the body or headers: they may hold secrets)."""
+        """Count a rejection, and log it at most once per outcome per interval with the
+        count (never the body or headers: they may hold secrets). A client posting bad
+        events in a loop once wrote a line per request."""
         self._metrics.feedback_received.labels(outcome).inc(max(count, 1))
-        logger.info("feedback rejected ({} {}): {}", status, outcome, message)
+        if folded := self._forbidden_log.note(outcome):
+            logger.info(
+                "feedback rejected ({} {}): {}; {} since the last such line",
+                status,
+                outcome,
+                message,
+                folded,
+            )
         return Rejected(status, outcome, message, index=index, field=field)
 
 
