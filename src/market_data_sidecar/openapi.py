@@ -20,13 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from market_data_sidecar import __version__
-from market_data_sidecar.feedback.intake import (
+from market_data_sidecar.feedback.bounds import (
+    ID_PATTERN,
     MAX_COUNT,
     MAX_ID_LENGTH,
-    MAX_REASON_LENGTH,
     MAX_TS,
     MAX_UTILIZATION,
 )
+from market_data_sidecar.feedback.intake import MAX_REASON_LENGTH
 from market_data_sidecar.feedback.state import RelayState
 from market_data_sidecar.settings import Settings
 
@@ -133,12 +134,18 @@ def _intake_event(core: dict[str, Any]) -> dict[str, Any]:
         "A Core `FeedbackEvent`, or the store broadcaster's payload: a missing `ts` is the "
         "time received, a missing `source` is `store`, `reason` is relayed beside the event. "
         "Validated strictly: a queue size or capacity is a JSON integer written without a "
-        'fraction (`"850"` and `850.0` are refused). Other fields are ignored.'
+        'fraction (`"850"` and `850.0` are refused). A `queue_size` above '
+        f"{MAX_UTILIZATION:g} x `capacity` is refused too. Other fields are ignored."
     )
     schema["required"] = [name for name in schema["required"] if name != "ts"]
     properties = schema["properties"]
     for name in ("coordinator_id", "source"):
-        properties[name] = {**properties[name], "minLength": 1, "maxLength": MAX_ID_LENGTH}
+        properties[name] = {
+            **properties[name],
+            "minLength": 1,
+            "maxLength": MAX_ID_LENGTH,
+            "pattern": ID_PATTERN,
+        }
     # The intake's ranges: what every target and view can carry (intake.py says why).
     properties["queue_size"] = {**properties["queue_size"], "maximum": MAX_COUNT}
     properties["capacity"] = {**properties["capacity"], "maximum": MAX_COUNT}

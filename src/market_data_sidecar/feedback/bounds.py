@@ -33,7 +33,10 @@ MAX_TS = 1e11
 MAX_UTILIZATION = 1000.0
 
 #: C0 and C1 control characters and DEL (Unicode category Cc).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_CHARACTERS = "\x00-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{_CONTROL_CHARACTERS}]")
+#: What an id may hold, as a JSON Schema pattern (the intake's OpenAPI document).
+ID_PATTERN = f"^[^{_CONTROL_CHARACTERS}]*$"
 
 
 class OutOfBounds(ValueError):

@@ -31,18 +31,6 @@ from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
 from pydantic import ValidationError
 
 from market_data_sidecar.feedback import bounds
-from market_data_sidecar.feedback.bounds import (  # the limits, re-exported for the schema
-    MAX_COUNT as MAX_COUNT,
-)
-from market_data_sidecar.feedback.bounds import (
-    MAX_ID_LENGTH as MAX_ID_LENGTH,
-)
-from market_data_sidecar.feedback.bounds import (
-    MAX_TS as MAX_TS,
-)
-from market_data_sidecar.feedback.bounds import (
-    MAX_UTILIZATION as MAX_UTILIZATION,
-)
 from market_data_sidecar.feedback.bounds import OutOfBounds
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.logs import ThrottledLog
