@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 from market_data_sidecar.settings import Settings
-from tests.checks.conftest import Coordinator, StoreMetrics
 from tests.feedback.conftest import http_target
 from tests.helpers import eventually, store_payload
 from tests.support.receivers import StartOrchestrator
 from tests.support.sidecar import StartSidecar
+from tests.support.store import Coordinator, StoreMetrics
 
 
 async def test_a_pod_target_gets_the_worst_coordinator_only_when_it_changes(
@@ -42,9 +42,9 @@ async def test_a_pod_target_gets_the_worst_coordinator_only_when_it_changes(
         assert response.status == 202
         # One crossing at a time, as the store sends them, so none is conflated.
         await eventually(
-            lambda: len(receiver.delivered) >= delivered,
+            lambda count=delivered: len(receiver.delivered) >= count,
             message=f"{delivered} delivered after {coordinator} {level}",
-        )  # noqa: B023
+        )
 
     events: list[dict[str, Any]] = receiver.events()
     # Never milder than the truth: the store's `quotes ok` did not lift `bars`' hard,
