@@ -9,6 +9,7 @@ import random
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -434,3 +435,51 @@ def test_bad_fleet_configuration_is_one_line_and_exit_2(env: dict[str, str], nam
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert named in line
+
+
+# -- what operators see ----------------------------------------------------------------------
+
+
+async def test_feedback_status_page_and_metrics_show_the_composite_and_the_members(
+    sidecar_process: Callable[..., SidecarProcess], member: MakeMember, namespace: str
+) -> None:
+    sidecar = fleet_sidecar(sidecar_process, namespace, "pod-a", 15.0, renewal=0.2)
+    other = member("pod-b", namespace, lease=15.0, renewal=0.2)
+    await other.start()
+    await other.deliver([pod("pod-b", "quotes", "soft", 600, count=3)])
+    await sidecar.wait_listening()
+    await post(sidecar, "hard", 900)
+
+    async def both_seen() -> dict[str, Any] | None:
+        _, body = await sidecar.get("/feedback")
+        [target] = json.loads(body)["targets"]
+        members = {m["instance"] for m in target["members"]}
+        return target if members == {"pod-a", "pod-b"} else None
+
+    target = await eventually(both_seen, timeout=5.0, message="both members seen")
+    assert target["scope"] == "fleet"
+    composite = target["composite"]
+    assert (composite["level"], composite["member"], composite["coordinator_id"]) == (
+        "hard",
+        "pod-a",
+        "bars",
+    )
+    assert (composite["members"], composite["coordinators"]) == (2, 4)
+    [first, second] = target["members"]
+    assert (first["instance"], first["level"], second["level"]) == ("pod-a", "hard", "soft")
+    assert 0 <= second["lease_age"] < 15
+
+    status = await asyncio.to_thread(run_cli, "status", "--url", sidecar.url)
+    assert "fleet hard: bars of pod-a (2 members, 4 coordinators)" in status.stdout
+    assert any(
+        line.split()[:3] == ["pod-b", "soft", "quotes"] for line in status.stdout.splitlines()
+    )
+    _, page = await sidecar.get("/")
+    assert 'data-member="pod-b"' in page
+    assert 'data-level="hard"' in page
+    _, metrics = await sidecar.get("/metrics")
+    assert 'sidecar_fleet_members{target="redis-stream:127.0.0.1"} 2.0' in metrics
+    assert (
+        'sidecar_feedback_composite_level{scope="fleet",target="redis-stream:127.0.0.1"} 2.0'
+        in metrics
+    )

@@ -43,6 +43,8 @@ _SCRIPT = resources.files(__package__).joinpath("fleet.lua").read_text(encoding=
 EXPIRY_MARGIN = 0.02
 #: A foreign token under this member's name this recently makes the target's problem.
 DUPLICATE_MEMORY_LEASES = 2.0
+#: Members listed in `GET /feedback` (the worst first); the count is always complete.
+MAX_MEMBERS_SHOWN = 100
 #: Unparsable members reported by name; beyond this many each is counted every step.
 MAX_UNPARSABLE_REMEMBERED = 1000
 
@@ -309,12 +311,16 @@ class FleetStreamPublisher(RedisStreamPublisher):
         return self._last.composite if self._last is not None else None
 
     def members(self) -> list[MemberState]:
+        """The live members as the last step saw them, the worst first, at most
+        `MAX_MEMBERS_SHOWN` (the answer of `GET /feedback` stays bounded)."""
         if self._last is None:
             return []
         since = time.monotonic() - self._last_at
+        ranked = sorted(self._last.members, key=lambda m: (-severity(m.level), m.instance))[
+            :MAX_MEMBERS_SHOWN
+        ]
         return [
-            member.model_copy(update={"lease_age": member.lease_age + since})
-            for member in self._last.members
+            member.model_copy(update={"lease_age": member.lease_age + since}) for member in ranked
         ]
 
     def _describe(self) -> dict[str, str]:
