@@ -18,6 +18,8 @@ from market_data_core.events import JsonCodec
 from market_data_core.telemetry import FeedbackEvent
 
 from market_data_sidecar.feedback.model import Feedback
+from market_data_sidecar.feedback.retry import Backoff
+from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
 from market_data_sidecar.feedback.scope import composite_of
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher
@@ -483,3 +485,56 @@ async def test_feedback_status_page_and_metrics_show_the_composite_and_the_membe
         'sidecar_feedback_composite_level{scope="fleet",target="redis-stream:127.0.0.1"} 2.0'
         in metrics
     )
+
+
+async def test_a_recovered_target_force_appends_the_current_composite(
+    member: MakeMember, namespace: str
+) -> None:
+    """`on_recovered` (Redis restarted, a new consumer group) makes the router resync the
+    target: in fleet scope, one forced entry of the fleet's current composite."""
+    publisher = member("pod-a", namespace)
+    router = Router(
+        [Target(publisher, kind="redis-stream", endpoint="", scope="fleet")],
+        metrics=Metrics(),
+        policy=RetryPolicy(Backoff(0.01, 0.05)),
+        resync_interval=3600.0,
+        instance="pod-a",
+    )
+    await router.start()
+    try:
+        router.submit(feedback("bars", 900, level="hard"))
+        router.submit(feedback("quotes", 10, level="ok"))
+        # Submitted at once: the second composite replaced the first undelivered one.
+        await eventually(lambda: _count(namespace, 1), message="the composite")
+
+        publisher.on_recovered()
+
+        await eventually(lambda: _count(namespace, 2), message="the resync")
+        event, headers = (await entries(namespace))[-1]
+        assert (event.level.value, event.coordinator_id) == ("hard", "bars")
+        assert (headers["resync"], headers["coordinators"]) == ("true", "2")
+    finally:
+        await router.stop(1.0)
+
+
+async def _count(namespace: str, expected: int) -> bool:
+    return len(await entries(namespace)) == expected
+
+
+async def test_two_sidecars_claiming_one_instance_make_feedback_degraded(
+    sidecar_process: Callable[..., SidecarProcess], namespace: str
+) -> None:
+    first = fleet_sidecar(sidecar_process, namespace, "pod-a", 2.0, renewal=0.2)
+    second = fleet_sidecar(sidecar_process, namespace, "pod-a", 2.0, renewal=0.2)
+    for sidecar, level in ((first, "ok"), (second, "soft")):
+        await sidecar.wait_listening()
+        await post(sidecar, level, 600)
+
+    async def degraded() -> str | None:
+        _, body = await first.get("/healthz")
+        [component] = [c for c in json.loads(body)["components"] if c["name"] == "feedback"]
+        return str(component["details"]) if component["state"] == "degraded" else None
+
+    details = await eventually(degraded, timeout=5.0, message="feedback degraded")
+    assert "another sidecar writes as fleet member 'pod-a'" in details
+    assert "another sidecar writes as member pod-a" in first.output()
