@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -57,9 +58,9 @@ async def member() -> AsyncIterator[MakeMember]:
         renewal: float = RENEWAL,
         metrics: Metrics | None = None,
     ) -> FleetStreamPublisher:
-        publisher = FleetStreamPublisher(
-            target(url, namespace), Fleet(instance, lease, renewal), metrics=metrics
-        )
+        # A token per publisher: each stands for a sidecar process of its own.
+        fleet = Fleet(instance, lease, renewal, token=secrets.token_hex(8))
+        publisher = FleetStreamPublisher(target(url, namespace), fleet, metrics=metrics)
         made.append(publisher)
         return publisher
 

@@ -22,7 +22,7 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -39,6 +39,7 @@ from market_data_sidecar.publishers.redis import SCHEMA_ID, TRACK, RedisStreamPu
 from market_data_sidecar.settings import RedisStreamTargetSettings
 
 _SCRIPT = resources.files(__package__).joinpath("fleet.lua").read_text(encoding="utf-8")
+PROCESS_TOKEN = secrets.token_hex(8)
 #: Wake this long after another member's lease ends: the server's `TIME` has passed it.
 EXPIRY_MARGIN = 0.02
 #: A foreign token under this member's name this recently makes the target's problem.
@@ -56,8 +57,9 @@ class Fleet:
     instance: str
     lease: float
     renewal: float
-    #: Random per process: tells this process's entry from another's under one name.
-    token: str = field(default_factory=lambda: secrets.token_hex(8))
+    #: Random per process (its incarnation): tells this process's entry from another's
+    #: under one name; two targets of one process writing one key are one member.
+    token: str = PROCESS_TOKEN
 
 
 @dataclass(frozen=True)
