@@ -134,12 +134,11 @@ class FleetStreamPublisher(RedisStreamPublisher):
         self.last_key = f"{self.stream}:fleet:last"
         self.hold_key = f"{self.stream}:fleet:hold"
         self._script: AsyncScript | None = None
-        #: The pod's composite as this member last wrote it (what renewals repeat).
+        #: The pod's newest composite, as this member writes it (what renewals repeat).
         self._state: str | None = None
         self._lock = asyncio.Lock()
         self._written = False
         self._duplicate_seen_at: float | None = None
-        self._duplicate_token = ""
         self._unparsable_reported: set[str] = set()
         self._last: StepResult | None = None
         self._last_at = 0.0
@@ -189,6 +188,10 @@ class FleetStreamPublisher(RedisStreamPublisher):
     async def _step(self, client: aioredis.Redis, state: str | None, *, force: bool) -> StepResult:
         """One Lua step, never two at once: a renewal must not overtake a newer state."""
         async with self._lock:
+            if state is not None:
+                # Before the step: should it fail or be cut short, the renewals still
+                # carry the newest state (the router retries the delivery, too).
+                self._state = state
             if self._script is None:
                 self._script = client.register_script(_SCRIPT)
             reply = await self._script(
@@ -209,8 +212,6 @@ class FleetStreamPublisher(RedisStreamPublisher):
             )
             result = StepResult.parse(reply)
             self._observe(result, wrote=state is not None)
-            if state is not None:
-                self._state = state
             return result
 
     def _observe(self, result: StepResult, *, wrote: bool) -> None:
@@ -226,7 +227,6 @@ class FleetStreamPublisher(RedisStreamPublisher):
                     self.fleet.instance,
                 )
             self._duplicate_seen_at = time.monotonic()
-            self._duplicate_token = result.found
         self._written = self._written or wrote
         for name in result.unparsable:
             if name in self._unparsable_reported:
