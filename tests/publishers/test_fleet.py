@@ -23,8 +23,8 @@ from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
 from market_data_sidecar.feedback.scope import composite_of
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher
-from market_data_sidecar.settings import RedisStreamTargetSettings
+from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher, member_state
+from market_data_sidecar.settings import ConfigError, RedisStreamTargetSettings, load_settings
 from tests.helpers import SidecarProcess, eventually, feedback, run_cli, store_payload
 from tests.redis_helpers import SHARED_REDIS_URL, RedisServer, feedback_key, stream_fields
 
@@ -394,12 +394,14 @@ async def test_an_unparsable_member_is_ignored_counted_and_logged_once(
     metrics = Metrics()
     a = member("pod-a", namespace, metrics=metrics)
     await a.start()
+    valid = json.loads(member_state(pod("pod-x", "bars", "hard", 990)))
     await shared_redis.hset(
         a.members_key,
         mapping={
             "by-hand": "hard!",
             "other-version": f'{2**50}|0|t|{{"level": "hard"}}',
             "not-json": f"{2**50}|0|t|{{nope",
+            "bad-payload": f"{2**50}|0|t|" + json.dumps({**valid, "payload": "{nope"}),
         },
     )
     await a.deliver([pod("pod-a", "bars", "soft", 600)])
@@ -410,7 +412,7 @@ async def test_an_unparsable_member_is_ignored_counted_and_logged_once(
     value = metrics.registry.get_sample_value(
         "sidecar_fleet_unparsable_members_total", {"target": a.name}
     )
-    assert value == 3
+    assert value == 4
     assert [m.instance for m in a.members()] == ["pod-a"]
 
 
@@ -539,3 +541,19 @@ async def test_two_sidecars_claiming_one_instance_make_feedback_degraded(
     details = await eventually(degraded, timeout=5.0, message="feedback degraded")
     assert "another sidecar writes as fleet member 'pod-a'" in details
     assert "another sidecar writes as member pod-a" in first.output()
+
+
+def test_streams_default_to_fleet_and_the_rest_to_coordinator() -> None:
+    settings = load_settings(
+        targets=[
+            {"kind": "redis-stream", "url": "redis://h"},
+            {"kind": "redis-pubsub", "url": "redis://h"},
+            {"kind": "http", "url": "http://h/"},
+            {"kind": "http", "url": "http://h/", "name": "pod", "scope": "pod"},
+        ],
+        instance="pod-a",
+    )
+    assert [t.scope for t in settings.targets] == ["fleet", "coordinator", "coordinator", "pod"]
+    assert (settings.fleet_lease, settings.fleet_renewal) == (15.0, 5.0)
+    with pytest.raises(ConfigError, match=r"SIDECAR_TARGETS\[0\].*scope 'coordinator'"):
+        load_settings(targets=[{"kind": "redis-stream", "url": "redis://h", "mode": "all"}])
