@@ -220,18 +220,23 @@ async def test_a_member_that_leaves_is_no_longer_counted_at_once(
 async def test_a_member_that_stops_renewing_stops_counting_when_its_lease_ends(
     member: MakeMember, namespace: str
 ) -> None:
+    metrics = Metrics()
     a = member("pod-a", namespace)
-    b = member("pod-b", namespace)
+    b = member("pod-b", namespace, metrics=metrics)
     await a.start()
     await b.start()
     await a.deliver([pod("pod-a", "bars", "hard", 900)])
     await b.deliver([pod("pod-b", "bars", "ok", 10)])
+    level = metrics.registry.get_sample_value
+    assert level("sidecar_fleet_member_level", {"target": b.name, "instance": "pod-a"}) == 2
     assert a._renewal is not None
     a._renewal.cancel()  # as a SIGKILLed member would
     stopped = time.monotonic()
 
     await until_last(namespace, ("ok", "pod-b"), timeout=LEASE + 1.0)
     assert time.monotonic() - stopped >= LEASE - RENEWAL - 0.1
+    assert level("sidecar_fleet_member_level", {"target": b.name, "instance": "pod-a"}) is None
+    assert level("sidecar_fleet_members", {"target": b.name}) == 1
 
 
 async def until_last(
@@ -484,6 +489,10 @@ async def test_feedback_status_page_and_metrics_show_the_composite_and_the_membe
     assert 'data-level="hard"' in page
     _, metrics = await sidecar.get("/metrics")
     assert 'sidecar_fleet_members{target="redis-stream:127.0.0.1"} 2.0' in metrics
+    assert (
+        'sidecar_fleet_member_level{instance="pod-b",target="redis-stream:127.0.0.1"} 1.0'
+        in metrics
+    )
     assert (
         'sidecar_feedback_composite_level{scope="fleet",target="redis-stream:127.0.0.1"} 2.0'
         in metrics

@@ -140,6 +140,8 @@ class FleetStreamPublisher(RedisStreamPublisher):
         self._written = False
         self._duplicate_seen_at: float | None = None
         self._unparsable_reported: set[str] = set()
+        #: Members whose series `/metrics` holds.
+        self._exported: set[str] = set()
         self._last: StepResult | None = None
         self._last_at = 0.0
         self._renewal: asyncio.Task[None] | None = None
@@ -242,6 +244,7 @@ class FleetStreamPublisher(RedisStreamPublisher):
             )
         self._last, self._last_at = result, time.monotonic()
         if self._metrics is not None:
+            self._export_members(self._metrics)
             self._metrics.fleet_members.labels(self.name).set(len(result.members))
             if result.composite is not None:
                 self._metrics.feedback_composite_level.labels(self.name, "fleet").set(
@@ -249,6 +252,17 @@ class FleetStreamPublisher(RedisStreamPublisher):
                 )
             if result.published:
                 self._metrics.fleet_published.labels(self.name).inc()
+
+    def _export_members(self, metrics: Metrics) -> None:
+        """Each shown member's level and lease age; a member gone leaves the metrics."""
+        shown = {member.instance: member for member in self.members()}
+        for gone in self._exported - shown.keys():
+            metrics.fleet_member_level.remove(self.name, gone)
+            metrics.fleet_member_lease_age.remove(self.name, gone)
+        for instance, member in shown.items():
+            metrics.fleet_member_level.labels(self.name, instance).set(severity(member.level))
+            metrics.fleet_member_lease_age.labels(self.name, instance).set(member.lease_age)
+        self._exported = set(shown)
 
     # -- renewal --------------------------------------------------------------------------
 
