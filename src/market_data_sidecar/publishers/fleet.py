@@ -144,6 +144,7 @@ class FleetStreamPublisher(RedisStreamPublisher):
         self._exported: set[str] = set()
         self._last: StepResult | None = None
         self._last_at = 0.0
+        self._due: float | None = None
         self._renewal: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._renewal_failing = False
@@ -243,6 +244,8 @@ class FleetStreamPublisher(RedisStreamPublisher):
                 ascii(name),
             )
         self._last, self._last_at = result, time.monotonic()
+        #: When another member's lease ends (or a hold): the renewal wakes then.
+        self._due = None if result.next_expiry is None else self._last_at + result.next_expiry
         if self._metrics is not None:
             self._export_members(self._metrics)
             self._metrics.fleet_members.labels(self.name).set(len(result.members))
@@ -291,14 +294,13 @@ class FleetStreamPublisher(RedisStreamPublisher):
                 self._renewal_failing = False
 
     def _next_wait(self) -> float:
-        wait = self.fleet.renewal
-        last = self._last
-        if last is not None and last.next_expiry is not None:
-            since = time.monotonic() - self._last_at
-            wait = min(wait, max(0.0, last.next_expiry - since) + EXPIRY_MARGIN)
-        return wait
+        if self._due is None:
+            return self.fleet.renewal
+        return min(self.fleet.renewal, max(0.0, self._due - time.monotonic()) + EXPIRY_MARGIN)
 
     def _renewal_failed(self, exc: BaseException) -> None:
+        # Retry at the renewal pace, not at a lease end long past (Redis is down).
+        self._due = None
         if not self._renewal_failing:
             logger.warning(
                 "fleet {}: member {} not renewed ({}); retrying every {:g}s",
