@@ -437,7 +437,7 @@ async def test_an_unparsable_member_is_ignored_counted_and_logged_once(
         ({"SIDECAR_INSTANCE": ""}, "SIDECAR_INSTANCE"),
         ({"SIDECAR_INSTANCE": "pod a\u2028"}, "SIDECAR_INSTANCE"),
         ({"SIDECAR_INSTANCE": "x" * 300}, "SIDECAR_INSTANCE"),
-        ({"SIDECAR_FLEET_LEASE": "4", "SIDECAR_FLEET_RENEWAL": "3"}, "fleet_lease"),
+        ({"SIDECAR_FLEET_LEASE": "4", "SIDECAR_FLEET_RENEWAL": "3"}, "SIDECAR_FLEET_LEASE (4)"),
     ],
 )  # fmt: skip
 def test_bad_fleet_configuration_is_one_line_and_exit_2(env: dict[str, str], named: str) -> None:
