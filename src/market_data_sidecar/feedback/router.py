@@ -394,6 +394,7 @@ class TargetLane:
             last_error_at=self.last_error_at,
             circuit=self.circuit.state,
             disabled=self.disabled,
+            readers=self.publisher.readers(),
         )
 
 
