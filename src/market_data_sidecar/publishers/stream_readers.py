@@ -39,7 +39,7 @@ import redis.asyncio as aioredis
 from loguru import logger
 from redis.exceptions import RedisError, ResponseError
 
-from market_data_sidecar.feedback.state import MAX_READER_GROUPS, ReaderGroup
+from market_data_sidecar.feedback.state import MAX_READER_GROUPS, ReaderGroup, clip
 from market_data_sidecar.metrics import Metrics
 
 #: Seconds between two readings: a new reader gets the current state within about this.
@@ -60,6 +60,9 @@ ACK_BATCH = 1000
 MAX_SWEEPS = 20
 #: Groups summarised in the `feedback` component's details (`GET /feedback` shows more).
 DETAIL_GROUPS = 4
+#: Group names are shown cut to this many characters: anyone with access to Redis names
+#: them, and what the sidecar shows stays bounded.
+MAX_NAME = 100
 
 #: Acknowledge, in every group of stream KEYS[1], at most ARGV[1] pending references to
 #: entries trimming removed: ids below the first entry, or every id when the stream is
@@ -119,7 +122,7 @@ class Group:
 
     def shown(self) -> ReaderGroup:
         return ReaderGroup(
-            group=self.name,
+            group=clip(self.name, MAX_NAME) or "",
             consumers=self.consumers,
             pending=self.pending,
             lag=self.lag,
@@ -397,7 +400,8 @@ def _summary(groups: list[Group]) -> str:
         seen = "no consumer" if idle is None else f"seen {idle:.1f}s ago"
         lag = "?" if group.lag is None else str(group.lag)
         unread = f", unread {group.unread_for:.0f}s" if group.unread_for >= 1 else ""
-        parts.append(f"{group.name} (lag {lag}, pending {group.pending}, {seen}{unread})")
+        name = clip(group.name, MAX_NAME)
+        parts.append(f"{name} (lag {lag}, pending {group.pending}, {seen}{unread})")
     if len(groups) > DETAIL_GROUPS:
         parts.append(f"+{len(groups) - DETAIL_GROUPS} more")
     return "; ".join(parts)
