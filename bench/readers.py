@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import shutil
 import subprocess
 import tempfile
@@ -270,7 +269,9 @@ def _join(own: OwnRedis, client: redis.Redis) -> float | None:
             )
         except TimeoutError:
             return None
-        return hard.arrived - ready.arrived
+        # The group may be seen, and resynced, before the driver (polling every 20 ms)
+        # says `ready`: then the rate came with the group.
+        return max(hard.arrived - ready.arrived, 0.0)
     finally:
         pipeline.stop()
 
@@ -293,26 +294,31 @@ class Driver:
     def __init__(self, name: str, proc: subprocess.Popen[bytes]) -> None:
         self.name = name
         self.proc = proc
-        self.lines: queue.Queue[Line] = queue.Queue()
+        self.lines: list[Line] = []
+        self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.lines.put(Line(json.loads(raw), time.monotonic()))
+            with contextlib.suppress(ValueError), self._changed:
+                self.lines.append(Line(json.loads(raw), time.monotonic()))
+                self._changed.notify_all()
 
     def wait_for(self, predicate: Callable[[Line], bool], timeout: float) -> Line:
+        """The first line so far, or to come within `timeout`, that matches: lines are
+        kept, as a rate may change before the driver has said `ready`."""
         deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if predicate(line):
-                return line
-        raise TimeoutError(f"{self.name}: no matching line within {timeout:g}s")
+        with self._changed:
+            while True:
+                found = next((line for line in self.lines if predicate(line)), None)
+                if found is not None:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{self.name}: no matching line within {timeout:g}s")
+                self._changed.wait(remaining)
 
     def stop(self) -> None:
         procs.forget(self.stop)
