@@ -11,6 +11,7 @@ Redis target (it is an optional extra).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -20,7 +21,7 @@ from market_data_sidecar.checks import Check
 from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
 from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds
 from market_data_sidecar.checks.feedback import FeedbackCheck
-from market_data_sidecar.checks.queue import QueueCheck
+from market_data_sidecar.checks.queue import MAX_COORDINATORS, QueueCheck
 from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.retry import Backoff
@@ -61,10 +62,14 @@ def wire(
     relay = build_relay(settings, metrics, publishers)
     if checks is None:
         checks = [*build_checks(settings, metrics), feedback_check(relay, settings)]
-    # The queue check's samples drive synthesized feedback.
+    # The queue check's samples drive synthesized feedback, and tell which coordinators
+    # the store no longer exports (a scrape lists at most MAX_COORDINATORS of them).
     for check in checks:
         if isinstance(check, QueueSampleSource):
             check.add_listener(relay.observe_queues)
+            check.add_listener(
+                functools.partial(relay.retire_unexported, complete_below=MAX_COORDINATORS)
+            )
     return Parts(settings, metrics, relay, build_monitor(settings, checks, metrics))
 
 
@@ -178,6 +183,15 @@ def _redis_stream(target: Any, metrics: Metrics | None) -> Publisher:
     return _redis(target).RedisStreamPublisher(target, metrics=metrics)  # type: ignore[no-any-return]
 
 
+def fleet_publisher(target: Any, settings: Settings, metrics: Metrics | None) -> Publisher:
+    """A stream target in `fleet` scope: this sidecar as one member of the fleet."""
+    _redis(target)  # the same message as any Redis target without the extra
+    from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher
+
+    fleet = Fleet(settings.instance, settings.fleet_lease, settings.fleet_renewal)
+    return FleetStreamPublisher(target, fleet, metrics=metrics)
+
+
 class _MissingRedis(Exception):
     """A Redis target without the `redis` extra installed."""
 
@@ -203,7 +217,10 @@ def build_publishers(settings: Settings, metrics: Metrics | None = None) -> list
     publishers = []
     for index, target in enumerate(settings.targets):
         try:
-            publishers.append(FACTORIES[target.kind](target, metrics))
+            if target.scope == "fleet":
+                publishers.append(fleet_publisher(target, settings, metrics))
+            else:
+                publishers.append(FACTORIES[target.kind](target, metrics))
         except _MissingRedis:
             raise ConfigError(
                 f"invalid configuration: SIDECAR_TARGETS[{index}]: kind {target.kind!r} needs "
@@ -225,6 +242,7 @@ def build_relay(
             kind=target.kind,
             endpoint=redact_url(target.endpoint),
             buffer=target.buffer,
+            scope=target.scope,
         )
         for publisher, target in zip(publishers, settings.targets, strict=True)
     ]
@@ -235,7 +253,13 @@ def build_relay(
         failing_after=settings.target_failing_after,
     )
     return Relay(
-        Router(targets, metrics=metrics, policy=policy, resync_interval=settings.resync_interval),
+        Router(
+            targets,
+            metrics=metrics,
+            policy=policy,
+            resync_interval=settings.resync_interval,
+            instance=settings.instance,
+        ),
         metrics=metrics,
         watermarks=Watermarks(settings.queue_low_watermark, settings.queue_high_watermark),
         synthesize=settings.synthesize_feedback,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from market_data_core.telemetry import FeedbackEvent
 
 from market_data_sidecar.feedback.model import Feedback, as_feedback
-from market_data_sidecar.feedback.state import ReaderGroup
+from market_data_sidecar.feedback.state import CompositeState, MemberState, ReaderGroup
 
 
 class DeliveryError(Exception):
@@ -90,6 +90,15 @@ class Publisher(ABC):
         """Who reads the target (a stream's consumer groups), or None where that cannot be
         known: what `GET /feedback` shows. Refreshed by `health_details`."""
         return None
+
+    def composite(self) -> CompositeState | None:
+        """The composite the target last wrote, when the publisher makes its own (the
+        fleet's); None: the router's pod composite is what the target carries."""
+        return None
+
+    def members(self) -> list[MemberState]:
+        """The fleet's members as last seen (a `fleet` target), else none."""
+        return []
 
 
 def _nothing() -> None:
