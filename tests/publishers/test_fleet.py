@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,6 +19,8 @@ from market_data_core.events import JsonCodec
 from market_data_core.telemetry import FeedbackEvent
 
 from market_data_sidecar.feedback.model import Feedback
+from market_data_sidecar.feedback.retry import Backoff
+from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
 from market_data_sidecar.feedback.scope import composite_of
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher
@@ -54,9 +58,9 @@ async def member() -> AsyncIterator[MakeMember]:
         renewal: float = RENEWAL,
         metrics: Metrics | None = None,
     ) -> FleetStreamPublisher:
-        publisher = FleetStreamPublisher(
-            target(url, namespace), Fleet(instance, lease, renewal), metrics=metrics
-        )
+        # A token per publisher: each stands for a sidecar process of its own.
+        fleet = Fleet(instance, lease, renewal, token=secrets.token_hex(8))
+        publisher = FleetStreamPublisher(target(url, namespace), fleet, metrics=metrics)
         made.append(publisher)
         return publisher
 
@@ -438,3 +442,107 @@ def test_bad_fleet_configuration_is_one_line_and_exit_2(env: dict[str, str], nam
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert named in line
+
+
+# -- what operators see ----------------------------------------------------------------------
+
+
+async def test_feedback_status_page_and_metrics_show_the_composite_and_the_members(
+    sidecar_process: Callable[..., SidecarProcess], member: MakeMember, namespace: str
+) -> None:
+    sidecar = fleet_sidecar(sidecar_process, namespace, "pod-a", 15.0, renewal=0.2)
+    other = member("pod-b", namespace, lease=15.0, renewal=0.2)
+    await other.start()
+    await other.deliver([pod("pod-b", "quotes", "soft", 600, count=3)])
+    await sidecar.wait_listening()
+    await post(sidecar, "hard", 900)
+
+    async def both_seen() -> dict[str, Any] | None:
+        _, body = await sidecar.get("/feedback")
+        [target] = json.loads(body)["targets"]
+        members = {m["instance"] for m in target["members"]}
+        return target if members == {"pod-a", "pod-b"} else None
+
+    target = await eventually(both_seen, timeout=5.0, message="both members seen")
+    assert target["scope"] == "fleet"
+    composite = target["composite"]
+    assert (composite["level"], composite["member"], composite["coordinator_id"]) == (
+        "hard",
+        "pod-a",
+        "bars",
+    )
+    assert (composite["members"], composite["coordinators"]) == (2, 4)
+    [first, second] = target["members"]
+    assert (first["instance"], first["level"], second["level"]) == ("pod-a", "hard", "soft")
+    assert 0 <= second["lease_age"] < 15
+
+    status = await asyncio.to_thread(run_cli, "status", "--url", sidecar.url)
+    assert "fleet hard: bars of pod-a (2 members, 4 coordinators)" in status.stdout
+    assert any(
+        line.split()[:3] == ["pod-b", "soft", "quotes"] for line in status.stdout.splitlines()
+    )
+    _, page = await sidecar.get("/")
+    assert 'data-member="pod-b"' in page
+    assert 'data-level="hard"' in page
+    _, metrics = await sidecar.get("/metrics")
+    assert 'sidecar_fleet_members{target="redis-stream:127.0.0.1"} 2.0' in metrics
+    assert (
+        'sidecar_feedback_composite_level{scope="fleet",target="redis-stream:127.0.0.1"} 2.0'
+        in metrics
+    )
+
+
+async def test_a_recovered_target_force_appends_the_current_composite(
+    member: MakeMember, namespace: str
+) -> None:
+    """`on_recovered` (Redis restarted, a new consumer group) makes the router resync the
+    target: in fleet scope, one forced entry of the fleet's current composite."""
+    publisher = member("pod-a", namespace)
+    router = Router(
+        [Target(publisher, kind="redis-stream", endpoint="", scope="fleet")],
+        metrics=Metrics(),
+        policy=RetryPolicy(Backoff(0.01, 0.05)),
+        resync_interval=3600.0,
+        instance="pod-a",
+    )
+    await router.start()
+    try:
+        router.submit(feedback("bars", 900, level="hard"))
+        router.submit(feedback("quotes", 10, level="ok"))
+        # Submitted at once: the second composite replaced the first undelivered one.
+        await eventually(lambda: _count(namespace, 1), message="the composite")
+
+        publisher.on_recovered()
+
+        await eventually(lambda: _count(namespace, 2), message="the resync")
+        event, headers = (await entries(namespace))[-1]
+        assert (event.level.value, event.coordinator_id) == ("hard", "bars")
+        assert (headers["resync"], headers["coordinators"]) == ("true", "2")
+    finally:
+        await router.stop(1.0)
+
+
+async def _count(namespace: str, expected: int) -> bool:
+    return len(await entries(namespace)) == expected
+
+
+async def test_two_sidecars_claiming_one_instance_make_feedback_degraded(
+    sidecar_process: Callable[..., SidecarProcess], namespace: str
+) -> None:
+    first = fleet_sidecar(sidecar_process, namespace, "pod-a", 2.0, renewal=0.2)
+    second = fleet_sidecar(sidecar_process, namespace, "pod-a", 2.0, renewal=0.2)
+    for sidecar, level in ((first, "ok"), (second, "soft")):
+        await sidecar.wait_listening()
+        await post(sidecar, level, 600)
+
+    async def degraded() -> str | None:
+        _, body = await first.get("/healthz")
+        [component] = [c for c in json.loads(body)["components"] if c["name"] == "feedback"]
+        details = str(component["details"])
+        # Nobody reads this stream either (a problem too): wait for the duplicate.
+        duplicate = component["state"] == "degraded" and "another sidecar" in details
+        return details if duplicate else None
+
+    details = await eventually(degraded, timeout=5.0, message="feedback degraded")
+    assert "another sidecar writes as fleet member 'pod-a'" in details
+    assert "another sidecar writes as member pod-a" in first.output()
