@@ -48,9 +48,6 @@ KEY = "mdp:mdp.telemetry.feedback"
 COORDINATORS = 10_000
 RESYNC = 1.0
 MAXLEN = 10_000
-#: The readers' own bound: a group's pending list within MAXLEN plus one node that
-#: approximate trimming may keep.
-PENDING_BOUND = MAXLEN + 100
 SAMPLE_EVERY = 2.0
 #: Trials of the late pipeline, and how long one may wait for its rate.
 TRIALS = 5
@@ -68,12 +65,12 @@ def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     try:
         with exported(BEFORE) as before:
-            rows += _memory(ctx, own, soak, "coordinator", before)
+            rows += _memory(ctx, own, soak, COORDINATOR_CASE, before, scoped_before=False)
             rows.append(_convergence(own, before))
         if _has_scopes():
             if FLEET_BEFORE:
                 with exported(FLEET_BEFORE) as fleet_before:
-                    rows += _memory(ctx, own, soak, "fleet", fleet_before)
+                    rows += _memory(ctx, own, soak, FLEET_CASE, fleet_before, scoped_before=True)
             else:
                 ctx.note("readers: fleet scope not compared (BENCH_READERS_FLEET_BEFORE unset)")
         else:
@@ -106,6 +103,29 @@ def _has_scopes() -> bool:
 # -- memory ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Case:
+    scope: str
+    maxlen: int
+    #: Levels the coordinators are taught, in turn.
+    levels: tuple[str, ...]
+    #: Changes per second of one coordinator between `hard` and `ok` during the soak.
+    churn: float = 0.0
+
+    @property
+    def pending_bound(self) -> int:
+        """A group's pending list within MAXLEN, plus the node approximate trimming keeps."""
+        return self.maxlen + 100
+
+
+#: Every coordinator's state every second: ~10,000 entries a second.
+COORDINATOR_CASE = Case("coordinator", MAXLEN, LEVELS)
+#: One composite per change and per resync: a coordinator flips 50 times a second (every
+#: other one `ok`), so the composite changes as often, and a small MAXLEN is trimmed
+#: within the soak.
+FLEET_CASE = Case("fleet", 100, ("ok",), churn=50.0)
+
+
 @dataclass
 class Soak:
     seconds: list[float] = field(default_factory=list)
@@ -114,12 +134,19 @@ class Soak:
     acked: float = 0.0
 
 
-def _memory(ctx: Context, own: OwnRedis, soak: float, scope: str, before: Path) -> list[Row]:
+def _memory(
+    ctx: Context, own: OwnRedis, soak: float, case: Case, before: Path, *, scoped_before: bool
+) -> list[Row]:
     results = {
-        label: _soak(own, soak, scope, src) for label, src in (("before", before), ("after", None))
+        "before": _soak(own, soak, case, before, scoped=scoped_before),
+        "after": _soak(own, soak, case, None, scoped=_has_scopes()),
     }
     b, a = results["before"], results["after"]
-    label = f"{scope} scope, {COORDINATORS:,} coordinators, resync {RESYNC:g}s, {soak:.0f}s"
+    churn = f", composite changing {case.churn:g}/s" if case.churn else ""
+    label = (
+        f"{case.scope} scope, {COORDINATORS:,} coordinators{churn}, resync {RESYNC:g}s, "
+        f"maxlen {case.maxlen:,}, {soak:.0f}s"
+    )
     rows = [
         Row(NAME, f"Redis used_memory growth over the second half, {label}", _slope(a) / 2**20,
             "MiB/min", _slope(b) / 2**20, "the sidecar before", target="a plateau (~0)",
@@ -133,20 +160,20 @@ def _memory(ctx: Context, own: OwnRedis, soak: float, scope: str, before: Path) 
         rows.append(
             Row(NAME, f"{group} group's pending entries at the end, {label}", final, "entries",
                 b.pending[-1].get(group, 0), "the sidecar before",
-                target=f"<= {PENDING_BOUND:,} (maxlen {MAXLEN:,})",
-                passed=most <= PENDING_BOUND,
+                target=f"<= {case.pending_bound:,}", passed=most <= case.pending_bound,
                 note=f"most seen {most:,}; references to trimmed entries acknowledged by the "
                      f"sidecar: {a.acked:,.0f}")
         )  # fmt: skip
-    ctx.extra[f"readers-{scope}"] = {
+    ctx.extra[f"readers-{case.scope}"] = {
         name: {"seconds": s.seconds, "used_memory": s.used_memory, "pending": s.pending}
         for name, s in results.items()
     }
     return rows
 
 
-def _soak(own: OwnRedis, seconds: float, scope: str, src: Path | None) -> Soak:
-    """One sidecar with the real consumers; samples Redis for `seconds`."""
+def _soak(own: OwnRedis, seconds: float, case: Case, src: Path | None, *, scoped: bool) -> Soak:
+    """One sidecar with the real consumers; samples Redis for `seconds`. `scoped`: the
+    sidecar knows `scope` (and is told the case's)."""
     client = redis.Redis.from_url(own.url, decode_responses=True)
     client.flushall()  # the benchmark's own server
     consumers = [_driver(own, "pipeline_driver.py"), _driver(own, "observer_driver.py")]
@@ -156,14 +183,14 @@ def _soak(own: OwnRedis, seconds: float, scope: str, src: Path | None) -> Soak:
         for consumer in consumers:
             consumer.wait_for(lambda line: line.get("event") == "ready", 60)
         target: dict[str, Any] = {"kind": "redis-stream", "name": "pulse", "url": own.url,
-                                  "maxlen": MAXLEN, "buffer": 2 * COORDINATORS}  # fmt: skip
-        if scope != "coordinator":
-            target["scope"] = scope
+                                  "maxlen": case.maxlen, "buffer": 2 * COORDINATORS}  # fmt: skip
+        if scoped:
+            target["scope"] = case.scope
         env = {"SIDECAR_TARGETS": json.dumps([target]), "SIDECAR_RESYNC_INTERVAL": str(RESYNC)}
         if src is not None:
             env["PYTHONPATH"] = str(src)
-        sidecar = Sidecar(f"sidecar-readers-{scope}-{label}", env).start()
-        _teach(sidecar)
+        sidecar = Sidecar(f"sidecar-readers-{case.scope}-{label}", env).start()
+        _teach(sidecar, case.levels)
         result = Soak()
         started = time.monotonic()
         while (elapsed := time.monotonic() - started) <= seconds:
@@ -171,7 +198,7 @@ def _soak(own: OwnRedis, seconds: float, scope: str, src: Path | None) -> Soak:
             result.used_memory.append(int(client.info("memory")["used_memory"]))
             groups = client.xinfo_groups(KEY)
             result.pending.append({g["name"]: int(g["pending"]) for g in groups})
-            time.sleep(SAMPLE_EVERY)  # the sampling period, not a synchronisation
+            _churn(sidecar, case.churn, SAMPLE_EVERY)
         result.acked = metric_sum(
             sidecar.metrics(), "sidecar_stream_trimmed_references_acked_total"
         )
@@ -184,11 +211,23 @@ def _soak(own: OwnRedis, seconds: float, scope: str, src: Path | None) -> Soak:
         client.close()
 
 
-def _teach(sidecar: Sidecar) -> None:
+def _churn(sidecar: Sidecar, per_second: float, seconds: float) -> None:
+    """`seconds` of one coordinator flipping between hard and ok (or of nothing)."""
+    if not per_second:
+        time.sleep(seconds)  # the sampling period, not a synchronisation
+        return
+    for n in range(int(per_second * seconds)):
+        level, depth = ("hard", 900) if n % 2 == 0 else ("ok", 10)
+        sidecar.post_json("/feedback", {"coordinator_id": "churn", "queue_size": depth,
+                                        "capacity": 1000, "level": level})  # fmt: skip
+        time.sleep(1 / per_second)  # the pace of the changes
+
+
+def _teach(sidecar: Sidecar, levels: tuple[str, ...]) -> None:
     for start in range(0, COORDINATORS, 500):
         batch = [
-            {"coordinator_id": f"coord-{n:05d}", "queue_size": n % 1000, "capacity": 1000,
-             "level": LEVELS[n % 3], "reason": None, "utilization": (n % 1000) / 1000}
+            {"coordinator_id": f"coord-{n:05d}", "queue_size": 10, "capacity": 1000,
+             "level": levels[n % len(levels)], "reason": None, "utilization": 0.01}
             for n in range(start, min(start + 500, COORDINATORS))
         ]  # fmt: skip
         status, body = sidecar.post_json("/feedback", batch)
