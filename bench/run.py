@@ -62,6 +62,7 @@ BENCHMARKS.update(
         "fanout": ("bench.fanout", _needs_http_relay),
         "stream": ("bench.stream", _needs_stream_relay),
         "resync": ("bench.resync", _needs_stream_relay),
+        "readers": ("bench.readers", _needs_stream_relay),
         "footprint": ("bench.footprint", _needs_everything),
     }
 )

@@ -218,6 +218,43 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        # a stream target's readers: its consumer groups, as XINFO tells them
+        self.stream_group_lag = Gauge(
+            "sidecar_stream_group_lag_entries",
+            "Entries of a stream target not yet delivered to a consumer group.",
+            ["target", "group"],
+            registry=r,
+        )
+        self.stream_group_pending = Gauge(
+            "sidecar_stream_group_pending_entries",
+            "Entries delivered to a consumer group and never acknowledged.",
+            ["target", "group"],
+            registry=r,
+        )
+        self.stream_group_consumers = Gauge(
+            "sidecar_stream_group_consumers",
+            "Consumers in a consumer group of a stream target.",
+            ["target", "group"],
+            registry=r,
+        )
+        self.stream_group_idle = Gauge(
+            "sidecar_stream_group_idle_seconds",
+            "Since a consumer group's most recently active consumer was seen.",
+            ["target", "group"],
+            registry=r,
+        )
+        self.stream_trimmed_acked = Counter(
+            "sidecar_stream_trimmed_references_acked_total",
+            "Pending references to entries trimming removed, acknowledged by the sidecar.",
+            ["target"],
+            registry=r,
+        )
+        self.stream_reader_arrivals = Counter(
+            "sidecar_stream_reader_arrivals_total",
+            "Consumer groups that appeared or were reset, each answered with a resync.",
+            ["target"],
+            registry=r,
+        )
 
         # hostile peers: what clients hold, and what they got wrong
         self.connections = Gauge("sidecar_connections", "Open client connections.", registry=r)

@@ -143,6 +143,7 @@ def test_coordinators_and_targets_render_with_bars_and_states() -> None:
     assert targets == {"orchestrator": "healthy", "pipeline": "unhealthy"}
     assert "http://orchestrator:8080/feedback" in html
     assert "Feedback is pushed by the store" in html
+    assert "pipeline: lag 0, 9600 pending, seen 0.4s ago" in html
 
 
 async def test_page_in_headless_chromium_shows_a_degraded_disk(

@@ -103,6 +103,22 @@ FEEDBACK: dict[str, Any] = {
             "last_error_at": NOW - 1,
             "circuit": "open",
             "disabled": False,
+            "readers": [
+                {
+                    "group": "pipeline",
+                    "consumers": 1,
+                    "pending": 9600,
+                    "lag": 0,
+                    "idle_seconds": 0.4,
+                },
+                {
+                    "group": "orchestrator",
+                    "consumers": "junk",
+                    "pending": 0,
+                    "lag": None,
+                    "idle_seconds": None,
+                },
+            ],
         },
     ],
     "last_store_event_at": NOW - 3,
@@ -191,6 +207,23 @@ def test_table_shows_levels_deliveries_and_errors_without_colour() -> None:
     pipeline_row = next(line for line in lines if line.startswith("pipeline"))
     assert re.search(r"open\s+7\s+0\s+9\s+2\s+never\s+connection", pipeline_row)
     assert "feedback: store pushes; last event from the store 3s ago" in text
+
+
+def test_a_streams_readers_show_under_the_targets() -> None:
+    view = StatusView.from_json(HEALTH, FEEDBACK)
+    orchestrator, pipeline = view.targets
+    assert orchestrator.readers is None  # not a stream
+    assert [group.consumers for group in pipeline.readers or []] == [1, 0]
+    text = render_table(view)
+    assert (
+        "readers of pipeline: pipeline: lag 0, 9600 pending, seen 0.4s ago; "
+        "orchestrator: lag ?, 0 pending, no consumer"
+    ) in text
+    assert "readers of orchestrator" not in text
+    assert "readers pipeline: lag 0" in "\n".join(render_lines(view))
+
+    nobody = {**FEEDBACK, "targets": [{**FEEDBACK["targets"][1], "readers": []}]}
+    assert "readers of pipeline: no reader" in render_table(StatusView.from_json(HEALTH, nobody))
 
 
 def test_colour_marks_states_and_width_trims_lines() -> None:

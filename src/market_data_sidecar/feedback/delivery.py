@@ -16,7 +16,7 @@ from typing import ParamSpec, TypeVar
 from market_data_core.telemetry import FeedbackEvent
 
 from market_data_sidecar.feedback.model import Feedback, as_feedback
-from market_data_sidecar.feedback.state import CompositeState, MemberState
+from market_data_sidecar.feedback.state import CompositeState, MemberState, ReaderGroup
 from market_data_sidecar.redaction import first_line
 
 P = ParamSpec("P")
@@ -106,6 +106,11 @@ class Publisher(ABC):
         """Why the target is wrong although deliveries succeed (nobody reads the stream,
         another sidecar claims this one's fleet member), or None: the `feedback` component
         degrades with it. Refreshed by `health_details`."""
+        return None
+
+    def readers(self) -> list[ReaderGroup] | None:
+        """Who reads the target (a stream's consumer groups), or None where that cannot be
+        known: what `GET /feedback` shows. Refreshed by `health_details`."""
         return None
 
     def composite(self) -> CompositeState | None:

@@ -426,6 +426,7 @@ class TargetLane:
             scope=self.target.scope,
             composite=self._composite_state(),
             members=self.publisher.members(),
+            readers=self.publisher.readers(),
         )
 
     def _composite_state(self) -> CompositeState | None:

@@ -79,6 +79,27 @@ def composite_state(feedback: Feedback) -> CompositeState:
     )
 
 
+#: Consumer groups shown per stream target; the rest are counted in the metrics only.
+MAX_READER_GROUPS = 16
+
+
+class ReaderGroup(BaseModel):
+    """One consumer group reading a stream target, as XINFO GROUPS / CONSUMERS tell it."""
+
+    model_config = _EXACT
+
+    group: str
+    consumers: int = Field(ge=0, description="Consumers in the group, live or not.")
+    pending: int = Field(ge=0, description="Entries delivered to the group and never acknowledged.")
+    lag: int | None = Field(
+        default=None, description="Entries not yet delivered to the group (null: unknown)."
+    )
+    idle_seconds: float | None = Field(
+        default=None,
+        description="Since the group's most recently active consumer was seen (null: none).",
+    )
+
+
 class TargetState(BaseModel):
     """One target's delivery record. Defaults are what a reader assumes of a field it
     cannot read; the served document always carries every field."""
@@ -116,6 +137,13 @@ class TargetState(BaseModel):
     )
     members: list[MemberState] = Field(
         default_factory=list, description="A `fleet` target's live members, as last seen."
+    )
+    readers: list[ReaderGroup] | None = Field(
+        default=None,
+        description=(
+            f"A stream's consumer groups (at most {MAX_READER_GROUPS}), read each check "
+            "interval; null for other targets or before the first reading."
+        ),
     )
 
 

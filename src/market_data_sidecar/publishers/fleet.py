@@ -323,7 +323,7 @@ class FleetStreamPublisher(RedisStreamPublisher):
                 f"target {self.name}: another sidecar writes as fleet member "
                 f"{self.fleet.instance!r} (set a distinct SIDECAR_INSTANCE on each)"
             )
-        return None
+        return super().problem()  # the stream's readers
 
     def composite(self) -> CompositeState | None:
         return self._last.composite if self._last is not None else None

@@ -46,8 +46,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from market_data_sidecar.feedback.delivery import DeliveryError, Publisher, encoder
 from market_data_sidecar.feedback.model import Feedback
+from market_data_sidecar.feedback.state import ReaderGroup
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis_protocol import BoundedParser
+from market_data_sidecar.publishers.stream_readers import StreamReaders
 from market_data_sidecar.redaction import Redactor, redact_url, url_secrets
 from market_data_sidecar.settings import (
     ConfigError,
@@ -275,6 +277,24 @@ class RedisStreamPublisher(_RedisPublisher):
         self.conflate = target.mode == "latest"
         self.mode = target.mode
         self._maxlen = target.maxlen
+        # A reader that arrives gets the current state at once: `on_recovered` is looked
+        # up when called, as the router sets it after construction.
+        self.stream_readers = StreamReaders(
+            self.name,
+            self.stream,
+            on_arrival=lambda: self.on_recovered(),
+            timeout=target.timeout,
+            metrics=metrics,
+        )
+
+    async def start(self) -> None:
+        await super().start()
+        assert self._client is not None
+        self.stream_readers.start(self._client)
+
+    async def close(self) -> None:
+        await self.stream_readers.close()
+        await super().close()
 
     async def _send(self, client: aioredis.Redis, batch: Sequence[Feedback]) -> None:
         # No MULTI: entries are independent, and a transaction would only add round
@@ -311,7 +331,13 @@ class RedisStreamPublisher(_RedisPublisher):
         ).encode()
 
     def _describe(self) -> dict[str, str]:
-        return {"stream": self.stream, "mode": self.mode}
+        return {"stream": self.stream, "mode": self.mode} | self.stream_readers.details()
+
+    def problem(self) -> str | None:
+        return self.stream_readers.problem()
+
+    def readers(self) -> list[ReaderGroup] | None:
+        return self.stream_readers.readers()
 
 
 async def _run_id(connection: AbstractConnection) -> str | None:

@@ -13,8 +13,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from market_data_sidecar.feedback.state import CompositeState, MemberState, TargetState
-from market_data_sidecar.views.format import percent_text, printable
+from market_data_sidecar.feedback.state import (
+    MAX_READER_GROUPS,
+    CompositeState,
+    MemberState,
+    ReaderGroup,
+    TargetState,
+)
+from market_data_sidecar.views.format import num, percent_text, printable
 
 #: `details` every component carries; they say when, not what.
 BOOKKEEPING = frozenset({"checked_at", "duration_ms", "observed_state", "streak"})
@@ -220,6 +226,7 @@ def _target(data: Mapping[str, Any]) -> TargetState:
         last_error_at=_float(data.get("last_error_at")),
         circuit=cast(Any, _text(data.get("circuit") or "closed")),
         disabled=bool(data.get("disabled", False)),
+        readers=_readers(data.get("readers")),
         scope=cast(Any, _text(data.get("scope") or "coordinator")),
         composite=_composite(data.get("composite")),
         members=[
@@ -273,6 +280,39 @@ def composite_text(target: TargetState) -> str | None:
         f"{composite.scope} {composite.level}: {composite.coordinator_id} of "
         f"{composite.member} ({counts})"
     )
+
+
+def _readers(value: Any) -> list[ReaderGroup] | None:
+    """A stream's consumer groups, read tolerantly (at most as many as a sidecar sends)."""
+    if not isinstance(value, list):
+        return None
+    return [
+        ReaderGroup.model_construct(
+            group=_text(item.get("group", "?")),
+            consumers=_int(item.get("consumers")) or 0,
+            pending=_int(item.get("pending")) or 0,
+            lag=_int(item.get("lag")),
+            idle_seconds=_float(item.get("idle_seconds")),
+        )
+        for item in value[:MAX_READER_GROUPS]
+        if isinstance(item, Mapping)
+    ]
+
+
+def readers_text(target: TargetState) -> str | None:
+    """`pipeline: lag 0, 96 pending, seen 0.4s ago; orchestrator: ...`, `no reader` when no
+    group reads the stream, None when the target has no readers to show (not a stream)."""
+    if target.readers is None:
+        return None
+    if not target.readers:
+        return "no reader"
+    return "; ".join(_reader_text(group) for group in target.readers)
+
+
+def _reader_text(group: ReaderGroup) -> str:
+    lag = "?" if group.lag is None else num(group.lag)
+    seen = "no consumer" if group.idle_seconds is None else f"seen {group.idle_seconds:.1f}s ago"
+    return f"{group.group}: lag {lag}, {num(group.pending)} pending, {seen}"
 
 
 def _text(value: Any) -> str:

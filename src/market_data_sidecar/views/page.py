@@ -24,6 +24,7 @@ from market_data_sidecar.views.model import (
     CoordinatorRow,
     StatusView,
     composite_text,
+    readers_text,
     target_health,
 )
 
@@ -211,7 +212,8 @@ def _targets(view: StatusView) -> str:
         body = (
             "<table><thead><tr><th>target</th><th>kind</th><th>endpoint</th><th>circuit</th>"
             "<th>buffer</th><th>delivered</th><th>retried</th><th>dropped</th>"
-            f"<th>last success</th><th>last error</th></tr></thead><tbody>{rows}</tbody></table>"
+            "<th>last success</th><th>last error</th><th>readers</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
         )
     source = "synthesized from queue depths" if view.synthesizing else "pushed by the store"
     last = age(view.last_store_event_at) if view.last_store_event_at else "never"
@@ -267,8 +269,18 @@ def _target_row(t: TargetState) -> str:
         f'<td class="num">{count(t.buffer_depth)}</td><td class="num">{count(t.delivered)}</td>'
         f'<td class="num">{count(t.retried)}</td><td class="num">{dropped}</td>'
         f"<td>{escape(age(t.last_success) if t.last_success else 'never')}</td>"
-        f"<td>{error}</td></tr>"
+        f"<td>{error}</td><td>{_readers(t)}</td></tr>"
     )
+
+
+def _readers(t: TargetState) -> str:
+    """A stream's consumer groups; `no reader` stands out, as it makes `feedback` degraded."""
+    text = readers_text(t)
+    if text is None:
+        return "-"
+    if not t.readers:
+        return f'<span class="error">{escape(text)}</span>'
+    return escape(text)
 
 
 def _circuit(circuit: str | None) -> str:

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 
 from market_data_sidecar.feedback.state import TargetState
 from market_data_sidecar.views.format import age, clock, count, num, percent
-from market_data_sidecar.views.model import CoordinatorRow, StatusView, composite_text
+from market_data_sidecar.views.model import (
+    CoordinatorRow,
+    StatusView,
+    composite_text,
+    readers_text,
+)
 
 _RESET = "\x1b[0m"
 _STYLES = {
@@ -102,6 +107,10 @@ def render_table(view: StatusView, *, colour: bool = False, width: int | None = 
             colour,
         )  # fmt: skip
         lines += _composite_lines(view, colour)
+        for t in view.targets:
+            if (readers := readers_text(t)) is not None:
+                style = "" if t.readers else "degraded"
+                lines.append(_paint(f"readers of {t.name}: {readers}", style, colour))
         source = "synthesizing from queue depths" if view.synthesizing else "store pushes"
         last = age(view.last_store_event_at) if view.last_store_event_at else "never"
         lines.append(f"feedback: {source}; last event from the store {last}")
@@ -215,6 +224,8 @@ def render_lines(view: StatusView) -> list[str]:
         )
         if t.last_error:
             text += f", last error {t.last_error}"
+        if (readers := readers_text(t)) is not None:
+            text += f", readers {readers}"
         lines.append(text)
         if (composite := composite_text(t)) is not None:
             lines.append(f"target {t.name} composite {composite}")
