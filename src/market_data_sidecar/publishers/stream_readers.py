@@ -44,6 +44,8 @@ from market_data_sidecar.metrics import Metrics
 
 #: Seconds between two readings: a new reader gets the current state within about this.
 WATCH_INTERVAL = 0.5
+#: Longest wait between two readings while they fail.
+FAILING_INTERVAL_MAX = 5.0
 #: Core's `RedisStreamsBus.subscribe` blocks each XREADGROUP for 2,000 ms (its `block_ms`
 #: default, kept by the pipeline's `FeedbackConsumer` and the orchestrator's
 #: `PulseObserver`), so Redis sees a live consumer at least this often.
@@ -181,16 +183,22 @@ class StreamReaders:
 
     async def _watch(self, client: aioredis.Redis) -> None:
         sweep = client.register_script(SWEEP)
+        delay = self._interval
         while True:
             try:
                 async with asyncio.timeout(self._timeout):
                     await self.read(client)
                     await self._sweep(sweep)
                 self.readings += 1
+                delay = self._interval
             except (RedisError, OSError):
-                # Unreachable or slow: the publisher reports that; keep what was seen.
+                # Unreachable or slow: the publisher reports that; keep what was seen. Back
+                # off, so a peer that is down or not Redis costs a connection every few
+                # seconds at most, not two a second (a Redis restarted meanwhile is seen by
+                # its new run_id, and resynced, whatever this loop's delay).
                 self._groups = None
-            await asyncio.sleep(self._interval)
+                delay = min(delay * 2, FAILING_INTERVAL_MAX)
+            await asyncio.sleep(delay)
 
     # -- reading -------------------------------------------------------------------------------
 
