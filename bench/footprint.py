@@ -94,7 +94,7 @@ def _sidecar(
         {"kind": "http", "url": orchestrators.hook(orchestrators.healthy[0]), "name": "orch-a"},
         {"kind": "http", "url": orchestrators.hook(orchestrators.healthy[1]), "name": "orch-b"},
         {"kind": "redis-stream", "url": own_redis.url, "namespace": "bench", "mode": "all",
-         "maxlen": 100_000, "name": "stream"},
+         "maxlen": 100_000, "name": "stream", "scope": "coordinator"},
         {"kind": "redis-pubsub", "url": own_redis.url, "channel": "feedback", "name": "pubsub"},
     ]  # fmt: skip
     sidecar = Sidecar(

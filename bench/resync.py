@@ -55,7 +55,7 @@ def run(ctx: Context) -> list[Row]:
 def _targets(own: OwnRedis) -> list[dict[str, Any]]:
     return [
         {"kind": "redis-stream", "name": f"t{n}", "url": own.url, "namespace": f"resync{n}",
-         "maxlen": 50_000, "buffer": 20_000}
+         "maxlen": 50_000, "buffer": 20_000, "scope": "coordinator"}
         for n in range(TARGETS)
     ]  # fmt: skip
 

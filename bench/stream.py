@@ -74,6 +74,7 @@ def _sidecar(ctx: Context, own: OwnRedis, client: redis.Redis) -> dict[str, Any]
         "url": own.url,
         "namespace": NAMESPACE,
         "mode": "all",
+        "scope": "coordinator",
         "maxlen": 1_000_000,
         "buffer": count + 1000,
         "name": "stream",

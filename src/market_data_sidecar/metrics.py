@@ -181,6 +181,32 @@ class Metrics:
             "sidecar_redis_up", "1 when the Redis target answers PING.", ["target"], registry=r
         )
 
+        # scope: composites and the fleet
+        self.feedback_composite_level = Gauge(
+            "sidecar_feedback_composite_level",
+            "A pod or fleet target's composite level: 0 ok, 1 soft, 2 hard.",
+            ["target", "scope"],
+            registry=r,
+        )
+        self.fleet_members = Gauge(
+            "sidecar_fleet_members",
+            "Live members of a fleet target's stream, as last seen.",
+            ["target"],
+            registry=r,
+        )
+        self.fleet_published = Counter(
+            "sidecar_fleet_composites_published_total",
+            "Fleet composites this member appended to the stream (changes and resyncs).",
+            ["target"],
+            registry=r,
+        )
+        self.fleet_unparsable_members = Counter(
+            "sidecar_fleet_unparsable_members_total",
+            "Members whose state in Redis this version cannot read (ignored), once per name.",
+            ["target"],
+            registry=r,
+        )
+
         # hostile peers: what clients hold, and what they got wrong
         self.connections = Gauge("sidecar_connections", "Open client connections.", registry=r)
         self.body_bytes_in_flight = Gauge(

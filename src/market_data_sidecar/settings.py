@@ -10,7 +10,9 @@ import base64
 import binascii
 import difflib
 import json
+import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -41,6 +43,10 @@ ENV_PREFIX = "SIDECAR_"
 PositiveSeconds = Annotated[float, Field(gt=0)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
 
+#: What a target carries: each coordinator's events, this pod's composite (the most
+#: severe level of its coordinators), or the fleet's (every replica writing the key).
+Scope = Literal["coordinator", "pod", "fleet"]
+
 
 class _Target(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -49,6 +55,15 @@ class _Target(BaseModel):
     #: Events a target may hold undelivered; in `latest` mode one per coordinator
     #: is kept anyway, so this bounds the number of coordinators tracked.
     buffer: int = Field(default=10_000, gt=0)
+    #: `fleet` needs the members' shared state beside a Redis stream.
+    scope: Scope = "coordinator"
+
+    @model_validator(mode="after")
+    def _fleet_needs_a_stream(self) -> _Target:
+        kind = getattr(self, "kind", "")
+        if self.scope == "fleet" and kind != "redis-stream":
+            raise ValueError(f"scope 'fleet' needs a redis-stream target, not {kind}")
+        return self
 
     @property
     def label(self) -> str:
@@ -117,6 +132,8 @@ class RedisStreamTargetSettings(_Target):
     #: `FeedbackConsumer` and the orchestrator's `PulseObserver` read.
     stream: str = ""
     mode: Literal["latest", "all"] = "latest"
+    #: A single-rate consumer (the pipeline) needs the fleet's worst level.
+    scope: Scope = "fleet"
     maxlen: int = Field(default=100_000, gt=0)
     batch: int = Field(default=100, gt=0)
     timeout: PositiveSeconds = 2.5
@@ -135,10 +152,29 @@ class RedisStreamTargetSettings(_Target):
             raise ValueError("stream must not end in .dlq: that is the dead-letter stream")
         return value and _stream_part(value, "stream", _STREAM)
 
+    @model_validator(mode="after")
+    def _fleet_is_state(self) -> RedisStreamTargetSettings:
+        if self.scope == "fleet" and self.mode == "all":
+            raise ValueError(
+                "mode 'all' keeps every event, but a fleet composite is state: "
+                "set scope 'coordinator' (or 'pod') for a log of events"
+            )
+        return self
+
     @property
     def key(self) -> str:
         """The Redis key written, as Core's `RedisStreamsBus` names it."""
         return f"{self.namespace}:{self.stream or consumers_stream(self.namespace)}"
+
+
+#: A fleet member's name: what a pod name may hold (DNS labels, dots), printable and
+#: short, so it fits every view and the member's entry in Redis.
+_INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
+
+
+def default_instance() -> str:
+    """The pod name: Kubernetes sets `HOSTNAME` to it (and it is the host name anyway)."""
+    return os.environ.get("HOSTNAME") or socket.gethostname()
 
 
 def consumers_stream(namespace: str) -> str:
@@ -279,6 +315,24 @@ class Settings(BaseSettings):
     synthesize_feedback: bool = True
     synthesize_after: Annotated[float, Field(ge=0)] = 30.0
 
+    # the fleet (targets with `scope: fleet`)
+    #: This sidecar's member name among the replicas writing one stream.
+    instance: str = Field(default_factory=default_instance)
+    #: Seconds a member's state counts without renewal (a SIGKILLed replica's ends then).
+    fleet_lease: PositiveSeconds = 15.0
+    #: Seconds between renewals of this member's state; at most half the lease.
+    fleet_renewal: PositiveSeconds = 5.0
+
+    @field_validator("instance")
+    @classmethod
+    def _printable_instance(cls, value: str) -> str:
+        if not _INSTANCE.fullmatch(value):
+            raise ValueError(
+                "must be 1-253 of letters, digits, '_', '.', ':', '-', starting with a "
+                "letter or digit (the pod name)"
+            )
+        return value
+
     @field_validator("database_url", "token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
@@ -311,6 +365,8 @@ class Settings(BaseSettings):
             raise ValueError("queue_low_watermark must be below queue_high_watermark")
         if self.body_bytes_in_flight < self.max_body_bytes:
             raise ValueError("body_bytes_in_flight must be at least max_body_bytes")
+        if self.fleet_lease < 2 * self.fleet_renewal:
+            raise ValueError("fleet_lease must be at least twice fleet_renewal")
         labels = [target.label for target in self.targets]
         if len(labels) != len(set(labels)):
             raise ValueError("targets: names must be unique (set `name` on each target)")

@@ -178,6 +178,15 @@ def _redis_stream(target: Any, metrics: Metrics | None) -> Publisher:
     return _redis(target).RedisStreamPublisher(target, metrics=metrics)  # type: ignore[no-any-return]
 
 
+def fleet_publisher(target: Any, settings: Settings, metrics: Metrics | None) -> Publisher:
+    """A stream target in `fleet` scope: this sidecar as one member of the fleet."""
+    _redis(target)  # the same message as any Redis target without the extra
+    from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher
+
+    fleet = Fleet(settings.instance, settings.fleet_lease, settings.fleet_renewal)
+    return FleetStreamPublisher(target, fleet, metrics=metrics)
+
+
 class _MissingRedis(Exception):
     """A Redis target without the `redis` extra installed."""
 
@@ -203,7 +212,10 @@ def build_publishers(settings: Settings, metrics: Metrics | None = None) -> list
     publishers = []
     for index, target in enumerate(settings.targets):
         try:
-            publishers.append(FACTORIES[target.kind](target, metrics))
+            if target.scope == "fleet":
+                publishers.append(fleet_publisher(target, settings, metrics))
+            else:
+                publishers.append(FACTORIES[target.kind](target, metrics))
         except _MissingRedis:
             raise ConfigError(
                 f"invalid configuration: SIDECAR_TARGETS[{index}]: kind {target.kind!r} needs "
@@ -225,6 +237,7 @@ def build_relay(
             kind=target.kind,
             endpoint=redact_url(target.endpoint),
             buffer=target.buffer,
+            scope=target.scope,
         )
         for publisher, target in zip(publishers, settings.targets, strict=True)
     ]
@@ -235,7 +248,13 @@ def build_relay(
         failing_after=settings.target_failing_after,
     )
     return Relay(
-        Router(targets, metrics=metrics, policy=policy, resync_interval=settings.resync_interval),
+        Router(
+            targets,
+            metrics=metrics,
+            policy=policy,
+            resync_interval=settings.resync_interval,
+            instance=settings.instance,
+        ),
         metrics=metrics,
         watermarks=Watermarks(settings.queue_low_watermark, settings.queue_high_watermark),
         synthesize=settings.synthesize_feedback,

@@ -220,8 +220,9 @@ StartDriver = Callable[..., Any]
 
 
 def stream_target(redis_url: str) -> dict[str, str]:
-    """A stream target as an operator writes it: kind, name and url, every default else."""
-    return {"kind": "redis-stream", "name": "pulse", "url": redis_url}
+    """A stream target as an operator writes it (kind, name, url), relaying each
+    coordinator's events (these tests are about the relay, not the fleet's composite)."""
+    return {"kind": "redis-stream", "name": "pulse", "url": redis_url, "scope": "coordinator"}
 
 
 async def start_sidecar(

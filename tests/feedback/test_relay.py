@@ -24,6 +24,7 @@ COORDINATOR_KEYS = {"coordinator_id", "queue_size", "capacity", "level", "source
 COORDINATOR_KEYS |= {"id", "origin"}
 TARGET_KEYS = {"name", "kind", "endpoint", "mode", "buffer_depth", "delivered", "retried"}
 TARGET_KEYS |= {"dropped", "last_success", "last_error", "last_error_at", "circuit", "disabled"}
+TARGET_KEYS |= {"scope", "composite", "members"}
 
 
 def metric(client: Any, name: str, **labels: str) -> float:

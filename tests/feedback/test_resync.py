@@ -55,7 +55,7 @@ def http(name: str, url: str) -> Target:
 
 def stream(url: str, **options: Any) -> tuple[Target, str]:
     settings = RedisStreamTargetSettings(
-        kind="redis-stream", name="pulse", url=url, timeout=0.5, **options
+        kind="redis-stream", name="pulse", url=url, timeout=0.5, scope="coordinator", **options
     )
     return Target(RedisStreamPublisher(settings), kind="redis-stream", endpoint=url), settings.key
 

@@ -38,7 +38,14 @@ FAST_RELAY: dict[str, Any] = {
 
 
 def stream_target(url: str, **options: Any) -> dict[str, Any]:
-    return {"kind": "redis-stream", "name": "pipeline", "url": url, "timeout": 0.5, **options}
+    return {
+        "kind": "redis-stream",
+        "name": "pipeline",
+        "url": url,
+        "timeout": 0.5,
+        "scope": "coordinator",
+        **options,
+    }
 
 
 def core_event(coordinator_id: str, queue_size: int, level: str) -> dict[str, Any]:

@@ -31,7 +31,8 @@ pytest_plugins = ["tests.redis_fixtures"]
 
 def stream_target(url: str, namespace: str, **options: object) -> RedisStreamTargetSettings:
     return RedisStreamTargetSettings.model_validate(
-        {"kind": "redis-stream", "url": url, "namespace": namespace, **options}
+        {"kind": "redis-stream", "url": url, "namespace": namespace, "scope": "coordinator"}
+        | options
     )
 
 

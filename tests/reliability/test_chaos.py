@@ -201,7 +201,7 @@ async def test_every_target_ends_with_the_latest_state_through_restarts_and_free
 
 def _stream_target(name: str, url: str, *, mode: str) -> dict[str, Any]:
     return {"kind": "redis-stream", "name": name, "url": url, "namespace": name,
-            "mode": mode, "timeout": 0.5}  # fmt: skip
+            "mode": mode, "timeout": 0.5, "scope": "coordinator"}  # fmt: skip
 
 
 # -- faults ----------------------------------------------------------------------------------

@@ -71,13 +71,13 @@ class ConflatingBuffer(TargetBuffer):
 
     def put(self, feedback: Feedback) -> Displaced | None:
         displaced: Displaced | None = None
-        older = self._latest.pop(feedback.coordinator_id, None)
+        older = self._latest.pop(feedback.key, None)
         if older is not None:
             displaced = Displaced(older, "conflated")
         elif len(self._latest) >= self.capacity:
             _, oldest = self._latest.popitem(last=False)
             displaced = Displaced(oldest, "buffer_full")
-        self._latest[feedback.coordinator_id] = feedback
+        self._latest[feedback.key] = feedback
         self._note_depth()
         return displaced
 
@@ -86,7 +86,7 @@ class ConflatingBuffer(TargetBuffer):
         return [self._latest.popitem(last=False)[1] for _ in range(count)]
 
     def supersedes(self, feedback: Feedback) -> bool:
-        return feedback.coordinator_id in self._latest
+        return feedback.key in self._latest
 
     def __len__(self) -> int:
         return len(self._latest)

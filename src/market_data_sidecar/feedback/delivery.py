@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from market_data_core.telemetry import FeedbackEvent
 
 from market_data_sidecar.feedback.model import Feedback, as_feedback
+from market_data_sidecar.feedback.state import CompositeState, MemberState
 
 
 class DeliveryError(Exception):
@@ -84,6 +85,15 @@ class Publisher(ABC):
         another sidecar claims this one's fleet member), or None: the `feedback` component
         degrades with it. Refreshed by `health_details`."""
         return None
+
+    def composite(self) -> CompositeState | None:
+        """The composite the target last wrote, when the publisher makes its own (the
+        fleet's); None: the router's pod composite is what the target carries."""
+        return None
+
+    def members(self) -> list[MemberState]:
+        """The fleet's members as last seen (a `fleet` target), else none."""
+        return []
 
 
 def _nothing() -> None:

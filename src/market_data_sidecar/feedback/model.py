@@ -19,6 +19,13 @@ from market_data_core.telemetry import FeedbackEvent
 
 #: Pushed by the store, or derived by the sidecar from polled queue depths.
 Origin = Literal["store", "synthesized"]
+#: What a target carries: each coordinator's events, the pod's or the fleet's composite.
+Scope = Literal["coordinator", "pod", "fleet"]
+#: Which composite a `Composite` describes (`coordinator` scope relays events as they are).
+CompositeScope = Literal["pod", "fleet"]
+#: A composite's key in a conflating buffer: one composite per target, whichever
+#: coordinator it comes from (a target carries composites or events, never both).
+COMPOSITE_KEY = "\x00composite"
 
 #: Random per process, so ids stay unique across restarts; a counter makes the rest
 #: (a uuid4 per event cost more than validating it).
@@ -32,6 +39,26 @@ def new_event_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Composite:
+    """What a composite state says beside the event of the coordinator it comes from."""
+
+    scope: CompositeScope
+    #: The fleet member (`SIDECAR_INSTANCE`) the worst coordinator belongs to.
+    member: str
+    members: int
+    coordinators: int
+
+    def headers(self, coordinator: str) -> dict[str, str]:
+        return {
+            "scope": self.scope,
+            "member": self.member,
+            "coordinator": coordinator,
+            "members": str(self.members),
+            "coordinators": str(self.coordinators),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Feedback:
     """One accepted event on its way to every target."""
 
@@ -42,6 +69,8 @@ class Feedback:
     origin: Origin = "store"
     #: A re-publication of a coordinator's current state, not a new crossing.
     resync: bool = False
+    #: Set on a pod or fleet composite: this event is the worst of several coordinators.
+    composite: Composite | None = None
     id: str = field(default_factory=new_event_id)
     #: `time.monotonic()` at intake, for delivery latency.
     received_at: float = field(default_factory=time.monotonic)
@@ -49,6 +78,12 @@ class Feedback:
     @property
     def coordinator_id(self) -> str:
         return self.event.coordinator_id
+
+    @property
+    def key(self) -> str:
+        """What a newer event replaces in a conflating buffer: the same coordinator's, or
+        the previous composite."""
+        return self.event.coordinator_id if self.composite is None else COMPOSITE_KEY
 
     @property
     def utilization(self) -> float:
@@ -75,6 +110,8 @@ class Feedback:
             headers["origin"] = self.origin
         if self.resync:
             headers["resync"] = "true"
+        if self.composite is not None:
+            headers |= self.composite.headers(self.coordinator_id)
         return headers
 
     def wire(self) -> dict[str, Any]:
@@ -87,6 +124,8 @@ class Feedback:
             body["origin"] = self.origin
         if self.resync:
             body["resync"] = True
+        if self.composite is not None:
+            body |= dataclasses.asdict(self.composite)
         return body
 
 

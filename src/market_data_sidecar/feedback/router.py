@@ -26,9 +26,17 @@ from loguru import logger
 
 from market_data_sidecar.feedback.buffers import ConflatingBuffer, FifoBuffer, TargetBuffer
 from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
-from market_data_sidecar.feedback.model import Feedback
+from market_data_sidecar.feedback.model import COMPOSITE_KEY, Feedback, Scope
 from market_data_sidecar.feedback.retry import CIRCUIT_GAUGE, Backoff, CircuitBreaker, CircuitState
-from market_data_sidecar.feedback.state import LEVEL_SEVERITY, MAX_ERROR_LENGTH, TargetState, clip
+from market_data_sidecar.feedback.scope import next_pod_composite, signature
+from market_data_sidecar.feedback.state import (
+    LEVEL_SEVERITY,
+    MAX_ERROR_LENGTH,
+    CompositeState,
+    TargetState,
+    clip,
+    composite_state,
+)
 from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.redaction import first_line
@@ -54,6 +62,9 @@ class Target:
     endpoint: str
     #: Most undelivered events held; `latest` targets hold one per coordinator anyway.
     buffer: int = 10_000
+    #: `coordinator`: every coordinator's events; `pod` and `fleet`: the pod's composite
+    #: (the fleet's publisher combines it with the other replicas' in Redis).
+    scope: Scope = "coordinator"
 
 
 @dataclass(frozen=True)
@@ -394,7 +405,20 @@ class TargetLane:
             last_error_at=self.last_error_at,
             circuit=self.circuit.state,
             disabled=self.disabled,
+            scope=self.target.scope,
+            composite=self._composite_state(),
+            members=self.publisher.members(),
         )
+
+    def _composite_state(self) -> CompositeState | None:
+        """What this target's consumers were last told, for a scoped target."""
+        if self.target.scope == "coordinator":
+            return None
+        published = self.publisher.composite()
+        if published is not None:
+            return published
+        feedback = self._current.get(COMPOSITE_KEY)
+        return None if feedback is None else composite_state(feedback)
 
 
 class Router:
@@ -408,17 +432,31 @@ class Router:
         policy: RetryPolicy,
         resync_interval: float = 0.0,
         max_coordinators: int = MAX_COORDINATORS,
+        instance: str = "",
     ) -> None:
         names = [target.publisher.name for target in targets]
         if len(names) != len(set(names)):
             raise ValueError(f"target names must be unique: {names}")
         #: Every coordinator's latest event, least recently updated first.
         self.current: OrderedDict[str, Feedback] = OrderedDict()
+        #: The pod's composite under `COMPOSITE_KEY` (empty until a coordinator is known):
+        #: what a resync of a scoped target sends.
+        self.composites: dict[str, Feedback] = {}
+        #: This sidecar's member name, carried by its composites.
+        self.instance = instance
         self._max_coordinators = max_coordinators
         self.lanes = [
-            TargetLane(target, policy, metrics, self.current, resync=resync_interval > 0)
+            TargetLane(
+                target,
+                policy,
+                metrics,
+                self.current if target.scope == "coordinator" else self.composites,
+                resync=resync_interval > 0,
+            )
             for target in targets
         ]
+        self._scoped = [lane for lane in self.lanes if lane.target.scope != "coordinator"]
+        self._by_coordinator = [lane for lane in self.lanes if lane.target.scope == "coordinator"]
         self._metrics = metrics
         self._resync_interval = resync_interval
         self._tasks: list[asyncio.Task[None]] = []
@@ -430,13 +468,45 @@ class Router:
                 return lane
         raise KeyError(name)
 
+    @property
+    def composite(self) -> Feedback | None:
+        """The pod's composite: the worst of its coordinators' current states."""
+        return self.composites.get(COMPOSITE_KEY)
+
     def submit(self, feedback: Feedback) -> None:
-        """Make `feedback` its coordinator's current state, and hand it to every target."""
+        """Make `feedback` its coordinator's current state, and hand it to every target
+        (a scoped one gets the pod's composite, when that changed)."""
         self.current.pop(feedback.coordinator_id, None)
         self.current[feedback.coordinator_id] = feedback
+        evicted = None
         if len(self.current) > self._max_coordinators:
-            self.current.popitem(last=False)
-        for lane in self.lanes:
+            evicted, _ = self.current.popitem(last=False)
+        self._hand(self._by_coordinator, feedback)
+        if self._scoped:
+            self._recompose(feedback.coordinator_id)
+            if evicted is not None:
+                self._recompose(evicted)
+
+    def forget(self, coordinators: Sequence[str]) -> None:
+        """Coordinators that are gone (the store no longer exports them): they leave the
+        current state, and the pod's composite no longer counts them."""
+        for coordinator in coordinators:
+            if self.current.pop(coordinator, None) is not None and self._scoped:
+                self._recompose(coordinator)
+
+    def _recompose(self, changed: str) -> None:
+        """Hand the scoped targets the pod's new composite, if it changed. Computed in the
+        same synchronous step as `current` changed, so no target can be handed a composite
+        less severe than the truth."""
+        previous = self.composite
+        composite = next_pod_composite(previous, self.current, changed, self.instance)
+        if composite is None or signature(composite) == signature(previous):
+            return
+        self.composites[COMPOSITE_KEY] = composite
+        self._hand(self._scoped, composite)
+
+    def _hand(self, lanes: Sequence[TargetLane], feedback: Feedback) -> None:
+        for lane in lanes:
             if self._closing:
                 lane.drop([feedback], "shutdown")
             else:

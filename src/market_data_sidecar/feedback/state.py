@@ -14,7 +14,7 @@ from typing import Any, Literal
 from market_data_core.telemetry import FeedbackEvent
 from pydantic import BaseModel, ConfigDict, Field
 
-from market_data_sidecar.feedback.model import Origin
+from market_data_sidecar.feedback.model import Feedback, Origin
 
 #: Levels by severity, most severe first: the order coordinators are shown in.
 LEVEL_SEVERITY = ("hard", "soft", "ok")
@@ -34,6 +34,49 @@ class RelayedEvent(FeedbackEvent):
     reason: str | None = Field(description="Why the level changed, as the store said.")
     id: str = Field(description="Delivery id, stable across retries (`webhook-id`).")
     origin: Origin = Field(description="Pushed by the store, or derived from polled queue depths.")
+
+
+class CompositeState(BaseModel):
+    """The state a `pod` or `fleet` target carries: the worst of several coordinators."""
+
+    model_config = _EXACT
+
+    scope: Literal["pod", "fleet"] = "pod"
+    level: Literal["ok", "soft", "hard"] = "ok"
+    coordinator_id: str = Field(default="", description="The coordinator it comes from.")
+    member: str = Field(default="", description="The fleet member (instance) it comes from.")
+    queue_size: int = Field(default=0, ge=0)
+    capacity: int = Field(default=0, ge=0)
+    members: int = Field(default=0, ge=0, description="Live members counted.")
+    coordinators: int = Field(default=0, ge=0, description="Live coordinators counted.")
+
+
+class MemberState(BaseModel):
+    """One live member of a fleet: a sidecar writing the same stream."""
+
+    model_config = _EXACT
+
+    instance: str = ""
+    level: Literal["ok", "soft", "hard"] = "ok"
+    coordinator_id: str = Field(default="", description="Its pod's worst coordinator.")
+    coordinators: int = Field(default=0, ge=0)
+    lease_age: float = Field(default=0.0, description="Seconds since the member renewed.")
+
+
+def composite_state(feedback: Feedback) -> CompositeState:
+    """A composite event as `GET /feedback` shows it."""
+    composite = feedback.composite
+    event = feedback.event
+    return CompositeState(
+        scope=composite.scope if composite else "pod",
+        level=event.level.value,
+        coordinator_id=event.coordinator_id,
+        member=composite.member if composite else "",
+        queue_size=event.queue_size,
+        capacity=event.capacity,
+        members=composite.members if composite else 1,
+        coordinators=composite.coordinators if composite else 1,
+    )
 
 
 class TargetState(BaseModel):
@@ -63,6 +106,16 @@ class TargetState(BaseModel):
     circuit: Literal["closed", "open", "half-open"] = "closed"
     disabled: bool = Field(
         default=False, description="The target answered 410 Gone: not called until restart."
+    )
+    scope: Literal["coordinator", "pod", "fleet"] = Field(
+        default="coordinator",
+        description="Each coordinator's events, the pod's composite or the fleet's.",
+    )
+    composite: CompositeState | None = Field(
+        default=None, description="A scoped target's composite, as last written (or to write)."
+    )
+    members: list[MemberState] = Field(
+        default_factory=list, description="A `fleet` target's live members, as last seen."
     )
 
 
