@@ -28,7 +28,6 @@ from tests.consumers.conftest import (
     start_sidecar,
     start_store,
     store_sends,
-    stream_target,
 )
 from tests.helpers import SidecarProcess, eventually
 from tests.redis_helpers import RedisServer
@@ -86,6 +85,11 @@ class Fleet:
         )
 
 
+def fleet_target(redis_url: str) -> dict[str, str]:
+    """A stream target as an operator writes it: its scope is the default, `fleet`."""
+    return {"kind": "redis-stream", "name": "pulse", "url": redis_url}
+
+
 async def member_holds(redis_url: str, replica: str, worst: tuple[str, str]) -> bool:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
@@ -94,7 +98,7 @@ async def member_holds(redis_url: str, replica: str, worst: tuple[str, str]) -> 
         await client.aclose()
     if entry is None:
         return False
-    state = json.loads(entry.split("|", 3)[3])
+    state = json.loads(str(entry).split("|", 3)[3])
     return (state["level"], state["coordinator"]) == worst
 
 
@@ -142,7 +146,7 @@ async def start_fleet(
             await asyncio.gather(
                 *(
                     start_sidecar(
-                        sidecar_process, stream_target(redis_url), SIDECAR_INSTANCE=name, **settings
+                        sidecar_process, fleet_target(redis_url), SIDECAR_INSTANCE=name, **settings
                     )
                     for name in REPLICAS
                 )
