@@ -11,6 +11,7 @@ Redis target (it is an optional extra).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -20,7 +21,7 @@ from market_data_sidecar.checks import Check
 from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
 from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds
 from market_data_sidecar.checks.feedback import FeedbackCheck
-from market_data_sidecar.checks.queue import QueueCheck
+from market_data_sidecar.checks.queue import MAX_COORDINATORS, QueueCheck
 from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.retry import Backoff
@@ -61,10 +62,14 @@ def wire(
     relay = build_relay(settings, metrics, publishers)
     if checks is None:
         checks = [*build_checks(settings, metrics), feedback_check(relay, settings)]
-    # The queue check's samples drive synthesized feedback.
+    # The queue check's samples drive synthesized feedback, and tell which coordinators
+    # the store no longer exports (a scrape lists at most MAX_COORDINATORS of them).
     for check in checks:
         if isinstance(check, QueueSampleSource):
             check.add_listener(relay.observe_queues)
+            check.add_listener(
+                functools.partial(relay.retire_unexported, complete_below=MAX_COORDINATORS)
+            )
     return Parts(settings, metrics, relay, build_monitor(settings, checks, metrics))
 
 

@@ -1,10 +1,16 @@
-"""A stream target in `fleet` scope, against real Redis: members, leases, the composite."""
+"""A stream target in `fleet` scope against real Redis: members, leases, the composite,
+and real `market-data-sidecar run` processes that are stopped and killed."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import random
+import signal
+import time
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from market_data_core.events import JsonCodec
@@ -15,25 +21,28 @@ from market_data_sidecar.feedback.scope import composite_of
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher
 from market_data_sidecar.settings import RedisStreamTargetSettings
-from tests.helpers import eventually, feedback
-from tests.redis_helpers import SHARED_REDIS_URL, feedback_key, stream_fields
+from tests.helpers import SidecarProcess, eventually, feedback, run_cli, store_payload
+from tests.redis_helpers import SHARED_REDIS_URL, RedisServer, feedback_key, stream_fields
 
 pytest_plugins = ["tests.redis_fixtures"]
 
 Entry = tuple[FeedbackEvent, dict[str, str]]
 MakeMember = Callable[..., FleetStreamPublisher]
 
+#: Short leases keep the tests fast; the hold after a fresh start is one renewal.
+LEASE, RENEWAL = 1.5, 0.2
+
 
 def target(url: str, namespace: str) -> RedisStreamTargetSettings:
     return RedisStreamTargetSettings.model_validate(
-        {"kind": "redis-stream", "url": url, "namespace": namespace}
+        {"kind": "redis-stream", "url": url, "namespace": namespace, "timeout": 1.0}
     )
 
 
 @pytest.fixture
 async def member() -> AsyncIterator[MakeMember]:
-    """`member(instance, namespace, url=..., lease=..., renewal=...)`: a started fleet
-    publisher; every one is closed at the end."""
+    """`member(instance, namespace, url=..., lease=..., renewal=...)`: a fleet publisher
+    (start it); every one is closed at the end."""
     made: list[FleetStreamPublisher] = []
 
     def make(
@@ -41,8 +50,8 @@ async def member() -> AsyncIterator[MakeMember]:
         namespace: str,
         *,
         url: str = SHARED_REDIS_URL,
-        lease: float = 15.0,
-        renewal: float = 5.0,
+        lease: float = LEASE,
+        renewal: float = RENEWAL,
         metrics: Metrics | None = None,
     ) -> FleetStreamPublisher:
         publisher = FleetStreamPublisher(
@@ -72,6 +81,24 @@ async def entries(namespace: str, url: str = SHARED_REDIS_URL) -> list[Entry]:
     return [(envelope.payload, envelope.meta.headers) for envelope in decoded]
 
 
+async def last_level(namespace: str, url: str = SHARED_REDIS_URL) -> tuple[str, str] | None:
+    """The level and member of the stream's newest entry."""
+    written = await entries(namespace, url)
+    if not written:
+        return None
+    event, headers = written[-1]
+    return event.level.value, headers["member"]
+
+
+def summary(written: list[Entry]) -> list[tuple[str, str, str]]:
+    return [
+        (event.level.value, headers["member"], headers["members"]) for event, headers in written
+    ]
+
+
+# -- the composite ---------------------------------------------------------------------------
+
+
 async def test_the_stream_carries_the_worst_member_and_only_changes(
     member: MakeMember, namespace: str
 ) -> None:
@@ -81,51 +108,329 @@ async def test_the_stream_carries_the_worst_member_and_only_changes(
 
     await a.deliver([pod("pod-a", "bars", "hard", 900, count=2)])
     await b.deliver([pod("pod-b", "bars", "ok", 10, count=2)])
-    await b.deliver([pod("pod-b", "bars", "ok", 10, count=2)])  # no change: no entry
+    await b.deliver([pod("pod-b", "bars", "ok", 10, count=2)])  # the same: no entry
     await a.deliver([pod("pod-a", "quotes", "soft", 600, count=2)])
 
-    written = await entries(namespace)
-    levels = [
-        (event.level.value, headers["member"], headers["members"]) for event, headers in written
-    ]
-    assert levels == [("hard", "pod-a", "1"), ("hard", "pod-a", "2"), ("soft", "pod-a", "2")]
-    event, headers = written[-1]
+    expected = [("hard", "pod-a", "1"), ("hard", "pod-a", "2"), ("soft", "pod-a", "2")]
+
+    async def written() -> bool:
+        # `soft` may wait for the end of the hold of a fresh fleet (one renewal).
+        return summary(await entries(namespace)) == expected
+
+    await eventually(written, timeout=2.0, message="three entries")
+    event, headers = (await entries(namespace))[-1]
     assert (event.coordinator_id, event.queue_size, event.capacity) == ("quotes", 600, 1000)
     assert headers["scope"] == "fleet"
     assert headers["coordinator"] == "quotes"
     assert headers["coordinators"] == "4"
     assert headers["utilization"] == "0.600000"
-    assert {m.instance for m in a.members()} == {"pod-a", "pod-b"}
+    assert headers["event_id"].startswith("evt_")
+    assert {m.instance: m.level for m in a.members()} == {"pod-a": "soft", "pod-b": "ok"}
+    composite = a.composite()
+    assert composite is not None
+    assert (composite.level, composite.member, composite.members) == ("soft", "pod-a", 2)
 
 
-async def test_sigterm_of_a_member_publishes_the_others_state_at_once(
+async def test_a_fresh_fleet_holds_back_a_milder_composite_for_one_renewal(
     member: MakeMember, namespace: str
 ) -> None:
-    a, b = member("pod-a", namespace), member("pod-b", namespace)
+    """After Redis lost the state (or on a first start), the members that have not
+    renewed yet may hold `hard`: `ok` waits one renewal, `hard` goes at once."""
+    a = member("pod-a", namespace, renewal=0.5, lease=1.5)
+    await a.start()
+    started = time.monotonic()
+    await a.deliver([pod("pod-a", "bars", "ok", 10)])
+    assert await entries(namespace) == []
+
+    await eventually(lambda: last_level(namespace), timeout=2.0, message="the held composite")
+    assert time.monotonic() - started >= 0.45
+    assert summary(await entries(namespace)) == [("ok", "pod-a", "1")]
+
+
+async def test_a_resync_appends_the_current_composite_again(
+    member: MakeMember, namespace: str
+) -> None:
+    a = member("pod-a", namespace)
+    await a.start()
+    state = pod("pod-a", "bars", "hard", 900)
+    await a.deliver([state])
+    await a.deliver([state.resynced()])
+
+    written = await entries(namespace)
+    assert summary(written) == [("hard", "pod-a", "1")] * 2
+    assert "resync" not in written[0][1]
+    assert written[1][1]["resync"] == "true"
+
+
+async def test_concurrent_members_never_publish_out_of_order(
+    member: MakeMember, namespace: str
+) -> None:
+    """Each member writes a rising version (its queue size); whatever the interleaving,
+    no entry carries a member's older version after a newer one, and the last entry is
+    the worst of the final states."""
+    members = [member(f"pod-{n}", namespace, lease=30.0, renewal=10.0) for n in range(4)]
+    for publisher in members:
+        await publisher.start()
+    rng = random.Random(7)
+    levels = ("ok", "soft", "hard")
+    plans = {
+        publisher.fleet.instance: [rng.choice(levels) for _ in range(40)] for publisher in members
+    }
+
+    async def play(publisher: FleetStreamPublisher) -> None:
+        name = publisher.fleet.instance
+        for version, level in enumerate(plans[name], start=1):
+            await publisher.deliver([pod(name, "bars", level, version)])
+
+    await asyncio.gather(*(play(publisher) for publisher in members))
+
+    seen: dict[str, int] = {}
+    for event, headers in await entries(namespace):
+        name = headers["member"]
+        assert event.queue_size >= seen.get(name, 0), f"{name} went back in time"
+        seen[name] = event.queue_size
+    finals = {name: plan[-1] for name, plan in plans.items()}
+    worst = max(finals.values(), key=levels.index)
+    assert (await entries(namespace))[-1][0].level.value == worst
+
+
+# -- leaving and dying -----------------------------------------------------------------------
+
+
+async def test_a_member_that_leaves_is_no_longer_counted_at_once(
+    member: MakeMember, namespace: str
+) -> None:
+    a = member("pod-a", namespace, lease=30.0)
+    b = member("pod-b", namespace, lease=30.0)
     await a.start()
     await b.start()
     await a.deliver([pod("pod-a", "bars", "hard", 900)])
     await b.deliver([pod("pod-b", "bars", "soft", 600)])
+    await hold_over(b)
 
     await a.close()
 
-    event, headers = (await entries(namespace))[-1]
-    assert (event.level.value, headers["member"], headers["members"]) == ("soft", "pod-b", "1")
+    assert summary(await entries(namespace))[-1] == ("soft", "pod-b", "1")
 
 
-async def test_a_member_whose_lease_ends_stops_counting(member: MakeMember, namespace: str) -> None:
-    a = member("pod-a", namespace, lease=0.6, renewal=0.2)
-    b = member("pod-b", namespace, lease=0.6, renewal=0.2)
+async def test_a_member_that_stops_renewing_stops_counting_when_its_lease_ends(
+    member: MakeMember, namespace: str
+) -> None:
+    a = member("pod-a", namespace)
+    b = member("pod-b", namespace)
     await a.start()
     await b.start()
     await a.deliver([pod("pod-a", "bars", "hard", 900)])
     await b.deliver([pod("pod-b", "bars", "ok", 10)])
     assert a._renewal is not None
-    a._renewal.cancel()  # a member that stops renewing, as a SIGKILLed one does
+    a._renewal.cancel()  # as a SIGKILLed member would
+    stopped = time.monotonic()
 
-    async def released() -> bool:
-        event, _ = (await entries(namespace))[-1]
-        return event.level.value == "ok"
+    await until_last(namespace, ("ok", "pod-b"), timeout=LEASE + 1.0)
+    assert time.monotonic() - stopped >= LEASE - RENEWAL - 0.1
 
-    await eventually(released, timeout=0.6 + 1.0, message="the dead member's lease ended")
-    await asyncio.sleep(0)
+
+async def until_last(
+    namespace: str, expected: tuple[str, str], *, timeout: float, url: str = SHARED_REDIS_URL
+) -> None:
+    """Wait until the stream's newest entry has this level and member."""
+
+    async def arrived() -> bool:
+        return await last_level(namespace, url) == expected
+
+    await eventually(arrived, timeout=timeout, message=f"newest entry {expected}")
+
+
+async def hold_over(publisher: FleetStreamPublisher) -> None:
+    """Until the hold of a fresh fleet has ended (milder composites are written again)."""
+    async with aioredis.Redis.from_url(SHARED_REDIS_URL) as client:
+
+        async def ended() -> bool:
+            return not await client.exists(publisher.hold_key)
+
+        await eventually(ended, timeout=publisher.fleet.renewal + 1.0, message="hold over")
+
+
+def fleet_sidecar(
+    sidecar_process: Callable[..., SidecarProcess],
+    namespace: str,
+    instance: str,
+    lease: float,
+    renewal: float | None = None,
+) -> SidecarProcess:
+    """`market-data-sidecar run` as one member of the fleet writing `namespace`'s stream."""
+    targets = [{"kind": "redis-stream", "url": SHARED_REDIS_URL, "namespace": namespace}]
+    return sidecar_process(
+        {
+            "SIDECAR_TARGETS": json.dumps(targets),
+            "SIDECAR_INSTANCE": instance,
+            "SIDECAR_FLEET_LEASE": str(lease),
+            "SIDECAR_FLEET_RENEWAL": str(renewal or lease / 4),
+            "SIDECAR_SHUTDOWN_GRACE": "0",
+        }
+    )
+
+
+async def post(sidecar: SidecarProcess, level: str, queue_size: int) -> None:
+    """What the store's broadcaster posts to its sidecar."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            sidecar.url + "/feedback", json=store_payload("bars", queue_size, level=level)
+        ) as response,
+    ):
+        assert response.status == 202, await response.text()
+
+
+async def test_a_sigkilled_sidecar_holding_hard_releases_the_fleet_after_its_lease(
+    sidecar_process: Callable[..., SidecarProcess], member: MakeMember, namespace: str
+) -> None:
+    lease = 2.0
+    killed = fleet_sidecar(sidecar_process, namespace, "pod-a", lease)
+    survivor = member("pod-b", namespace, lease=lease, renewal=lease / 4)
+    await survivor.start()
+    await survivor.deliver([pod("pod-b", "bars", "soft", 600)])
+    await killed.wait_listening()
+    await post(killed, "hard", 900)
+    await until_last(namespace, ("hard", "pod-a"), timeout=5.0)
+
+    killed.proc.send_signal(signal.SIGKILL)
+    since = time.monotonic()
+
+    await until_last(namespace, ("soft", "pod-b"), timeout=lease + 1.0)
+    assert time.monotonic() - since >= lease / 2  # the lease, not a goodbye, released it
+
+
+async def test_a_sigtermed_sidecar_leaves_the_fleet_at_once(
+    sidecar_process: Callable[..., SidecarProcess], member: MakeMember, namespace: str
+) -> None:
+    lease = 30.0  # a release within seconds can only be the goodbye
+    stopped = fleet_sidecar(sidecar_process, namespace, "pod-a", lease, renewal=0.3)
+    survivor = member("pod-b", namespace, lease=lease, renewal=0.3)
+    await survivor.start()
+    await survivor.deliver([pod("pod-b", "bars", "ok", 10)])
+    await stopped.wait_listening()
+    await post(stopped, "hard", 900)
+    await until_last(namespace, ("hard", "pod-a"), timeout=5.0)
+    await hold_over(survivor)
+
+    stopped.proc.send_signal(signal.SIGTERM)
+
+    await until_last(namespace, ("ok", "pod-b"), timeout=5.0)
+    assert await asyncio.to_thread(stopped.proc.wait, 10) == 0
+    assert "member pod-a left" in stopped.output()
+
+
+async def test_redis_restarted_empty_the_members_rebuild_within_one_renewal(
+    member: MakeMember, redis_server: RedisServer
+) -> None:
+    namespace, renewal = "mdp", 0.3
+    a = member("pod-a", namespace, url=redis_server.url, lease=3.0, renewal=renewal)
+    b = member("pod-b", namespace, url=redis_server.url, lease=3.0, renewal=renewal)
+    await a.start()
+    await b.start()
+    await a.deliver([pod("pod-a", "bars", "soft", 600)])
+    await b.deliver([pod("pod-b", "bars", "hard", 900)])
+    await until_last(namespace, ("hard", "pod-b"), timeout=3.0, url=redis_server.url)
+
+    redis_server.stop()
+    redis_server.start()  # same port, empty
+    restarted = time.monotonic()
+
+    async def rebuilt() -> bool:
+        written = await entries(namespace, redis_server.url)
+        return bool(written) and summary(written)[-1] == ("hard", "pod-b", "2")
+
+    # One renewal for every member to write again; slack for the reconnection.
+    await eventually(rebuilt, timeout=renewal + 1.0, message="the fleet rebuilt")
+    assert time.monotonic() - restarted < renewal + 1.0
+    levels = [event.level.value for event, _ in await entries(namespace, redis_server.url)]
+    assert "soft" not in levels  # never milder than the truth on the way
+
+
+# -- what goes wrong -------------------------------------------------------------------------
+
+
+async def test_two_sidecars_claiming_one_instance_are_reported(
+    member: MakeMember, namespace: str
+) -> None:
+    first = member("pod-a", namespace)
+    second = member("pod-a", namespace)
+    await first.start()
+    await second.start()
+    await first.deliver([pod("pod-a", "bars", "ok", 10)])
+    await second.deliver([pod("pod-a", "bars", "soft", 600)])
+
+    problem = await eventually(first.problem, timeout=2.0, message="the duplicate reported")
+    assert "another sidecar writes as fleet member 'pod-a'" in problem
+    assert "SIDECAR_INSTANCE" in problem
+    await eventually(second.problem, timeout=2.0, message="reported on both sides")
+
+
+async def test_a_restarted_sidecar_is_not_its_own_duplicate(
+    member: MakeMember, namespace: str
+) -> None:
+    before = member("pod-a", namespace)
+    await before.start()
+    await before.deliver([pod("pod-a", "bars", "hard", 900)])
+    assert before._renewal is not None
+    before._renewal.cancel()  # killed: its entry stays until the lease ends
+
+    after = member("pod-a", namespace)
+    await after.start()
+    await after.deliver([pod("pod-a", "bars", "ok", 10)])
+    renewals = after._renewals
+    await eventually(lambda: after._renewals >= renewals + 3, timeout=3.0, message="renewals")
+    assert after.problem() is None
+
+
+async def test_an_unparsable_member_is_ignored_counted_and_logged_once(
+    member: MakeMember, namespace: str, shared_redis: aioredis.Redis
+) -> None:
+    metrics = Metrics()
+    a = member("pod-a", namespace, metrics=metrics)
+    await a.start()
+    await shared_redis.hset(
+        a.members_key,
+        mapping={
+            "by-hand": "hard!",
+            "other-version": f'{2**50}|0|t|{{"level": "hard"}}',
+            "not-json": f"{2**50}|0|t|{{nope",
+        },
+    )
+    await a.deliver([pod("pod-a", "bars", "soft", 600)])
+    renewals = a._renewals
+    await eventually(lambda: a._renewals >= renewals + 2, timeout=3.0, message="renewals")
+
+    assert summary(await entries(namespace))[-1] == ("soft", "pod-a", "1")
+    value = metrics.registry.get_sample_value(
+        "sidecar_fleet_unparsable_members_total", {"target": a.name}
+    )
+    assert value == 3
+    assert [m.instance for m in a.members()] == ["pod-a"]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {"SIDECAR_TARGETS": '[{"kind": "http", "url": "http://127.0.0.1:1/", '
+             '"scope": "fleet"}]'},
+            "SIDECAR_TARGETS[0]",
+        ),
+        (
+            {"SIDECAR_TARGETS": '[{"kind": "redis-pubsub", "url": "redis://127.0.0.1:1", '
+             '"scope": "fleet"}]'},
+            "SIDECAR_TARGETS[0]",
+        ),
+        ({"SIDECAR_INSTANCE": ""}, "SIDECAR_INSTANCE"),
+        ({"SIDECAR_INSTANCE": "pod a\u2028"}, "SIDECAR_INSTANCE"),
+        ({"SIDECAR_INSTANCE": "x" * 300}, "SIDECAR_INSTANCE"),
+        ({"SIDECAR_FLEET_LEASE": "4", "SIDECAR_FLEET_RENEWAL": "3"}, "fleet_lease"),
+    ],
+)  # fmt: skip
+def test_bad_fleet_configuration_is_one_line_and_exit_2(env: dict[str, str], named: str) -> None:
+    result = run_cli("run", env=env)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert named in line

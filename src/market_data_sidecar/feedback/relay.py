@@ -84,6 +84,23 @@ class Relay:
                     Feedback(crossing.event, reason=crossing.reason, origin="synthesized")
                 )
 
+    def retire_unexported(self, samples: Sequence[QueueSample], *, complete_below: int) -> None:
+        """Listener for the queue check: a coordinator the store no longer exports is gone
+        (renamed or removed), so it leaves the current state and no composite counts it.
+        Only a scrape with fewer than `complete_below` coordinators lists every one."""
+        if len(samples) >= complete_below:
+            return
+        exported = {sample.coordinator_id for sample in samples}
+        gone = [coordinator for coordinator in self.router.current if coordinator not in exported]
+        if not gone:
+            return
+        self.router.forget(gone)
+        logger.info(
+            "coordinators the store no longer exports are forgotten: {}{}",
+            ", ".join(ascii(coordinator)[1:-1] for coordinator in gone[:10]),
+            f" and {len(gone) - 10} more" if len(gone) > 10 else "",
+        )
+
     def _synthesized(self, feedback: Feedback) -> None:
         event = feedback.event
         self._metrics.feedback_synthesized.labels(event.level.value).inc()

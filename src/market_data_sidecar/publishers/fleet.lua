@@ -3,13 +3,19 @@
 -- the stream only if it differs from the last one published (or when forced: a resync).
 -- Lease expiry uses the server's clock, so the pods' clocks do not matter.
 --
--- KEYS: members hash, last-published signature, stream
+-- When the fleet's state is unknown (Redis restarted empty, or a first start), a
+-- composite less severe than `hard` is held back for one renewal, until every live
+-- member has written its state again: a consumer must never see a level less severe
+-- than the truth on the way.
+--
+-- KEYS: members hash, last-published signature, stream, hold
 -- ARGV: instance, state ('' = leave), lease ms, token, force ('1'), maxlen, event id,
---       schema id, track
+--       schema id, track, renewal ms
 -- A member's entry: '<expires ms>|<renewed ms>|<token>|<state JSON>'.
-local members_key, last_key, stream = KEYS[1], KEYS[2], KEYS[3]
+local members_key, last_key, stream, hold_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local instance, state, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local token, force, maxlen = ARGV[4], ARGV[5] == '1', ARGV[6]
+local renewal = tonumber(ARGV[10])
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -77,9 +83,20 @@ local signature = ''
 if worst ~= nil then
   signature = table.concat({worst.instance, worst.signature, count, coordinators}, '\n')
 end
-local last = redis.call('GET', last_key) or ''
+local last = redis.call('GET', last_key)
+if not last then
+  -- The hold starts once: from now on the fleet's state is known to be rebuilding.
+  redis.call('SET', hold_key, '1', 'PX', renewal)
+  redis.call('SET', last_key, '', 'PX', 4 * lease)
+  last = ''
+end
+local hold = redis.call('PTTL', hold_key)
 local published = 0
-if worst ~= nil and (force or signature ~= last) then
+if worst ~= nil and (force or signature ~= last) and hold > 0 and worst.severity < 2 then
+  -- Rebuilding: wake the caller when the hold ends, to publish then.
+  if next_expiry < 0 or hold < next_expiry then next_expiry = hold end
+  signature = last
+elseif worst ~= nil and (force or signature ~= last) then
   local headers = worst.headers
   headers['event_id'] = ARGV[7]
   headers['scope'] = 'fleet'

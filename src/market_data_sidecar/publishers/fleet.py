@@ -128,6 +128,7 @@ class FleetStreamPublisher(RedisStreamPublisher):
         self.conflate = True
         self.members_key = f"{self.stream}:fleet:members"
         self.last_key = f"{self.stream}:fleet:last"
+        self.hold_key = f"{self.stream}:fleet:hold"
         self._script: AsyncScript | None = None
         #: The pod's composite as this member last wrote it (what renewals repeat).
         self._state: str | None = None
@@ -141,6 +142,8 @@ class FleetStreamPublisher(RedisStreamPublisher):
         self._renewal: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._renewal_failing = False
+        #: Renewals done (for tests and the curious: the renewal task is alive).
+        self._renewals = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -185,7 +188,7 @@ class FleetStreamPublisher(RedisStreamPublisher):
             if self._script is None:
                 self._script = client.register_script(_SCRIPT)
             reply = await self._script(
-                keys=[self.members_key, self.last_key, self.stream],
+                keys=[self.members_key, self.last_key, self.stream, self.hold_key],
                 args=[
                     self.fleet.instance,
                     state or "",
@@ -196,6 +199,7 @@ class FleetStreamPublisher(RedisStreamPublisher):
                     new_event_id(),
                     SCHEMA_ID,
                     TRACK,
+                    int(self.fleet.renewal * 1000),
                 ],
                 client=client,
             )
@@ -261,6 +265,7 @@ class FleetStreamPublisher(RedisStreamPublisher):
             except (RedisError, OSError) as exc:
                 self._renewal_failed(exc)
             else:
+                self._renewals += 1
                 if self._renewal_failing:
                     logger.info(
                         "fleet {}: member {} renewed again", self.stream, self.fleet.instance
