@@ -143,8 +143,8 @@ def composite(url: str, members: int, level: str, show: bool) -> None:
     if show:
         print(
             f"GET /feedback: fleet composite {fleet['level']} from {fleet['coordinator_id']} at "
-            f"{fleet['member']} ({fleet['members']} members, {fleet['coordinators']} "
-            f"coordinators); members: "
+            f"{fleet['member']} (members {fleet['members']}, coordinators "
+            f"{fleet['coordinators']}); members: "
             + ", ".join(f"{m['instance']} {m['level']}" for m in target["members"])
         )
 
