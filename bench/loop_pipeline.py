@@ -3,7 +3,8 @@
 Run with the consumers venv's python (`.ci/consumers.sh`). A real `RateCoordinator`
 paces a producer: every item takes one token of its provider's bucket
 (`RateCoordinator.acquire`), then goes to a store replica (bench/loop_store.py) over
-TCP, round robin over the replicas and alternating `bars` and `quotes`. With
+TCP in acknowledged batches of 20, round robin over the replicas, alternating `bars`
+and `quotes`. With
 `EVENT_BUS_BACKEND=redis`, the pipeline's real `FeedbackConsumer` reads the sidecar's
 stream and its `FeedbackHandler` scales that bucket (ok 1.0, soft 0.5, hard 0.0).
 
@@ -31,7 +32,8 @@ from market_data_pipeline.pulse.config import PulseConfig
 from market_data_pipeline.pulse.consumer import GROUP, STREAM, FeedbackConsumer
 from market_data_pipeline.settings.feedback import PipelineFeedbackSettings
 
-ITEMS = (b"b", b"q")
+#: Items per write, alternating bars and quotes; the store acknowledges each batch.
+BATCH = 20
 
 
 def emit(**fields: Any) -> None:
@@ -54,26 +56,31 @@ class ObservedRate:
 
 
 async def produce(coordinator: RateCoordinator, provider: str, stores: list[str]) -> None:
-    writers = []
+    """Batches of `BATCH` paced items, each acknowledged by its replica before the next
+    goes there: at most one batch in flight per replica, as with a synchronous write
+    (bytes buffered in sockets would otherwise reach the store long after the rate fell)."""
+    connections = []
     for address in stores:
         host, port = address.rsplit(":", 1)
-        _, writer = await asyncio.open_connection(host, int(port))
-        writers.append(writer)
+        connections.append(await asyncio.open_connection(host, int(port)))
+    batch = b"bq" * (BATCH // 2)
     sent = 0
     last_report = 0.0
     while True:
-        try:
-            await coordinator.acquire(provider)
-        except PacingError:  # the rate changed during the wait: ask again
-            continue
-        writers[sent % len(writers)].write(ITEMS[(sent // len(writers)) % 2])
-        sent += 1
-        if sent % 64 == 0:
-            for writer in writers:
-                await writer.drain()
-        if time.monotonic() - last_report >= 0.25:
-            last_report = time.monotonic()
-            emit(event="sent", t=last_report, items=sent)
+        for reader, writer in connections:
+            taken = 0
+            while taken < BATCH:
+                try:
+                    await coordinator.acquire(provider)
+                except PacingError:  # the rate changed during the wait: ask again
+                    continue
+                taken += 1
+            writer.write(batch)
+            await reader.readexactly(1)
+            sent += BATCH
+            if time.monotonic() - last_report >= 0.25:
+                last_report = time.monotonic()
+                emit(event="sent", t=last_report, items=sent)
 
 
 async def wait_group(cfg: PulseConfig, key: str, task: asyncio.Task[None]) -> None:

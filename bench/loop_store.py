@@ -7,8 +7,8 @@ rate), and, with `--feedback URL`, the real `HttpFeedbackBroadcaster` on the sto
 `feedback_bus()` POSTing every crossing to a sidecar.
 
 Items arrive on a TCP port from the pipeline (bench/loop_pipeline.py): one byte each,
-`b` for bars and `q` for quotes, submitted to the coordinator as they are read (a
-crossing awaits the broadcaster's POST, as in the store).
+`b` for bars and `q` for quotes, in batches of 20 that are submitted one by one (a
+crossing awaits the broadcaster's POST, as in the store) and then acknowledged.
 
 Prints JSON lines: `ready` (with the port), `feedback` per event on the bus (monotonic
 time, coordinator, level), and `stats` every 0.25 s and once more on SIGTERM: items
@@ -41,6 +41,8 @@ from market_data_store.coordinator import (
 )
 
 COORDINATORS = {b"b"[0]: "bars", b"q"[0]: "quotes"}
+#: Items per write from the pipeline (bench/loop_pipeline.py's BATCH), acknowledged.
+BATCH_IN = 20
 WORKERS = 2
 BATCH = 10
 #: Long enough never to pass while the benchmark runs (see the module's docstring).
@@ -132,10 +134,12 @@ async def main() -> int:
     for coordinator in coordinators.values():
         await coordinator.store.start()
 
-    async def take(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
-        while chunk := await reader.read(4096):
-            for byte in chunk:
-                await coordinators[byte].submit()
+    async def take(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                for byte in await reader.readexactly(BATCH_IN):
+                    await coordinators[byte].submit()
+                writer.write(b"k")  # the pipeline sends this replica's next batch now
 
     server = await asyncio.start_server(take, "127.0.0.1", args.port)
     stop = asyncio.Event()
