@@ -182,6 +182,8 @@ def _scenario(ctx: Context, own: OwnRedis, scenario: Scenario) -> dict[str, floa
         ports = [procs.free_port() for _ in range(scenario.replicas)]
         pipeline = _pipeline(own.url, scenario.scope is not None, ports, label)
         children.append(pipeline)
+        if sidecars:
+            _warm_up(own, sidecars)
         stores = [_store(n, port, urls[n], label) for n, port in enumerate(ports)]
         children += stores
         began = time.monotonic()
@@ -202,6 +204,19 @@ def _scenario(ctx: Context, own: OwnRedis, scenario: Scenario) -> dict[str, floa
     return {"dropped": totals["dropped"] / replicas, "peak": totals["peak"],
             "written": totals["written"] / elapsed / replicas, "produced": sent / elapsed,
             "changes": changes, "elapsed": elapsed}  # fmt: skip
+
+
+def _warm_up(own: OwnRedis, sidecars: list[Sidecar]) -> None:
+    """A steady fleet, not a fresh one: a fresh fleet holds back every composite short of
+    `hard` for one renewal (5 s) while members rebuild, so a loop started cold runs
+    unthrottled until then. Each replica reports an idle coordinator (`ok`, so it never
+    decides the worst) and the loop starts once a composite is on the stream."""
+    payload = {**STORE_POST, "coordinator_id": "warm-up", "queue_size": 0, "level": "ok",
+               "utilization": 0.0}  # fmt: skip
+    for sidecar in sidecars:
+        sidecar.post_json("/feedback", payload)
+    with redis.Redis.from_url(own.url) as client:
+        _wait(lambda: _added(client, "mdp:mdp.telemetry.feedback") >= 1, 30)
 
 
 def _store_totals(stores: list[Child]) -> dict[str, float]:
