@@ -183,9 +183,8 @@ SIDECAR_PORT=8090
 STORE_PORT=8082
 port_free "$SIDECAR_PORT" || SIDECAR_PORT="$(free_port)"
 port_free "$STORE_PORT" || STORE_PORT="$(free_port)"
-# The stream target as an operator writes it: scope fleet (the default), mode latest; one
-# replica's composite of one coordinator carries each of its crossings.
-TARGETS="[{\"kind\":\"redis-stream\",\"name\":\"pipeline\",\"url\":\"$POD_REDIS_URL\",\"namespace\":\"$NAMESPACE\"}]"
+# The single replica keeps a log of the store's events: mode all, scope coordinator.
+TARGETS="[{\"kind\":\"redis-stream\",\"name\":\"pipeline\",\"url\":\"$POD_REDIS_URL\",\"namespace\":\"$NAMESPACE\",\"mode\":\"all\",\"scope\":\"coordinator\"}]"
 STORE_ARGS="[\"--metrics-host\",\"127.0.0.1\",\"--metrics-port\",\"$STORE_PORT\",\"--coordinator-id\",\"$COORDINATOR\"]"
 "$HELM" template "$RELEASE" charts/market-data-sidecar -f .ci/pod/values.yaml \
     --set sidecar.port="$SIDECAR_PORT" --set store.port="$STORE_PORT" \

@@ -194,6 +194,18 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.fleet_member_level = Gauge(
+            "sidecar_fleet_member_level",
+            "Each live member's worst level as last seen: 0 ok, 1 soft, 2 hard.",
+            ["target", "instance"],
+            registry=r,
+        )
+        self.fleet_member_lease_age = Gauge(
+            "sidecar_fleet_member_lease_age_seconds",
+            "Seconds since each live member renewed, as last seen.",
+            ["target", "instance"],
+            registry=r,
+        )
         self.fleet_published = Counter(
             "sidecar_fleet_composites_published_total",
             "Fleet composites this member appended to the stream (changes and resyncs).",

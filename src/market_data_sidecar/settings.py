@@ -366,7 +366,10 @@ class Settings(BaseSettings):
         if self.body_bytes_in_flight < self.max_body_bytes:
             raise ValueError("body_bytes_in_flight must be at least max_body_bytes")
         if self.fleet_lease < 2 * self.fleet_renewal:
-            raise ValueError("fleet_lease must be at least twice fleet_renewal")
+            raise ValueError(
+                f"SIDECAR_FLEET_LEASE ({self.fleet_lease:g}) must be at least twice "
+                f"SIDECAR_FLEET_RENEWAL ({self.fleet_renewal:g})"
+            )
         labels = [target.label for target in self.targets]
         if len(labels) != len(set(labels)):
             raise ValueError("targets: names must be unique (set `name` on each target)")

@@ -22,12 +22,20 @@ EXISTING_SECRET_DATA = {
 }
 
 
+#: What the kubelet puts in a `fieldRef: metadata.name`.
+POD_NAME = "market-data-store-7d9f8b6c5-x2x4q"
+
+
 def resolved_env(manifests: Manifests, existing: dict[str, str]) -> dict[str, str]:
     """The sidecar's environment as the kubelet would build it."""
     env = {}
     for entry in manifests.sidecar["env"]:
         if "value" in entry:
             env[entry["name"]] = entry["value"]
+            continue
+        if "fieldRef" in entry["valueFrom"]:
+            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            env[entry["name"]] = POD_NAME
             continue
         ref = entry["valueFrom"]["secretKeyRef"]
         try:
@@ -58,6 +66,7 @@ def test_default_environment_loads(default_manifests: Manifests, load: Any) -> N
     settings = load(resolved_env(default_manifests, {}))
     assert settings.port == 8090
     assert settings.queue_capacity == 10000
+    assert settings.instance == POD_NAME
     assert settings.disk_paths == ["/data"]
     assert str(settings.store_metrics_url) == "http://127.0.0.1:8082/metrics"
     assert settings.targets == []

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,10 +19,12 @@ from market_data_core.events import JsonCodec
 from market_data_core.telemetry import FeedbackEvent
 
 from market_data_sidecar.feedback.model import Feedback
+from market_data_sidecar.feedback.retry import Backoff
+from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
 from market_data_sidecar.feedback.scope import composite_of
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher
-from market_data_sidecar.settings import RedisStreamTargetSettings
+from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher, member_state
+from market_data_sidecar.settings import ConfigError, RedisStreamTargetSettings, load_settings
 from tests.helpers import SidecarProcess, eventually, feedback, run_cli, store_payload
 from tests.redis_helpers import SHARED_REDIS_URL, RedisServer, feedback_key, stream_fields
 
@@ -54,9 +58,9 @@ async def member() -> AsyncIterator[MakeMember]:
         renewal: float = RENEWAL,
         metrics: Metrics | None = None,
     ) -> FleetStreamPublisher:
-        publisher = FleetStreamPublisher(
-            target(url, namespace), Fleet(instance, lease, renewal), metrics=metrics
-        )
+        # A token per publisher: each stands for a sidecar process of its own.
+        fleet = Fleet(instance, lease, renewal, token=secrets.token_hex(8))
+        publisher = FleetStreamPublisher(target(url, namespace), fleet, metrics=metrics)
         made.append(publisher)
         return publisher
 
@@ -216,18 +220,23 @@ async def test_a_member_that_leaves_is_no_longer_counted_at_once(
 async def test_a_member_that_stops_renewing_stops_counting_when_its_lease_ends(
     member: MakeMember, namespace: str
 ) -> None:
+    metrics = Metrics()
     a = member("pod-a", namespace)
-    b = member("pod-b", namespace)
+    b = member("pod-b", namespace, metrics=metrics)
     await a.start()
     await b.start()
     await a.deliver([pod("pod-a", "bars", "hard", 900)])
     await b.deliver([pod("pod-b", "bars", "ok", 10)])
+    level = metrics.registry.get_sample_value
+    assert level("sidecar_fleet_member_level", {"target": b.name, "instance": "pod-a"}) == 2
     assert a._renewal is not None
     a._renewal.cancel()  # as a SIGKILLed member would
     stopped = time.monotonic()
 
     await until_last(namespace, ("ok", "pod-b"), timeout=LEASE + 1.0)
     assert time.monotonic() - stopped >= LEASE - RENEWAL - 0.1
+    assert level("sidecar_fleet_member_level", {"target": b.name, "instance": "pod-a"}) is None
+    assert level("sidecar_fleet_members", {"target": b.name}) == 1
 
 
 async def until_last(
@@ -390,12 +399,14 @@ async def test_an_unparsable_member_is_ignored_counted_and_logged_once(
     metrics = Metrics()
     a = member("pod-a", namespace, metrics=metrics)
     await a.start()
+    valid = json.loads(member_state(pod("pod-x", "bars", "hard", 990)))
     await shared_redis.hset(
         a.members_key,
         mapping={
             "by-hand": "hard!",
             "other-version": f'{2**50}|0|t|{{"level": "hard"}}',
             "not-json": f"{2**50}|0|t|{{nope",
+            "bad-payload": f"{2**50}|0|t|" + json.dumps({**valid, "payload": "{nope"}),
         },
     )
     await a.deliver([pod("pod-a", "bars", "soft", 600)])
@@ -406,7 +417,7 @@ async def test_an_unparsable_member_is_ignored_counted_and_logged_once(
     value = metrics.registry.get_sample_value(
         "sidecar_fleet_unparsable_members_total", {"target": a.name}
     )
-    assert value == 3
+    assert value == 4
     assert [m.instance for m in a.members()] == ["pod-a"]
 
 
@@ -426,7 +437,7 @@ async def test_an_unparsable_member_is_ignored_counted_and_logged_once(
         ({"SIDECAR_INSTANCE": ""}, "SIDECAR_INSTANCE"),
         ({"SIDECAR_INSTANCE": "pod a\u2028"}, "SIDECAR_INSTANCE"),
         ({"SIDECAR_INSTANCE": "x" * 300}, "SIDECAR_INSTANCE"),
-        ({"SIDECAR_FLEET_LEASE": "4", "SIDECAR_FLEET_RENEWAL": "3"}, "fleet_lease"),
+        ({"SIDECAR_FLEET_LEASE": "4", "SIDECAR_FLEET_RENEWAL": "3"}, "SIDECAR_FLEET_LEASE (4)"),
     ],
 )  # fmt: skip
 def test_bad_fleet_configuration_is_one_line_and_exit_2(env: dict[str, str], named: str) -> None:
@@ -434,3 +445,124 @@ def test_bad_fleet_configuration_is_one_line_and_exit_2(env: dict[str, str], nam
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert named in line
+
+
+# -- what operators see ----------------------------------------------------------------------
+
+
+async def test_feedback_status_page_and_metrics_show_the_composite_and_the_members(
+    sidecar_process: Callable[..., SidecarProcess], member: MakeMember, namespace: str
+) -> None:
+    sidecar = fleet_sidecar(sidecar_process, namespace, "pod-a", 15.0, renewal=0.2)
+    other = member("pod-b", namespace, lease=15.0, renewal=0.2)
+    await other.start()
+    await other.deliver([pod("pod-b", "quotes", "soft", 600, count=3)])
+    await sidecar.wait_listening()
+    await post(sidecar, "hard", 900)
+
+    async def both_seen() -> dict[str, Any] | None:
+        _, body = await sidecar.get("/feedback")
+        [target] = json.loads(body)["targets"]
+        members = {m["instance"] for m in target["members"]}
+        return target if members == {"pod-a", "pod-b"} else None
+
+    target = await eventually(both_seen, timeout=5.0, message="both members seen")
+    assert target["scope"] == "fleet"
+    composite = target["composite"]
+    assert (composite["level"], composite["member"], composite["coordinator_id"]) == (
+        "hard",
+        "pod-a",
+        "bars",
+    )
+    assert (composite["members"], composite["coordinators"]) == (2, 4)
+    [first, second] = target["members"]
+    assert (first["instance"], first["level"], second["level"]) == ("pod-a", "hard", "soft")
+    assert 0 <= second["lease_age"] < 15
+
+    status = await asyncio.to_thread(run_cli, "status", "--url", sidecar.url)
+    assert "fleet hard: bars of pod-a (2 members, 4 coordinators)" in status.stdout
+    assert any(
+        line.split()[:3] == ["pod-b", "soft", "quotes"] for line in status.stdout.splitlines()
+    )
+    _, page = await sidecar.get("/")
+    assert 'data-member="pod-b"' in page
+    assert 'data-level="hard"' in page
+    _, metrics = await sidecar.get("/metrics")
+    assert 'sidecar_fleet_members{target="redis-stream:127.0.0.1"} 2.0' in metrics
+    assert (
+        'sidecar_fleet_member_level{instance="pod-b",target="redis-stream:127.0.0.1"} 1.0'
+        in metrics
+    )
+    assert (
+        'sidecar_feedback_composite_level{scope="fleet",target="redis-stream:127.0.0.1"} 2.0'
+        in metrics
+    )
+
+
+async def test_a_recovered_target_force_appends_the_current_composite(
+    member: MakeMember, namespace: str
+) -> None:
+    """`on_recovered` (Redis restarted, a new consumer group) makes the router resync the
+    target: in fleet scope, one forced entry of the fleet's current composite."""
+    publisher = member("pod-a", namespace)
+    router = Router(
+        [Target(publisher, kind="redis-stream", endpoint="", scope="fleet")],
+        metrics=Metrics(),
+        policy=RetryPolicy(Backoff(0.01, 0.05)),
+        resync_interval=3600.0,
+        instance="pod-a",
+    )
+    await router.start()
+    try:
+        router.submit(feedback("bars", 900, level="hard"))
+        router.submit(feedback("quotes", 10, level="ok"))
+        # Submitted at once: the second composite replaced the first undelivered one.
+        await eventually(lambda: _count(namespace, 1), message="the composite")
+
+        publisher.on_recovered()
+
+        await eventually(lambda: _count(namespace, 2), message="the resync")
+        event, headers = (await entries(namespace))[-1]
+        assert (event.level.value, event.coordinator_id) == ("hard", "bars")
+        assert (headers["resync"], headers["coordinators"]) == ("true", "2")
+    finally:
+        await router.stop(1.0)
+
+
+async def _count(namespace: str, expected: int) -> bool:
+    return len(await entries(namespace)) == expected
+
+
+async def test_two_sidecars_claiming_one_instance_make_feedback_degraded(
+    sidecar_process: Callable[..., SidecarProcess], namespace: str
+) -> None:
+    first = fleet_sidecar(sidecar_process, namespace, "pod-a", 2.0, renewal=0.2)
+    second = fleet_sidecar(sidecar_process, namespace, "pod-a", 2.0, renewal=0.2)
+    for sidecar, level in ((first, "ok"), (second, "soft")):
+        await sidecar.wait_listening()
+        await post(sidecar, level, 600)
+
+    async def degraded() -> str | None:
+        _, body = await first.get("/healthz")
+        [component] = [c for c in json.loads(body)["components"] if c["name"] == "feedback"]
+        return str(component["details"]) if component["state"] == "degraded" else None
+
+    details = await eventually(degraded, timeout=5.0, message="feedback degraded")
+    assert "another sidecar writes as fleet member 'pod-a'" in details
+    assert "another sidecar writes as member pod-a" in first.output()
+
+
+def test_streams_default_to_fleet_and_the_rest_to_coordinator() -> None:
+    settings = load_settings(
+        targets=[
+            {"kind": "redis-stream", "url": "redis://h"},
+            {"kind": "redis-pubsub", "url": "redis://h"},
+            {"kind": "http", "url": "http://h/"},
+            {"kind": "http", "url": "http://h/", "name": "pod", "scope": "pod"},
+        ],
+        instance="pod-a",
+    )
+    assert [t.scope for t in settings.targets] == ["fleet", "coordinator", "coordinator", "pod"]
+    assert (settings.fleet_lease, settings.fleet_renewal) == (15.0, 5.0)
+    with pytest.raises(ConfigError, match=r"SIDECAR_TARGETS\[0\].*scope 'coordinator'"):
+        load_settings(targets=[{"kind": "redis-stream", "url": "redis://h", "mode": "all"}])

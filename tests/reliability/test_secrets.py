@@ -155,6 +155,9 @@ async def test_no_secret_in_responses_logs_metrics_or_what_targets_receive(
             "SIDECAR_MAX_EVENTS_PER_REQUEST": "5",
             "SIDECAR_LOG_FORMAT": log_format,
             "SIDECAR_LOG_LEVEL": "DEBUG",
+            # The stream is in fleet scope: a fresh fleet holds `soft` back one renewal.
+            "SIDECAR_FLEET_RENEWAL": "0.2",
+            "SIDECAR_FLEET_LEASE": "1",
             **_targets(signed, retried, redis_server.port),
         }
     )
@@ -195,6 +198,13 @@ async def test_no_secret_in_responses_logs_metrics_or_what_targets_receive(
         ) and all(targets[n]["last_error"] for n in ("refused", "wrong-password", "absent"))
 
     await eventually(every_target_has_an_outcome, timeout=15, message="delivery outcomes")
+
+    async def the_fleet_composite_written() -> bool:
+        url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{redis_server.port}/0"
+        async with aioredis.Redis.from_url(url) as client:
+            return bool(await client.xlen("secrets:secrets.telemetry.feedback"))
+
+    await eventually(the_fleet_composite_written, message="the fleet's composite written")
     await eventually(lambda: _database_healthy(sidecar), message="the password is accepted")
 
     for path in [

@@ -94,6 +94,11 @@ token and targets (which hold signing secrets) only ever come from a Secret.
   value: {{ $s.port | int | quote }}
 - name: SIDECAR_SERVICE_NAME
   value: {{ $s.serviceName | quote }}
+# This sidecar's member name in a fleet scope: the pod name, even with hostNetwork.
+- name: SIDECAR_INSTANCE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 - name: SIDECAR_STORE_METRICS_URL
   value: {{ include "market-data-sidecar.storeMetricsUrl" . | quote }}
 {{- $diskPaths := $s.diskPaths }}

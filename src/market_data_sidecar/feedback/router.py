@@ -28,7 +28,7 @@ from market_data_sidecar.feedback.buffers import ConflatingBuffer, FifoBuffer, T
 from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
 from market_data_sidecar.feedback.model import COMPOSITE_KEY, Feedback, Scope
 from market_data_sidecar.feedback.retry import CIRCUIT_GAUGE, Backoff, CircuitBreaker, CircuitState
-from market_data_sidecar.feedback.scope import next_pod_composite, signature
+from market_data_sidecar.feedback.scope import SEVERITY, next_pod_composite, signature
 from market_data_sidecar.feedback.state import (
     LEVEL_SEVERITY,
     MAX_ERROR_LENGTH,
@@ -503,6 +503,10 @@ class Router:
         if composite is None or signature(composite) == signature(previous):
             return
         self.composites[COMPOSITE_KEY] = composite
+        level = SEVERITY[composite.event.level.value]
+        for lane in self._scoped:
+            if lane.target.scope == "pod":
+                self._metrics.feedback_composite_level.labels(lane.name, "pod").set(level)
         self._hand(self._scoped, composite)
 
     def _hand(self, lanes: Sequence[TargetLane], feedback: Feedback) -> None:

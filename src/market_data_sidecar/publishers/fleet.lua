@@ -39,6 +39,29 @@ else
   end
 end
 
+-- A member's state as this version writes it, or nil: whatever another version (or a
+-- hand) wrote must never reach the stream, where the consumers would dead-letter it.
+local function readable(body)
+  local ok, member = pcall(cjson.decode, body)
+  if not ok or type(member) ~= 'table' or type(member.severity) ~= 'number'
+      or type(member.utilization) ~= 'number' or type(member.level) ~= 'string'
+      or type(member.coordinator) ~= 'string' or type(member.coordinators) ~= 'number'
+      or type(member.payload) ~= 'string' or type(member.hash) ~= 'string'
+      or type(member.signature) ~= 'string' or type(member.headers) ~= 'table' then
+    return nil
+  end
+  local parsed, event = pcall(cjson.decode, member.payload)
+  if not parsed or type(event) ~= 'table' or event.level ~= member.level then
+    return nil
+  end
+  local headers = {}
+  for _, key in ipairs({'utilization', 'reason', 'origin'}) do
+    if type(member.headers[key]) == 'string' then headers[key] = member.headers[key] end
+  end
+  member.headers = headers
+  return member
+end
+
 -- Rank as feedback/scope.py does: severity, then utilization, then the name.
 local function better(a, b)
   if a.severity ~= b.severity then return a.severity > b.severity end
@@ -53,15 +76,8 @@ local unparsable, view = {}, {}
 for i = 1, #entries, 2 do
   local name, value = entries[i], entries[i + 1]
   local expires, renewed, _, body = string.match(value, '^(%d+)|(%d+)|([^|]*)|(.*)$')
-  local ok, member = false, nil
-  if body then
-    ok, member = pcall(cjson.decode, body)
-  end
-  if not ok or type(member) ~= 'table' or type(member.severity) ~= 'number'
-      or type(member.utilization) ~= 'number' or type(member.level) ~= 'string'
-      or type(member.coordinator) ~= 'string' or type(member.coordinators) ~= 'number'
-      or type(member.payload) ~= 'string' or type(member.hash) ~= 'string'
-      or type(member.signature) ~= 'string' or type(member.headers) ~= 'table' then
+  local member = body and readable(body)
+  if not member then
     table.insert(unparsable, name)
   elseif tonumber(expires) <= now then
     redis.call('HDEL', members_key, name)

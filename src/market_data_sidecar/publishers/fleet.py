@@ -22,7 +22,7 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -39,10 +39,13 @@ from market_data_sidecar.publishers.redis import SCHEMA_ID, TRACK, RedisStreamPu
 from market_data_sidecar.settings import RedisStreamTargetSettings
 
 _SCRIPT = resources.files(__package__).joinpath("fleet.lua").read_text(encoding="utf-8")
+PROCESS_TOKEN = secrets.token_hex(8)
 #: Wake this long after another member's lease ends: the server's `TIME` has passed it.
 EXPIRY_MARGIN = 0.02
 #: A foreign token under this member's name this recently makes the target's problem.
 DUPLICATE_MEMORY_LEASES = 2.0
+#: Members listed in `GET /feedback` (the worst first); the count is always complete.
+MAX_MEMBERS_SHOWN = 100
 #: Unparsable members reported by name; beyond this many each is counted every step.
 MAX_UNPARSABLE_REMEMBERED = 1000
 
@@ -54,8 +57,9 @@ class Fleet:
     instance: str
     lease: float
     renewal: float
-    #: Random per process: tells this process's entry from another's under one name.
-    token: str = field(default_factory=lambda: secrets.token_hex(8))
+    #: Random per process (its incarnation): tells this process's entry from another's
+    #: under one name; two targets of one process writing one key are one member.
+    token: str = PROCESS_TOKEN
 
 
 @dataclass(frozen=True)
@@ -130,15 +134,17 @@ class FleetStreamPublisher(RedisStreamPublisher):
         self.last_key = f"{self.stream}:fleet:last"
         self.hold_key = f"{self.stream}:fleet:hold"
         self._script: AsyncScript | None = None
-        #: The pod's composite as this member last wrote it (what renewals repeat).
+        #: The pod's newest composite, as this member writes it (what renewals repeat).
         self._state: str | None = None
         self._lock = asyncio.Lock()
         self._written = False
         self._duplicate_seen_at: float | None = None
-        self._duplicate_token = ""
         self._unparsable_reported: set[str] = set()
+        #: Members whose series `/metrics` holds.
+        self._exported: set[str] = set()
         self._last: StepResult | None = None
         self._last_at = 0.0
+        self._due: float | None = None
         self._renewal: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._renewal_failing = False
@@ -185,6 +191,10 @@ class FleetStreamPublisher(RedisStreamPublisher):
     async def _step(self, client: aioredis.Redis, state: str | None, *, force: bool) -> StepResult:
         """One Lua step, never two at once: a renewal must not overtake a newer state."""
         async with self._lock:
+            if state is not None:
+                # Before the step: should it fail or be cut short, the renewals still
+                # carry the newest state (the router retries the delivery, too).
+                self._state = state
             if self._script is None:
                 self._script = client.register_script(_SCRIPT)
             reply = await self._script(
@@ -205,8 +215,6 @@ class FleetStreamPublisher(RedisStreamPublisher):
             )
             result = StepResult.parse(reply)
             self._observe(result, wrote=state is not None)
-            if state is not None:
-                self._state = state
             return result
 
     def _observe(self, result: StepResult, *, wrote: bool) -> None:
@@ -222,7 +230,6 @@ class FleetStreamPublisher(RedisStreamPublisher):
                     self.fleet.instance,
                 )
             self._duplicate_seen_at = time.monotonic()
-            self._duplicate_token = result.found
         self._written = self._written or wrote
         for name in result.unparsable:
             if name in self._unparsable_reported:
@@ -237,7 +244,10 @@ class FleetStreamPublisher(RedisStreamPublisher):
                 ascii(name),
             )
         self._last, self._last_at = result, time.monotonic()
+        #: When another member's lease ends (or a hold): the renewal wakes then.
+        self._due = None if result.next_expiry is None else self._last_at + result.next_expiry
         if self._metrics is not None:
+            self._export_members(self._metrics)
             self._metrics.fleet_members.labels(self.name).set(len(result.members))
             if result.composite is not None:
                 self._metrics.feedback_composite_level.labels(self.name, "fleet").set(
@@ -245,6 +255,17 @@ class FleetStreamPublisher(RedisStreamPublisher):
                 )
             if result.published:
                 self._metrics.fleet_published.labels(self.name).inc()
+
+    def _export_members(self, metrics: Metrics) -> None:
+        """Each shown member's level and lease age; a member gone leaves the metrics."""
+        shown = {member.instance: member for member in self.members()}
+        for gone in self._exported - shown.keys():
+            metrics.fleet_member_level.remove(self.name, gone)
+            metrics.fleet_member_lease_age.remove(self.name, gone)
+        for instance, member in shown.items():
+            metrics.fleet_member_level.labels(self.name, instance).set(severity(member.level))
+            metrics.fleet_member_lease_age.labels(self.name, instance).set(member.lease_age)
+        self._exported = set(shown)
 
     # -- renewal --------------------------------------------------------------------------
 
@@ -273,14 +294,13 @@ class FleetStreamPublisher(RedisStreamPublisher):
                 self._renewal_failing = False
 
     def _next_wait(self) -> float:
-        wait = self.fleet.renewal
-        last = self._last
-        if last is not None and last.next_expiry is not None:
-            since = time.monotonic() - self._last_at
-            wait = min(wait, max(0.0, last.next_expiry - since) + EXPIRY_MARGIN)
-        return wait
+        if self._due is None:
+            return self.fleet.renewal
+        return min(self.fleet.renewal, max(0.0, self._due - time.monotonic()) + EXPIRY_MARGIN)
 
     def _renewal_failed(self, exc: BaseException) -> None:
+        # Retry at the renewal pace, not at a lease end long past (Redis is down).
+        self._due = None
         if not self._renewal_failing:
             logger.warning(
                 "fleet {}: member {} not renewed ({}); retrying every {:g}s",
@@ -309,12 +329,16 @@ class FleetStreamPublisher(RedisStreamPublisher):
         return self._last.composite if self._last is not None else None
 
     def members(self) -> list[MemberState]:
+        """The live members as the last step saw them, the worst first, at most
+        `MAX_MEMBERS_SHOWN` (the answer of `GET /feedback` stays bounded)."""
         if self._last is None:
             return []
         since = time.monotonic() - self._last_at
+        ranked = sorted(self._last.members, key=lambda m: (-severity(m.level), m.instance))[
+            :MAX_MEMBERS_SHOWN
+        ]
         return [
-            member.model_copy(update={"lease_age": member.lease_age + since})
-            for member in self._last.members
+            member.model_copy(update={"lease_age": member.lease_age + since}) for member in ranked
         ]
 
     def _describe(self) -> dict[str, str]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from market_data_sidecar.feedback.state import TargetState
+from market_data_sidecar.feedback.state import CompositeState, MemberState, TargetState
 from market_data_sidecar.views.format import percent_text, printable
 
 #: `details` every component carries; they say when, not what.
@@ -220,6 +220,58 @@ def _target(data: Mapping[str, Any]) -> TargetState:
         last_error_at=_float(data.get("last_error_at")),
         circuit=cast(Any, _text(data.get("circuit") or "closed")),
         disabled=bool(data.get("disabled", False)),
+        scope=cast(Any, _text(data.get("scope") or "coordinator")),
+        composite=_composite(data.get("composite")),
+        members=[
+            _member(member)
+            for member in _list(data.get("members"))[:MAX_MEMBERS_SHOWN]
+            if isinstance(member, Mapping)
+        ],
+    )
+
+
+#: A fleet's members shown per target; the worst come first in `GET /feedback`.
+MAX_MEMBERS_SHOWN = 50
+
+
+def _composite(value: Any) -> CompositeState | None:
+    if not isinstance(value, Mapping):
+        return None
+    return CompositeState.model_construct(
+        scope=cast(Any, _text(value.get("scope") or "pod")),
+        level=cast(Any, _text(value.get("level") or "?")),
+        coordinator_id=_text(value.get("coordinator_id", "")),
+        member=_text(value.get("member", "")),
+        queue_size=_int(value.get("queue_size")) or 0,
+        capacity=_int(value.get("capacity")) or 0,
+        members=_int(value.get("members")) or 0,
+        coordinators=_int(value.get("coordinators")) or 0,
+    )
+
+
+def _member(value: Mapping[str, Any]) -> MemberState:
+    return MemberState.model_construct(
+        instance=_text(value.get("instance", "?")),
+        level=cast(Any, _text(value.get("level") or "?")),
+        coordinator_id=_text(value.get("coordinator_id", "")),
+        coordinators=_int(value.get("coordinators")) or 0,
+        lease_age=_float(value.get("lease_age")) or 0.0,
+    )
+
+
+def composite_text(target: TargetState) -> str | None:
+    """`fleet hard: bars of pod-a (2 members, 4 coordinators)`, or None (not scoped)."""
+    composite = target.composite
+    if target.scope == "coordinator":
+        return None
+    if composite is None:
+        return f"{target.scope}: nothing known yet"
+    counts = f"{composite.coordinators} coordinators"
+    if composite.scope == "fleet":
+        counts = f"{composite.members} members, " + counts
+    return (
+        f"{composite.scope} {composite.level}: {composite.coordinator_id} of "
+        f"{composite.member} ({counts})"
     )
 
 

@@ -19,7 +19,13 @@ from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar.feedback.state import RelayState, TargetState
 from market_data_sidecar.views.format import age, count, num, percent, timestamp
-from market_data_sidecar.views.model import BOOKKEEPING, CoordinatorRow, StatusView, target_health
+from market_data_sidecar.views.model import (
+    BOOKKEEPING,
+    CoordinatorRow,
+    StatusView,
+    composite_text,
+    target_health,
+)
 
 HealthSource = Callable[[], HealthStatus]
 FeedbackSource = Callable[[], RelayState | None]
@@ -214,7 +220,36 @@ def _targets(view: StatusView) -> str:
         if view.relay
         else ""
     )
-    return f'<section id="targets"><h2>Targets</h2>{body}{footer}</section>'
+    return f'<section id="targets"><h2>Targets</h2>{body}{_composites(view)}{footer}</section>'
+
+
+def _composites(view: StatusView) -> str:
+    """Each scoped target's composite, and a fleet's members with their lease age."""
+    parts = []
+    for t in view.targets:
+        text = composite_text(t)
+        if text is None:
+            continue
+        level = t.composite.level if t.composite else ""
+        parts.append(
+            f'<p class="composite" data-composite="{escape(t.name)}" data-level="{escape(level)}">'
+            f"<strong>{escape(t.name)}</strong>: {escape(text)}</p>"
+        )
+        if t.members:
+            rows = "".join(
+                f'<tr data-member="{escape(m.instance)}"><td>{escape(m.instance)}</td>'
+                f'<td><span class="badge {_level_class(m.level)}">{escape(m.level)}</span></td>'
+                f"<td>{escape(m.coordinator_id)}</td>"
+                f'<td class="num">{count(m.coordinators)}</td>'
+                f'<td class="num">{m.lease_age:.1f}s</td></tr>'
+                for m in t.members
+            )
+            parts.append(
+                "<table><thead><tr><th>member</th><th>level</th><th>coordinator</th>"
+                "<th>coordinators</th><th>lease age</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table>"
+            )
+    return "".join(parts)
 
 
 def _target_row(t: TargetState) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from market_data_sidecar.feedback.state import TargetState
 from market_data_sidecar.views.format import age, clock, count, num, percent
-from market_data_sidecar.views.model import CoordinatorRow, StatusView
+from market_data_sidecar.views.model import CoordinatorRow, StatusView, composite_text
 
 _RESET = "\x1b[0m"
 _STYLES = {
@@ -101,6 +101,7 @@ def render_table(view: StatusView, *, colour: bool = False, width: int | None = 
             or [[_Cell("(no targets configured)")] + [_Cell("")] * 8],
             colour,
         )  # fmt: skip
+        lines += _composite_lines(view, colour)
         source = "synthesizing from queue depths" if view.synthesizing else "store pushes"
         last = age(view.last_store_event_at) if view.last_store_event_at else "never"
         lines.append(f"feedback: {source}; last event from the store {last}")
@@ -139,6 +140,32 @@ def _coordinator_cells(c: CoordinatorRow) -> list[_Cell]:
         _Cell(c.circuit or "-", c.circuit or ""),
         _Cell(event, c.event_level or ""),
     ]
+
+
+def _composite_lines(view: StatusView, colour: bool) -> list[str]:
+    """Each scoped target's composite, and a fleet's members."""
+    lines: list[str] = []
+    for t in view.targets:
+        text = composite_text(t)
+        if text is None:
+            continue
+        lines += ["", f"target {t.name}: {text}"]
+        if t.members:
+            lines += _table(
+                ["MEMBER", "LEVEL", "COORDINATOR", "COORDINATORS", "LEASE AGE"],
+                [
+                    [
+                        _Cell(m.instance),
+                        _Cell(m.level, m.level),
+                        _Cell(m.coordinator_id),
+                        _Cell(count(m.coordinators), right=True),
+                        _Cell(f"{m.lease_age:.1f}s", right=True),
+                    ]
+                    for m in t.members
+                ],
+                colour,
+            )
+    return lines
 
 
 def _target_cells(t: TargetState) -> list[_Cell]:
@@ -189,6 +216,13 @@ def render_lines(view: StatusView) -> list[str]:
         if t.last_error:
             text += f", last error {t.last_error}"
         lines.append(text)
+        if (composite := composite_text(t)) is not None:
+            lines.append(f"target {t.name} composite {composite}")
+        lines += [
+            f"target {t.name} member {m.instance}: {m.level}, {m.coordinator_id}, "
+            f"{m.coordinators} coordinators, renewed {m.lease_age:.1f}s ago"
+            for m in t.members
+        ]
     lines += [
         f"receiver {r.name} ({r.kind}): received {r.received}"
         + (f", last {r.last}" if r.last else "")
