@@ -13,7 +13,12 @@
 #     delivered them to the host's Redis, where market-data-pipeline's FeedbackConsumer
 #     (.cache/consumers/venv, if .ci/consumers.sh built it; else XREAD of the stream)
 #     reads a hard and then an ok event;
-#   - `podman pod stop` ends both containers with exit 0 within the grace period.
+#   - `podman pod stop` ends both containers with exit 0 within the grace period;
+#   - two replicas on one stream key (the stream target's default scope, fleet): pod A's
+#     store held at hard, pod B's at soft (store.py --hold, one coordinator id in both);
+#     the pipeline's FeedbackConsumer reaches hard, both sidecars' GET /feedback show a
+#     composite of two members, and stopping A (its sidecar, then the pod) moves the
+#     consumer to B's soft: A's sidecar leaves the fleet on SIGTERM, no lease to wait for.
 # Prints the time to ready, the sidecar's memory idle and after 20 s of POST/GET
 # /feedback load (from inside the pod), and the stop time.
 #
@@ -53,6 +58,11 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/pod.XXXXXX")"
 POD=""
 SECRET=""
 CONSUMER_PID=""
+# The two replicas of the fleet phase.
+FLEET_NS="mdsfleetci$$"
+FLEET_KEY="$FLEET_NS:$FLEET_NS.telemetry.feedback"
+FLEET_PODS=()
+FLEET_SECRETS=()
 
 step() { printf '\n==> %s\n' "$*"; }
 die() {
@@ -71,10 +81,13 @@ since() { printf '%.2f' "$(echo "$(now) - $1" | bc)"; }
 cleanup() {
     if [[ -n "$CONSUMER_PID" ]]; then kill "$CONSUMER_PID" 2>/dev/null || true; fi
     if [[ -n "$POD" ]]; then podman pod rm -f -t 0 "$POD" >/dev/null 2>&1 || true; fi
+    for pod in "${FLEET_PODS[@]}"; do podman pod rm -f -t 0 "$pod" >/dev/null 2>&1 || true; done
+    for secret in "${FLEET_SECRETS[@]}"; do podman secret rm "$secret" >/dev/null 2>&1 || true; done
     # kube play names an emptyDir's volume after it; remove the ones this run created.
     for volume in "${NEW_VOLUMES[@]}"; do podman volume rm -f "$volume" >/dev/null 2>&1 || true; done
     if [[ -n "$SECRET" ]]; then podman secret rm "$SECRET" >/dev/null 2>&1 || true; fi
-    redis-cli -u "$HOST_REDIS_URL" del "$STREAM_KEY" "$STREAM_KEY.dlq" >/dev/null 2>&1 || true
+    redis-cli -u "$HOST_REDIS_URL" del "$STREAM_KEY" "$STREAM_KEY.dlq" "$FLEET_KEY" "$FLEET_KEY.dlq" \
+        "$FLEET_KEY:fleet:members" "$FLEET_KEY:fleet:last" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 NEW_VOLUMES=()
@@ -102,6 +115,7 @@ until_true() {
     done
 }
 sidecar_running() {
+    [[ -n "$POD" ]] || return 0 # between pods: nothing to watch
     [[ "$(podman inspect "$POD-sidecar" --format '{{.State.Running}}' 2>/dev/null)" == true ]] \
         && [[ "$(podman inspect "$POD-store" --format '{{.State.Running}}' 2>/dev/null)" == true ]]
 }
@@ -120,6 +134,34 @@ cgroup_bytes() {
     fi
 }
 mib() { echo "$(($1 / 1024 / 1024))"; }
+
+# play_replica LABEL FILL: a pod of the chart whose store holds its queue at FILL of
+# capacity, its sidecar writing the fleet's key; sets REPLICA_POD and REPLICA_URL.
+play_replica() {
+    local label="$1" fill="$2" dir="$WORK/replica-$1" sidecar_port store_port targets args
+    mkdir -p "$dir"
+    sidecar_port="$(free_port)"
+    store_port="$(free_port)"
+    targets="[{\"kind\":\"redis-stream\",\"name\":\"pipeline\",\"url\":\"$POD_REDIS_URL\",\"namespace\":\"$FLEET_NS\"}]"
+    args="[\"--metrics-host\",\"127.0.0.1\",\"--metrics-port\",\"$store_port\",\"--coordinator-id\",\"$COORDINATOR\",\"--hold\",\"--fill\",\"$fill\"]"
+    "$HELM" template "mdsfleet$label$$" charts/market-data-sidecar -f .ci/pod/values.yaml \
+        --set sidecar.port="$sidecar_port" --set store.port="$store_port" \
+        --set-json "store.args=$args" --set-json "sidecar.targets=$targets" >"$dir/rendered.yaml"
+    "$PYTHON" "$CHECK" split "$dir" >/dev/null || die "cannot split the rendered chart ($label)"
+    local deployment secret_name volumes
+    { read -r deployment secret_name; read -r -a volumes; } <"$dir/names"
+    for volume in "${volumes[@]}"; do
+        podman volume exists "$volume" || NEW_VOLUMES+=("$volume")
+    done
+    podman secret rm "$secret_name" >/dev/null 2>&1 || true
+    podman secret create "$secret_name" "$dir/secret.json" >/dev/null
+    FLEET_SECRETS+=("$secret_name")
+    REPLICA_POD="$deployment-pod-0"
+    FLEET_PODS+=("$REPLICA_POD")
+    podman kube play --network "slirp4netns:allow_host_loopback=true,cidr=$POD_CIDR" \
+        "$dir/deployment.yaml" >"$dir/play.out" || die "podman kube play failed ($label)"
+    REPLICA_URL="http://127.0.0.1:$sidecar_port"
+}
 
 step "tools: podman, helm, the base image"
 CONTAINERS_CONF="$(bash .ci/tools.sh podman)"
@@ -141,6 +183,7 @@ SIDECAR_PORT=8090
 STORE_PORT=8082
 port_free "$SIDECAR_PORT" || SIDECAR_PORT="$(free_port)"
 port_free "$STORE_PORT" || STORE_PORT="$(free_port)"
+# The single replica keeps a log of the store's events: mode all, scope coordinator.
 TARGETS="[{\"kind\":\"redis-stream\",\"name\":\"pipeline\",\"url\":\"$POD_REDIS_URL\",\"namespace\":\"$NAMESPACE\",\"mode\":\"all\",\"scope\":\"coordinator\"}]"
 STORE_ARGS="[\"--metrics-host\",\"127.0.0.1\",\"--metrics-port\",\"$STORE_PORT\",\"--coordinator-id\",\"$COORDINATOR\"]"
 "$HELM" template "$RELEASE" charts/market-data-sidecar -f .ci/pod/values.yaml \
@@ -243,6 +286,57 @@ done
 (($(echo "$STOP_S < $STOP_GRACE" | bc))) || die "stopping took ${STOP_S}s: SIGKILL"
 printf 'pod stopped in %s s\n' "$STOP_S"
 
+step "two replicas on $FLEET_KEY: A's store held at hard, B's at soft"
+FLEET_PODS+=("$POD") # the stopped pod is removed at exit with the others
+POD=""
+[[ -x "$CONSUMER_PYTHON" ]] || die "the fleet phase needs .cache/consumers/venv (.ci/consumers.sh)"
+EVENT_BUS_BACKEND=redis REDIS_URL="$HOST_REDIS_URL" MD_NAMESPACE="$FLEET_NS" \
+    "$CONSUMER_PYTHON" .ci/pod/pipeline_consumer.py "$COORDINATOR" 150 hard soft \
+    >"$WORK/fleet-consumer.out" 2>"$WORK/fleet-consumer.err" &
+CONSUMER_PID=$!
+consumer_says() {
+    kill -0 "$CONSUMER_PID" 2>/dev/null || grep -q "$1" "$WORK/fleet-consumer.out" \
+        || { cat "$WORK/fleet-consumer.out" "$WORK/fleet-consumer.err" >&2; die "the fleet's pipeline consumer exited"; }
+    grep -q "$1" "$WORK/fleet-consumer.out"
+}
+until_true 30 "the fleet's pipeline consumer group" consumer_says '"ready"'
+started="$(now)"
+play_replica a 0.9
+POD_A="$REPLICA_POD" URL_A="$REPLICA_URL"
+play_replica b 0.7
+POD_B="$REPLICA_POD" URL_B="$REPLICA_URL"
+POD="$POD_A"
+until_true 60 "replica A ready" get "$URL_A/readyz"
+POD="$POD_B"
+until_true 60 "replica B ready" get "$URL_B/readyz"
+printf 'both replicas ready %s s after kube play\n' "$(since "$started")"
+until_true 60 "the pipeline at A's hard" consumer_says '"reached", "level": "hard"'
+until_true 30 "a hard composite of two members at A" python3 "$CHECK" composite "$URL_A" 2 hard
+until_true 30 "a hard composite of two members at B" python3 "$CHECK" composite "$URL_B" 2 hard
+python3 "$CHECK" composite "$URL_B" 2 hard --show
+
+step "podman pod stop A (at hard): the pipeline follows B (soft)"
+# The sidecar first, then the pod: with podman 4.3 and slirp4netns, once the store
+# container has exited the pod's network is gone for the sidecar still stopping (seen:
+# "Network is unreachable" on its way out, so it could not leave and the lease released
+# it 15 s later), where Kubernetes keeps a pod's network until its last container exits.
+started="$(now)"
+podman stop -t "$STOP_GRACE" "$POD_A-sidecar" >/dev/null
+podman pod stop -t "$STOP_GRACE" "$POD_A" >/dev/null
+printf 'A stopped in %s s\n' "$(since "$started")"
+podman logs "$POD_A-sidecar" >"$WORK/replica-a/sidecar.log" 2>&1 || true
+grep -q 'member [^ ]* left' "$WORK/replica-a/sidecar.log" \
+    || { tail -8 "$WORK/replica-a/sidecar.log" >&2; die "A's sidecar did not leave the fleet on SIGTERM"; }
+grep -E 'left|shutting down|stopped' "$WORK/replica-a/sidecar.log" | tail -3
+until_true 30 "the pipeline at B's soft" consumer_says '"reached", "level": "soft"'
+FLEET_S="$(since "$started")"
+wait "$CONSUMER_PID" || die "the fleet's pipeline consumer failed"
+CONSUMER_PID=""
+until_true 10 "a soft composite of one member at B" python3 "$CHECK" composite "$URL_B" 1 soft
+python3 "$CHECK" composite "$URL_B" 1 soft --show
+python3 "$CHECK" consumer "$WORK/fleet-consumer.out" "$COORDINATOR"
+printf 'the pipeline at soft %s s after podman pod stop of A\n' "$FLEET_S"
+
 echo
-printf 'pod: ok (ready %s s, RSS idle %d MiB, peak under load %d MiB, stop %s s)\n' \
-    "$READY_S" "$((IDLE_RSS / 1024))" "$((LOAD_HWM / 1024))" "$STOP_S"
+printf 'pod: ok (ready %s s, RSS idle %d MiB, peak under load %d MiB, stop %s s; fleet: A stopped -> pipeline at B'"'"'s level in %s s)\n' \
+    "$READY_S" "$((IDLE_RSS / 1024))" "$((LOAD_HWM / 1024))" "$STOP_S" "$FLEET_S"

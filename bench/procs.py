@@ -54,6 +54,7 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cpu: int | None = None,
     stdout: int | None = None,
+    stdin: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` with its output in a log file (or a pipe), on one core when pinning."""
     LOG_DIR.mkdir(exist_ok=True)
@@ -69,7 +70,7 @@ def spawn(
         env={**os.environ, **(env or {})},
         stdout=stdout if stdout is not None else log,
         stderr=log,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin if stdin is not None else subprocess.DEVNULL,
         preexec_fn=pin,  # only sched_setaffinity, before exec
     )
     log.close()

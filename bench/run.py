@@ -51,6 +51,14 @@ def _needs_stream_relay() -> str | None:
     return ", ".join(missing) or None
 
 
+def _needs_scope() -> str | None:
+    from market_data_sidecar.settings import RedisStreamTargetSettings
+
+    if "scope" not in RedisStreamTargetSettings.model_fields:
+        return "the targets' scope"
+    return _needs_stream_relay()
+
+
 def _needs_everything() -> str | None:
     return _needs_http_relay() or _needs_stream_relay()
 
@@ -63,6 +71,7 @@ BENCHMARKS.update(
         "stream": ("bench.stream", _needs_stream_relay),
         "resync": ("bench.resync", _needs_stream_relay),
         "readers": ("bench.readers", _needs_stream_relay),
+        "loop": ("bench.closed_loop", _needs_scope),
         "footprint": ("bench.footprint", _needs_everything),
     }
 )

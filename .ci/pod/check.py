@@ -7,6 +7,7 @@ when it holds, 1 (with the reason) when not; with --show it prints what it saw.
     check.py feedback SIDECAR_URL COORD     GET /feedback: the store's event, delivered
     check.py stream COORD < XRANGE output   a hard then an ok store event in Core's envelope
     check.py consumer OUTPUT COORD          the pipeline consumer's lines, summarised
+    check.py composite SIDECAR_URL N LEVEL  GET /feedback: a fleet composite at LEVEL of N members
     check.py load SIDECAR_URL SECONDS       POST and GET /feedback loops, then the rates
 """
 
@@ -133,6 +134,21 @@ def consumer(path: str, coordinator: str) -> None:
         )
 
 
+def composite(url: str, members: int, level: str, show: bool) -> None:
+    (target,) = get_json(f"{url}/feedback")["targets"]
+    assert target["scope"] == "fleet", target
+    fleet = target["composite"]
+    assert fleet is not None, target
+    assert (fleet["members"], fleet["level"]) == (members, level), fleet
+    if show:
+        print(
+            f"GET /feedback: fleet composite {fleet['level']} from {fleet['coordinator_id']} at "
+            f"{fleet['member']} (members {fleet['members']}, coordinators "
+            f"{fleet['coordinators']}); members: "
+            + ", ".join(f"{m['instance']} {m['level']}" for m in target["members"])
+        )
+
+
 def load(url: str, seconds: float) -> None:
     """4 threads POSTing arrays of 10 events, 2 GETting /feedback, for `seconds`."""
     parts = urlsplit(url)
@@ -204,6 +220,8 @@ def main(argv: list[str]) -> int:
             stream(rest[0], show)
         elif command == "consumer":
             consumer(rest[0], rest[1])
+        elif command == "composite":
+            composite(rest[0], int(rest[1]), rest[2], show)
         elif command == "load":
             load(rest[0], float(rest[1]))
         else:

@@ -5,14 +5,15 @@ Run with the python of a virtual environment holding market-data-pipeline 0.8.70
 environment: EVENT_BUS_BACKEND=redis, REDIS_URL, MD_NAMESPACE (`PulseConfig` reads
 them at import).
 
-    python pipeline_consumer.py COORDINATOR SECONDS
+    python pipeline_consumer.py COORDINATOR SECONDS [LEVEL ...]
 
 The consumer hands each event to the pipeline's FeedbackHandler, which rescales a real
 `RateCoordinator` through the pipeline's `RateCoordinatorAdapter`. Prints JSON lines:
 `ready` once the consumer group exists (Core creates it at `$`: only later entries
-reach it), then `event` for each handled event with the provider's scale after it.
-Exits 0 once it has handled a `hard` and then an `ok` event of COORDINATOR (scale 0.0,
-then 1.0), 1 if SECONDS pass first.
+reach it), then `event` for each handled event with the provider's scale after it, and
+`reached` as each LEVEL is handled. Exits 0 once it has handled events of COORDINATOR
+at each LEVEL in turn (default: `hard` then `ok`, scale 0.0 then 1.0), 1 if SECONDS pass
+first.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def emit(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
 
 
-async def main(coordinator_id: str, seconds: float) -> int:
+async def main(coordinator_id: str, seconds: float, levels: list[str]) -> int:
     deadline = time.monotonic() + seconds
     cfg = PulseConfig()
     settings = PipelineFeedbackSettings()
@@ -46,11 +47,10 @@ async def main(coordinator_id: str, seconds: float) -> int:
     key = f"{consumer.bus.namespace}:{cfg.ns}.{STREAM}"
 
     done = asyncio.Event()
-    seen_hard = False
+    awaited = list(levels)
     handle = consumer.handler.handle
 
     async def observed_handle(event: Any) -> None:
-        nonlocal seen_hard
         await handle(event)
         state = rates.get_provider_state(settings.provider_name)
         emit(
@@ -63,10 +63,9 @@ async def main(coordinator_id: str, seconds: float) -> int:
             scale=float(state["scale_factor"]),
             pressure=str(state["pressure_state"]),
         )
-        if event.coordinator_id == coordinator_id:
-            if event.level.value == "hard":
-                seen_hard = True
-            elif event.level.value == "ok" and seen_hard:
+        if awaited and event.coordinator_id == coordinator_id and event.level.value == awaited[0]:
+            emit(event="reached", level=awaited.pop(0), scale=float(state["scale_factor"]))
+            if not awaited:
                 done.set()
 
     consumer.handler.handle = observed_handle  # type: ignore[method-assign]
@@ -89,7 +88,7 @@ async def main(coordinator_id: str, seconds: float) -> int:
             return 0
         waiter.cancel()
         reason = "the consumer stopped" if task.done() else f"not within {seconds:g}s"
-        emit(event="failed", error=f"no hard then ok event of {coordinator_id}: {reason}")
+        emit(event="failed", error=f"no {' then '.join(levels)} of {coordinator_id}: {reason}")
         return 1
     finally:
         await client.aclose()
@@ -97,7 +96,9 @@ async def main(coordinator_id: str, seconds: float) -> int:
 
 if __name__ == "__main__":
     loop = asyncio.new_event_loop()
-    code = loop.run_until_complete(main(sys.argv[1], float(sys.argv[2])))
+    code = loop.run_until_complete(
+        main(sys.argv[1], float(sys.argv[2]), sys.argv[3:] or ["hard", "ok"])
+    )
     sys.stdout.flush()
     # Leave without cancelling the consumer's task: awaiting it after cancel() (its
     # XREADGROUP loop in Core's RedisStreamsBus.subscribe) did not return here.

@@ -17,8 +17,12 @@ empty when its flush interval has passed calls `asyncio.wait_for(queue.get(), 0)
 which on 3.11 always times out, and never resets its flush clock, so it spins at full
 CPU and never takes an item again (seen here: depth stuck at 9000, 4 workers alive).
 
+With --hold the store never drains: it keeps the queue topped up at --fill, so the
+coordinator stays at the level it reached (hard above the high watermark, soft between
+the watermarks) until SIGTERM - a replica that stays under pressure.
+
     python store.py [--metrics-host 127.0.0.1] [--metrics-port 8082]
-        [--coordinator-id ci-bars] [--fill 0.9] [--floor 0.1] [--item-cost 0.002]
+        [--coordinator-id ci-bars] [--fill 0.9] [--floor 0.1] [--item-cost 0.002] [--hold]
 """
 
 from __future__ import annotations
@@ -56,8 +60,11 @@ class SlowSink:
 
 
 async def produce(
-    coordinator: WriteCoordinator[int], stop: asyncio.Event, fill: int, floor: int
+    coordinator: WriteCoordinator[int], stop: asyncio.Event, fill: int, floor: int, hold: bool
 ) -> None:
+    if hold:
+        await top_up(coordinator, stop, fill)
+        return
     cycle = 0
     item = 0
     while not stop.is_set():
@@ -76,6 +83,19 @@ async def produce(
         logger.info(f"cycle {cycle}: drained to {coordinator.health().queue_size}")
 
 
+async def top_up(coordinator: WriteCoordinator[int], stop: asyncio.Event, fill: int) -> None:
+    """Keep the queue at `fill` items: the coordinator's level stays where it got."""
+    item = 0
+    while not stop.is_set():
+        while coordinator.health().queue_size < fill and not stop.is_set():
+            await coordinator.submit(item)
+            item += 1
+            if item % 200 == 0:
+                await asyncio.sleep(0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.05)
+
+
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--metrics-host", default="0.0.0.0")
@@ -84,6 +104,7 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--fill", type=float, default=0.9, help="fraction of capacity")
     parser.add_argument("--item-cost", type=float, default=0.002, help="sink seconds per item")
     parser.add_argument("--floor", type=float, default=0.1, help="fraction of capacity")
+    parser.add_argument("--hold", action="store_true", help="stay at --fill until SIGTERM")
     args = parser.parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level="INFO")
@@ -126,7 +147,7 @@ async def main(argv: list[str]) -> int:
         loop.add_signal_handler(sig, stop.set)
     fill = max(1, int(args.fill * runtime.coordinator_capacity))
     floor = int(args.floor * runtime.coordinator_capacity)
-    producer = asyncio.create_task(produce(coordinator, stop, fill, floor))
+    producer = asyncio.create_task(produce(coordinator, stop, fill, floor, args.hold))
     await stop.wait()
     logger.info("store: stopping")
     sink.hurry.set()

@@ -4,7 +4,8 @@ Run with the consumers venv's python (`.ci/consumers.sh`), configured as the pip
 in production, by environment: `EVENT_BUS_BACKEND=redis`, `REDIS_URL`, `MD_NAMESPACE`.
 Prints JSON lines on stdout: `ready` once its consumer group exists (Core creates it at
 `$`, so only events written afterwards reach it), then `rate` whenever the coordinator's
-scale, rate or pressure changes, and `crashed` if the consumer stops.
+scale, rate or pressure changes (`t`: when, on the monotonic clock every process shares),
+and `crashed` if the consumer stops.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -55,6 +57,7 @@ class ObservedRate:
             scale, rate, pressure = current
             emit(
                 event="rate",
+                t=time.monotonic(),
                 provider=self.provider,
                 scale=scale,
                 rate=rate,

@@ -103,6 +103,18 @@ def test_demo_runs_for_its_duration_and_shows_levels_and_deliveries(
     assert received == delivered  # each delivery arrived once at the far end
     if "redis:         stream " in out:  # Redis was reachable: Core's consumer read them
         assert last_count(r"receiver stream-consumer \(redis-stream\): received (\d+)", out) > 0
+        # The stream carries the fleet's composite (the only member here: this demo), and
+        # the view says what a pipeline would make of it: ok 1.0, soft 0.5, hard 0.0.
+        fleet = re.findall(
+            r"fleet pipeline-stream: composite (ok|soft|hard) from (?:bars|quotes)-coord at "
+            r"\S+ \(1 member, 2 coordinators\): a pipeline would run at "
+            r"(\d\.\d) of its rate",
+            out,
+        )
+        assert fleet, out
+        scale = {"ok": "1.0", "soft": "0.5", "hard": "0.0"}
+        assert all(rate == scale[level] for level, rate in fleet), fleet
+        assert fleet[-1][0] in ("soft", "hard"), fleet
     assert re.search(r"demo finished after [5-9]\.\d+s: the store sent \d+ events", out), out
     # The store's feedback went through the sidecar's real intake.
     assert "store: feedback bars-coord soft" in run.stderr

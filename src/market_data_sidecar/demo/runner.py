@@ -20,8 +20,10 @@ from collections import deque
 from contextlib import AsyncExitStack
 from typing import Any, TextIO
 
+import aiohttp
 from loguru import logger
 
+from market_data_sidecar.demo.fleet import fleet_lines
 from market_data_sidecar.demo.listening import listening
 from market_data_sidecar.demo.orchestrators import HttpReceiver, StreamConsumer, redis_reachable
 from market_data_sidecar.demo.store import SimulatedStore, demo_queues
@@ -121,7 +123,7 @@ async def _run(
         while True:
             view = await _current_view(base, http, stream) or view
             if view is not None:
-                screen.view(view, time.monotonic() - started)
+                screen.view(view, time.monotonic() - started, await _fleet(base))
             remaining = deadline - time.monotonic()
             if stop.is_set() or remaining <= 0:
                 break  # the view just shown has the final numbers
@@ -177,6 +179,19 @@ async def _current_view(
     return view.with_receivers(receivers)
 
 
+async def _fleet(base: str) -> list[str]:
+    """The composite lines, from `GET /feedback` (none when it does not answer)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session,
+            session.get(f"{base}/feedback") as response,
+        ):
+            body = await response.json() if response.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return []
+    return fleet_lines(body if isinstance(body, dict) else None)
+
+
 class _Screen:
     """What the demo prints: a redrawn screen on a terminal, timestamped lines otherwise."""
 
@@ -219,17 +234,19 @@ class _Screen:
         ]
         self._write("\n".join(self.header) + "\n")
 
-    def view(self, view: StatusView, elapsed: float) -> None:
+    def view(self, view: StatusView, elapsed: float, fleet: list[str]) -> None:
         if not self.interactive:
             stamp = f"[{elapsed:6.1f}s]"
-            self._write("".join(f"{stamp} {line}\n" for line in render_lines(view)))
+            lines = [*render_lines(view), *fleet]
+            self._write("".join(f"{stamp} {line}\n" for line in lines))
             return
         columns = shutil.get_terminal_size().columns
         header = [*self.header, f"  running for {elapsed:.0f}s", ""]
         log = ["", "LOG", *self.recent] if self.recent else []
         # The table fits itself (keeping colour codes whole); plain lines are cut.
         body = render_table(view, colour=True, width=columns)
-        lines = [x[:columns] for x in header] + [body] + [x[:columns] for x in log]
+        fleet = ["", *fleet] if fleet else []
+        lines = [x[:columns] for x in header] + [body] + [x[:columns] for x in fleet + log]
         self._write(CLEAR_SCREEN + "\n".join(lines) + "\n")
 
     def summary(
