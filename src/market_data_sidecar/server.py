@@ -6,7 +6,6 @@ generators, so start-up and shutdown read in one place.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import NamedTuple
@@ -163,21 +162,16 @@ def _status(request: web.Request) -> HealthStatus:
 def _health_response(request: web.Request, status: HealthStatus, *, ready: bool) -> web.Response:
     code = 200 if ready else 503
     if "verbose" in request.query:
+        # The snapshot's details are already made encodable (health.py), surrogates included.
         text = verbose_report(request, status, ready=ready)
-        # A detail may hold a lone surrogate (text from the store or Redis): escaped, not a 500.
-        body = text.encode("utf-8", "backslashreplace")
-        return web.Response(status=code, body=body, content_type="text/plain")
+        return web.Response(status=code, text=text, content_type="text/plain")
     return _health_json(request.app[MONITOR], status, ready=ready)
 
 
 def _health_json(monitor: HealthMonitor, status: HealthStatus, *, ready: bool) -> web.Response:
     # Bytes, not str: aiohttp wraps a str body in a payload object, several times slower.
-    try:
-        body = monitor.status_json(status)
-    except ValueError:
-        # pydantic refuses to encode a lone surrogate, which a detail may hold (text from
-        # the store or Redis): the standard encoder escapes it, and the answer stays JSON.
-        body = json.dumps(status.model_dump(mode="python"), default=str).encode()
+    # Every detail is encodable: the snapshot escapes lone surrogates (health.py).
+    body = monitor.status_json(status)
     return web.Response(status=200 if ready else 503, body=body, content_type=JSON)
 
 
