@@ -213,6 +213,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 async def post_feedback(request: web.Request) -> web.Response:
     """Validate, hand to the relay, answer 202: delivery happens afterwards, per target."""
     intake = request.app[INTAKE]
+    if request.transport is None or request.transport.is_closing():
+        # Evicted (or the client left) before its request came up: nobody to answer, and
+        # its peer is no longer known, so judging it would log a bogus 403.
+        raise ConnectionResetError("connection closed before the request was handled")
     try:
         intake.admit(request.headers, peer=request.remote)
         try:

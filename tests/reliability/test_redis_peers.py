@@ -112,6 +112,9 @@ async def test_a_peer_that_is_not_redis_is_a_target_failure_until_redis_takes_it
     server = RedisServer(tmp_path, port=port)
     server.start()
     try:
+        async with aioredis.Redis.from_url(server.url) as client:
+            # A reader, as the pipeline's consumer group: a key nobody reads is degraded.
+            await client.xgroup_create(KEY, "pipeline", id="$", mkstream=True)
 
         async def healthy() -> bool:
             component = await feedback_component(sidecar)
@@ -120,6 +123,12 @@ async def test_a_peer_that_is_not_redis_is_a_target_failure_until_redis_takes_it
 
         await eventually(healthy, timeout=30, message="delivered once Redis took the port")
         async with aioredis.Redis.from_url(server.url) as client:
+
+            async def appended() -> bool:
+                return bool(await client.xlen(KEY))
+
+            # A fleet that starts afresh holds a composite short of `hard` for a renewal.
+            await eventually(appended, timeout=10, message="the composite appended")
             [entry] = stream_fields(await client.xrange(KEY, count=1))
         assert json.loads(entry["data"])["key"] == store_payload()["coordinator_id"]
     finally:
