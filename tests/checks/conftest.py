@@ -15,7 +15,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from tests.support.postgres import PostgresInstance
@@ -87,10 +86,7 @@ async def store_metrics(aiohttp_server: AiohttpServer) -> AsyncIterator[StoreMet
     """A store metrics server with two coordinators well below their watermarks."""
     store = StoreMetrics()
     store.coordinators = {"bars-coord": Coordinator(depth=100), "ticks-coord": Coordinator()}
-    app = web.Application()
-    app.router.add_get("/metrics", store.handle)
-    server = await aiohttp_server(app)
-    store.url = str(server.make_url("/metrics"))
+    await store.serve(aiohttp_server)
     yield store
     store.released.set()
 

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from tests.helpers import SidecarProcess, eventually
@@ -37,10 +36,7 @@ def depth_line(coordinator: str, depth: float | str) -> str:
 async def hostile_store(aiohttp_server: AiohttpServer) -> AsyncIterator[StoreMetrics]:
     store = StoreMetrics()
     store.mode = "raw"
-    app = web.Application()
-    app.router.add_get("/metrics", store.handle)
-    server = await aiohttp_server(app)
-    store.url = str(server.make_url("/metrics"))
+    await store.serve(aiohttp_server)
     yield store
     store.released.set()
 

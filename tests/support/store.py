@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
+from pytest_aiohttp import AiohttpServer
 
 
 @dataclass
@@ -35,6 +36,13 @@ class StoreMetrics:
         self.released = asyncio.Event()
         self.url = ""
         self.raw: bytes | Callable[[], bytes] = b""
+
+    async def serve(self, aiohttp_server: AiohttpServer) -> None:
+        """Serve `/metrics` on a test server of its own; `url` is where."""
+        app = web.Application()
+        app.router.add_get("/metrics", self.handle)
+        server = await aiohttp_server(app)
+        self.url = str(server.make_url("/metrics"))
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests += 1

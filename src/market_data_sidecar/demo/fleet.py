@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from market_data_sidecar.views.format import counted
+
 #: market-data-pipeline's `FeedbackHandler` policy: the share of its rate at each level.
 PIPELINE_SCALE = {"ok": 1.0, "soft": 0.5, "hard": 0.0}
 
@@ -47,4 +49,4 @@ def _line(target: dict[str, Any]) -> str:
 def _count(value: Any, noun: str) -> str:
     if not isinstance(value, int):
         return f"? {noun}s"
-    return f"{value:,} {noun}" + ("" if value == 1 else "s")
+    return counted(value, noun)

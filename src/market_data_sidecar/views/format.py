@@ -97,6 +97,11 @@ def percent(ratio: float | None, *, digits: int = 0) -> str:
     return f"{ratio:.{digits}%}"
 
 
+def counted(value: int, noun: str) -> str:
+    """`1 member`, `2 members`: a count and its noun, plural unless one."""
+    return f"{count(value)} {noun}{'' if value == 1 else 's'}"
+
+
 def count(value: int) -> str:
     """An integer as digits, or as `1.23e45` beyond 15 digits: a poisoned queue depth in
     the store's metrics must not stretch a column (and `str` refuses 4300 digits)."""

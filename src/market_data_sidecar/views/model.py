@@ -20,7 +20,7 @@ from market_data_sidecar.feedback.state import (
     ReaderGroup,
     TargetState,
 )
-from market_data_sidecar.views.format import num, percent_text, printable
+from market_data_sidecar.views.format import counted, num, percent_text, printable
 
 #: `details` every component carries; they say when, not what.
 BOOKKEEPING = frozenset({"checked_at", "duration_ms", "observed_state", "streak"})
@@ -273,9 +273,9 @@ def composite_text(target: TargetState) -> str | None:
         return None
     if composite is None:
         return f"{target.scope}: nothing known yet"
-    counts = f"{composite.coordinators} coordinators"
+    counts = counted(composite.coordinators, "coordinator")
     if composite.scope == "fleet":
-        counts = f"{composite.members} members, " + counts
+        counts = f"{counted(composite.members, 'member')}, {counts}"
     return (
         f"{composite.scope} {composite.level}: {composite.coordinator_id} of "
         f"{composite.member} ({counts})"
