@@ -6,7 +6,6 @@ can be synthesized from polled depths for stores that do not push it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
@@ -24,7 +23,7 @@ from market_data_sidecar.checks import STATE_RANK, Check, worst
 from market_data_sidecar.feedback import bounds
 from market_data_sidecar.feedback.watermarks import SampleListener, level_for
 from market_data_sidecar.logs import ThrottledLog
-from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.metrics import CoordinatorRow, Metrics
 
 DEPTH = "mds_coord_queue_depth"
 WORKERS_ALIVE = "mds_coord_workers_alive"
@@ -99,7 +98,6 @@ class QueueCheck(Check):
         self._session: aiohttp.ClientSession | None = None
         self._listeners: list[SampleListener] = []
         self._dropped: dict[str, float] = {}
-        self._exported: set[str] = set()
         self._last_error: str | None = None
         self._rejected_log = ThrottledLog(REJECTED_LOG_INTERVAL)
 
@@ -121,15 +119,15 @@ class QueueCheck(Check):
     async def run(self) -> HealthComponent:
         try:
             text = await self._scrape()
-            # Parsing a store's whole exposition and judging up to `MAX_COORDINATORS`
-            # (60 ms of gauges and details for 2,000) would hold up probes: not on the loop,
-            # and in the check's own thread (a run abandoned at its timeout holds only it).
+            # Parsing and judging up to `MAX_COORDINATORS` (about 45 ms of CPU for 2,000)
+            # would hold up probes: not on the loop, and in the check's own thread (a run
+            # abandoned at its timeout holds only it).
             samples, component = await self.in_thread(self._evaluate, text)
         except ScrapeError as exc:
             if str(exc) != self._last_error:  # once per distinct failure
                 logger.warning("queue check failed: {}", exc)
             self._last_error = str(exc)
-            self._forget_coordinators()
+            self.metrics.queue_coordinators.show(())  # nothing known of any coordinator
             return self.component("unhealthy", url=_safe_url(self.url), error=str(exc))
         self._last_error = None
         self._notify(samples)  # on the loop: listeners are the relay's
@@ -236,7 +234,9 @@ class QueueCheck(Check):
         for state_reasons in judged.values():
             verdicts.extend(state_reasons[1])
         details = self._summary(series, samples, judged)
-        self._forget_coordinators(keep=set(coordinators))
+        self.metrics.queue_coordinators.show(
+            [_row(c, series, sampled.get(c)) for c in coordinators]
+        )
         if verdicts:
             reasons = [reason for _, reason in verdicts[:MAX_REASONS]]
             if len(verdicts) > MAX_REASONS:
@@ -247,7 +247,7 @@ class QueueCheck(Check):
     def _judge_one(
         self, c: str, series: CoordinatorSeries, sample: CoordinatorSample | None
     ) -> tuple[dict[str, object], list[tuple[HealthState, str]]]:
-        """One coordinator's details and verdicts; exports its gauges."""
+        """One coordinator's details and verdicts."""
         details: dict[str, object] = {}
         verdicts: list[tuple[HealthState, str]] = []
         if sample is not None:
@@ -257,20 +257,16 @@ class QueueCheck(Check):
             details[f"{c}:level"] = sample.level.value
             if sample.level is BackpressureLevel.hard:
                 verdicts.append(("degraded", f"{c} at {sample.utilization:.0%} of capacity"))
-            self.metrics.queue_depth.labels(c).set(sample.depth)
-            self.metrics.queue_utilization.labels(c).set(sample.utilization)
         else:
             details[f"{c}:depth"] = "out of range" if c in series.out_of_range else "unknown"
         workers = series.workers_alive.get(c)
         if workers is not None:
             details[f"{c}:workers_alive"] = workers
-            self.metrics.queue_workers_alive.labels(c).set(workers)
             if workers <= 0:
                 verdicts.append(("unhealthy", f"{c} has no live workers"))
         circuit = series.circuit_state.get(c)
         if circuit is not None:
             details[f"{c}:circuit"] = CIRCUIT_NAMES.get(circuit, str(circuit))
-            self.metrics.queue_circuit_state.labels(c).set(circuit)
             if circuit == CIRCUIT_OPEN:
                 verdicts.append(("unhealthy", f"{c} circuit open"))
             elif circuit == CIRCUIT_HALF_OPEN:
@@ -319,20 +315,6 @@ class QueueCheck(Check):
         if previous is None:
             return 0.0  # the first scrape has no baseline: old drops are history
         return total - previous if total >= previous else total  # a reset: the store restarted
-
-    def _forget_coordinators(self, keep: set[str] | None = None) -> None:
-        """Remove series of coordinators that are gone (or all, when the scrape failed)."""
-        keep = keep or set()
-        for coordinator in self._exported - keep:
-            for gauge in (
-                self.metrics.queue_depth,
-                self.metrics.queue_utilization,
-                self.metrics.queue_workers_alive,
-                self.metrics.queue_circuit_state,
-            ):
-                with contextlib.suppress(KeyError):  # never exported for this one
-                    gauge.remove(coordinator)
-        self._exported = set(keep)
 
 
 @dataclass
@@ -389,6 +371,17 @@ def parse(text: str) -> CoordinatorSeries:
         raise ScrapeError(f"store metrics are not a Prometheus exposition: {reason}") from None
     series.dropped = dict(dropped)
     return series
+
+
+def _row(c: str, series: CoordinatorSeries, sample: CoordinatorSample | None) -> CoordinatorRow:
+    """What `/metrics` shows of coordinator `c`: no depth when no event can carry it."""
+    return CoordinatorRow(
+        c,
+        depth=sample.depth if sample else None,
+        utilization=sample.utilization if sample else None,
+        workers_alive=series.workers_alive.get(c),
+        circuit_state=series.circuit_state.get(c),
+    )
 
 
 def _invalid_id(coordinator: str, series: CoordinatorSeries) -> bool:
