@@ -23,7 +23,7 @@ import asyncio
 import errno
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,16 +173,22 @@ class BodyBudget:
         per_peer: Counter[str] = Counter()
         for size, holder, _ in self._held.values():
             per_peer[holder] += size
-        top = max(per_peer.values(), default=0)
-        own = per_peer.get(peer, 0)
-        if own and own >= top:
-            heaviest = {peer}
-        else:
-            heaviest = {name for name, held in per_peer.items() if held == top}
+        heaviest = crowded_out(per_peer, peer)
         for token, (_, holder, evict) in self._held.items():  # the oldest first
             if holder in heaviest and evict is not None:
                 return token
         return None
+
+
+def crowded_out(held: Mapping[str, int], peer: str) -> set[str]:
+    """The peers a newcomer from `peer` takes a connection or a body's bytes from, by what
+    each holds: its own peer when that holds the most, else those holding the most. A peer
+    can only ever crowd out itself, never the kubelet or the store."""
+    top = max(held.values(), default=0)
+    own = held.get(peer, 0)
+    if own and own >= top:
+        return {peer}
+    return {name for name, amount in held.items() if amount == top}
 
 
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
@@ -445,12 +451,7 @@ class BoundedServer(web.Server):
         heaviest peer's: the least recently active that has been idle for `IDLE_GRACE`,
         else the least recently active. (A connection just made is idle until its request
         arrives: taking those first let a flood of connect-then-close take probes' slots.)"""
-        own = self._per_peer.get(peer, 0)
-        top = max(self._per_peer.values(), default=0)
-        if own and own >= top:
-            heaviest = {peer}
-        else:
-            heaviest = {name for name, count in self._per_peer.items() if count == top}
+        heaviest = crowded_out(self._per_peer, peer)
         settled = self._loop.time() - IDLE_GRACE
         oldest = None
         for handler in self._open:  # least recently active first

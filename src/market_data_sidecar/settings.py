@@ -38,14 +38,12 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from market_data_sidecar.feedback.model import Scope
+
 ENV_PREFIX = "SIDECAR_"
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
-
-#: What a target carries: each coordinator's events, this pod's composite (the most
-#: severe level of its coordinators), or the fleet's (every replica writing the key).
-Scope = Literal["coordinator", "pod", "fleet"]
 
 
 class _Target(BaseModel):

@@ -169,7 +169,7 @@ class Intake:
         for index, element in enumerate(elements):
             try:
                 accepted.append(_feedback(element, received_ts, received_at))
-            except _Invalid as invalid:
+            except (_Invalid, OutOfBounds) as invalid:
                 where = "" if single else f" at index {index}"
                 what = f"{invalid.field}: {invalid.message}" if invalid.field else invalid.message
                 raise self.reject(
@@ -209,6 +209,9 @@ class Intake:
 
 
 class _Invalid(Exception):
+    """A malformed event (the intake's own rules); `bounds.OutOfBounds` is the other kind
+    of invalid event, answered alike."""
+
     def __init__(self, field: str | None, message: str) -> None:
         super().__init__(message)
         self.field = field
@@ -239,7 +242,7 @@ def _feedback(element: Any, received_ts: float, received_at: float) -> Feedback:
     if reason is not None and len(reason) > MAX_REASON_LENGTH:
         raise _Invalid("reason", f"longer than {MAX_REASON_LENGTH} characters")
     if reason is not None:
-        _check_encodable("reason", reason)
+        bounds.check_encodable("reason", reason)
     utilization = _utilization(element)
     fields = {name: element[name] for name in _CORE_FIELDS if name in element}
     fields.setdefault("ts", received_ts)
@@ -257,20 +260,10 @@ def _feedback(element: Any, received_ts: float, received_at: float) -> Feedback:
         error = exc.errors(include_input=False, include_url=False)[0]
         field = ".".join(str(part) for part in error["loc"]) or None
         raise _Invalid(field, error["msg"]) from None
-    try:
-        bounds.check_ts(event.ts)
-        bounds.check_id("source", event.source)
-        bounds.check_queue(event.coordinator_id, event.queue_size, event.capacity)
-    except OutOfBounds as exc:
-        raise _Invalid(exc.field, exc.message) from None
+    bounds.check_ts(event.ts)
+    bounds.check_id("source", event.source)
+    bounds.check_queue(event.coordinator_id, event.queue_size, event.capacity)
     return Feedback(event, reason=reason, given_utilization=utilization, received_at=received_at)
-
-
-def _check_encodable(field: str, text: str) -> None:
-    try:
-        bounds.check_encodable(field, text)
-    except OutOfBounds as exc:
-        raise _Invalid(exc.field, exc.message) from None
 
 
 def _utilization(element: dict[str, Any]) -> float | None:
@@ -281,10 +274,7 @@ def _utilization(element: dict[str, Any]) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Invalid("utilization", "must be a number or null")
-    try:
-        bounds.check_utilization(value)
-    except OutOfBounds as exc:
-        raise _Invalid(exc.field, exc.message) from None
+    bounds.check_utilization(value)
     return float(value)
 
 

@@ -19,7 +19,8 @@ from market_data_core.telemetry import FeedbackEvent
 
 #: Pushed by the store, or derived by the sidecar from polled queue depths.
 Origin = Literal["store", "synthesized"]
-#: What a target carries: each coordinator's events, the pod's or the fleet's composite.
+#: What a target carries: each coordinator's events, this pod's composite (the most
+#: severe level of its coordinators), or the fleet's (every replica writing the key).
 Scope = Literal["coordinator", "pod", "fleet"]
 #: Which composite a `Composite` describes (`coordinator` scope relays events as they are).
 CompositeScope = Literal["pod", "fleet"]

@@ -17,9 +17,10 @@ from collections.abc import Iterable, Mapping
 from market_data_core.telemetry import BackpressureLevel
 
 from market_data_sidecar.feedback.model import Composite, CompositeScope, Feedback
+from market_data_sidecar.feedback.state import LEVEL_SEVERITY
 
-#: Levels by severity, least severe first: the index is the rank's first part.
-SEVERITY = {"ok": 0, "soft": 1, "hard": 2}
+#: Each level's severity, 0 for `ok` to 2 for `hard`: the rank's first part.
+SEVERITY: dict[str, int] = {level: rank for rank, level in enumerate(reversed(LEVEL_SEVERITY))}
 
 Rank = tuple[int, float, str]
 #: The reason of the composite of a pod whose coordinators are all gone.
@@ -28,7 +29,7 @@ VACANT_REASON = "no_coordinators"
 
 def severity(level: str) -> int:
     """0 for `ok`, 1 `soft`, 2 `hard`; an unknown level counts as the most severe."""
-    return SEVERITY.get(level, 2)
+    return SEVERITY.get(level, SEVERITY["hard"])
 
 
 def rank(feedback: Feedback) -> Rank:

@@ -16,8 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from market_data_sidecar.feedback.model import Feedback, Origin
 
-#: Levels by severity, most severe first: the order coordinators are shown in.
-LEVEL_SEVERITY = ("hard", "soft", "ok")
+#: A backpressure level as the sidecar's own answers spell it (Core's `BackpressureLevel`).
+Level = Literal["ok", "soft", "hard"]
+#: Levels by severity, most severe first: the order coordinators are shown in, and the
+#: one ranking of levels (`feedback.scope.SEVERITY`).
+LEVEL_SEVERITY: tuple[Level, ...] = ("hard", "soft", "ok")
 #: Coordinators in one answer.
 DEFAULT_LIMIT = 100
 #: A target's last error is display text: longer ones are cut to this many characters.
@@ -42,7 +45,7 @@ class CompositeState(BaseModel):
     model_config = _EXACT
 
     scope: Literal["pod", "fleet"] = "pod"
-    level: Literal["ok", "soft", "hard"] = "ok"
+    level: Level = "ok"
     coordinator_id: str = Field(default="", description="The coordinator it comes from.")
     member: str = Field(default="", description="The fleet member (instance) it comes from.")
     queue_size: int = Field(default=0, ge=0)
@@ -57,7 +60,7 @@ class MemberState(BaseModel):
     model_config = _EXACT
 
     instance: str = ""
-    level: Literal["ok", "soft", "hard"] = "ok"
+    level: Level = "ok"
     coordinator_id: str = Field(default="", description="Its pod's worst coordinator.")
     coordinators: int = Field(default=0, ge=0)
     lease_age: float = Field(default=0.0, description="Seconds since the member renewed.")

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from loguru import logger
@@ -32,10 +32,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from market_data_sidecar.feedback.model import Feedback, new_event_id
-from market_data_sidecar.feedback.scope import severity
-from market_data_sidecar.feedback.state import CompositeState, MemberState
+from market_data_sidecar.feedback.scope import SEVERITY, severity
+from market_data_sidecar.feedback.state import CompositeState, Level, MemberState
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis import SCHEMA_ID, TRACK, RedisStreamPublisher
+from market_data_sidecar.publishers.redis_protocol import reply_text
 from market_data_sidecar.settings import RedisStreamTargetSettings
 
 _SCRIPT = resources.files(__package__).joinpath("fleet.lua").read_text(encoding="utf-8")
@@ -80,9 +81,9 @@ class StepResult:
         published, found, next_expiry, unparsable, view, composite = reply
         return cls(
             published=bool(published),
-            found=_text(found),
+            found=reply_text(found),
             next_expiry=None if int(next_expiry) < 0 else int(next_expiry) / 1000,
-            unparsable=[_text(name) for name in unparsable],
+            unparsable=[reply_text(name) for name in unparsable],
             members=[_member(row) for row in view],
             composite=_composite(composite) if composite else None,
         )
@@ -348,15 +349,17 @@ class FleetStreamPublisher(RedisStreamPublisher):
         return details
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+def _level(text: str) -> Level:
+    """A level as the script returned it; one this version does not know counts as the
+    most severe, as `severity` ranks it."""
+    return cast(Level, text) if text in SEVERITY else "hard"
 
 
 def _member(row: Sequence[Any]) -> MemberState:
-    instance, level, coordinator, coordinators, age_ms = (_text(part) for part in row)
+    instance, level, coordinator, coordinators, age_ms = (reply_text(part) for part in row)
     return MemberState(
         instance=instance,
-        level=level if level in ("ok", "soft", "hard") else "hard",
+        level=_level(level),
         coordinator_id=coordinator,
         coordinators=int(coordinators),
         lease_age=int(age_ms) / 1000,
@@ -364,11 +367,13 @@ def _member(row: Sequence[Any]) -> MemberState:
 
 
 def _composite(row: Sequence[Any]) -> CompositeState:
-    instance, level, coordinator, members, coordinators, payload = (_text(part) for part in row)
+    instance, level, coordinator, members, coordinators, payload = (
+        reply_text(part) for part in row
+    )
     event = json.loads(payload)
     return CompositeState(
         scope="fleet",
-        level=level if level in ("ok", "soft", "hard") else "hard",
+        level=_level(level),
         coordinator_id=coordinator,
         member=instance,
         queue_size=int(event.get("queue_size", 0)),

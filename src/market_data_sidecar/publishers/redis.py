@@ -46,9 +46,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from market_data_sidecar.feedback.delivery import DeliveryError, Publisher, encoder
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.feedback.state import ReaderGroup
+from market_data_sidecar.feedback.state import ReaderGroup, clip
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers.redis_protocol import BoundedParser
+from market_data_sidecar.publishers.redis_protocol import BoundedParser, reply_text
 from market_data_sidecar.publishers.stream_readers import StreamReaders
 from market_data_sidecar.redaction import Redactor, redact_url, url_secrets
 from market_data_sidecar.settings import (
@@ -347,8 +347,7 @@ async def _run_id(connection: AbstractConnection) -> str | None:
         reply = await connection.read_response()
     except ResponseError:
         return None
-    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
-    for line in text.splitlines():
+    for line in reply_text(reply).splitlines():
         if line.startswith("run_id:"):
             return line.removeprefix("run_id:").strip()
     return None
@@ -357,8 +356,7 @@ async def _run_id(connection: AbstractConnection) -> str | None:
 def _printable(text: str) -> str:
     """An error's text fit for a log line: an error reply is the peer's own text, which may
     hold anything (terminal escapes, a forged line), and be as long as a line may be."""
-    if len(text) > MAX_DETAIL_LENGTH:
-        text = text[: MAX_DETAIL_LENGTH - 1] + "…"
+    text = clip(text, MAX_DETAIL_LENGTH) or ""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

@@ -223,6 +223,12 @@ class BoundedParser(_AsyncRESP3Parser):
             raise ReplyOutOfBounds(f"a reply of over {MAX_REPLY_VALUES} values")
 
 
+def reply_text(value: Any) -> str:
+    """A reply value as text: bytes decoded (what is not UTF-8 replaced), anything else
+    as `str` gives it."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def _length(field: bytes, raw: bytes) -> int:
     """A bulk or aggregate length: -1 (null) or a count."""
     length = _integer(field, raw)

@@ -41,6 +41,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from market_data_sidecar.feedback.state import MAX_READER_GROUPS, ReaderGroup, clip
 from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.publishers.redis_protocol import reply_text
 
 #: Seconds between two readings: a new reader gets the current state within about this.
 WATCH_INTERVAL = 0.5
@@ -383,7 +384,7 @@ def _arrived(
 def _group(raw: Mapping[str, Any]) -> Group:
     lag = raw.get("lag")
     return Group(
-        name=_text(raw.get("name")),
+        name=reply_text(raw.get("name")),
         consumers=int(raw.get("consumers") or 0),
         pending=int(raw.get("pending") or 0),
         lag=int(lag) if isinstance(lag, int) else None,
@@ -393,7 +394,7 @@ def _group(raw: Mapping[str, Any]) -> Group:
 
 def _with_members(group: Group, raw: list[Mapping[str, Any]]) -> Group:
     members = tuple(
-        Consumer(_text(item.get("name")), int(item.get("idle") or 0) / 1000) for item in raw
+        Consumer(reply_text(item.get("name")), int(item.get("idle") or 0) / 1000) for item in raw
     )
     seen_on_read = any("inactive" in item for item in raw)
     return dataclasses.replace(group, members=members, seen_on_read=seen_on_read)
@@ -423,12 +424,8 @@ def _set_or_remove(family: Any, target: str, group: str, value: float | None) ->
             family.remove(target, group)
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def _stream_id(value: Any) -> StreamId:
-    milliseconds, _, sequence = _text(value).partition("-")
+    milliseconds, _, sequence = reply_text(value).partition("-")
     try:
         return int(milliseconds), int(sequence or 0)
     except ValueError:

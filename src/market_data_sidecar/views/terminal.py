@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from market_data_sidecar.feedback.state import TargetState
-from market_data_sidecar.views.format import age, clock, count, num, percent
+from market_data_sidecar.views.format import age, clock, count, counted, num, percent
 from market_data_sidecar.views.model import (
     CoordinatorRow,
     StatusView,
@@ -231,7 +231,7 @@ def render_lines(view: StatusView) -> list[str]:
             lines.append(f"target {t.name} composite {composite}")
         lines += [
             f"target {t.name} member {m.instance}: {m.level}, {m.coordinator_id}, "
-            f"{m.coordinators} coordinators, renewed {m.lease_age:.1f}s ago"
+            f"{counted(m.coordinators, 'coordinator')}, renewed {m.lease_age:.1f}s ago"
             for m in t.members
         ]
     lines += [
