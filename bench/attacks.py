@@ -506,16 +506,19 @@ async def gzip_feedback(sidecar: Sidecar, seen: Observation) -> None:
     await _send_bombs(sidecar, seen, "POST", "/feedback")
 
 
+#: A `POST /feedback` whose 1,000-byte body has only begun: admitted, then held.
+HELD_BODY_HEAD = (
+    b"POST /feedback HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 1000\r\n\r\n["
+)
+
+
 async def loopback_tricklers(sidecar: Sidecar, seen: Observation) -> None:
     """300 clients in the pod (loopback) trickle admitted 1,000-byte bodies, a byte every
     100 ms, while the store POSTs an event every 100 ms."""
-    head = (
-        b"POST /feedback HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 1000\r\n\r\n["
-    )
     connections = await open_many(sidecar.port, 300)
     for _, writer in connections:
-        writer.write(head)
+        writer.write(HELD_BODY_HEAD)
     event = json.dumps(
         {"coordinator_id": "bars-coord", "queue_size": 850, "capacity": 1000, "level": "soft"}
     ).encode()
@@ -546,13 +549,9 @@ def _post_or_zero(port: int, body: bytes) -> int:
 async def connect_close_at_cap(sidecar: Sidecar, seen: Observation) -> None:
     """256 connections hold bodies (the cap), then 3,000 connections are opened and
     closed at once."""
-    head = (
-        b"POST /feedback HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 1000\r\n\r\n["
-    )
     holders = await open_many(sidecar.port, 256)
     for _, writer in holders:
-        writer.write(head)
+        writer.write(HELD_BODY_HEAD)
     await asyncio.sleep(0.5)  # every holder's head read: all busy
     churned = 0
     for _ in range(3000):

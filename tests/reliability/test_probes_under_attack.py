@@ -225,6 +225,13 @@ async def _fault_seen(sidecar: SidecarProcess, kind: str) -> bool:
 # -- trickling bodies from inside the pod ---------------------------------------------------------
 
 
+#: A `POST /feedback` whose 1,000-byte body has only begun: admitted, then held.
+HELD_BODY_HEAD = (
+    b"POST /feedback HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 1000\r\n\r\n["
+)
+
+
 async def test_300_loopback_clients_trickling_bodies_starve_neither_probes_nor_the_store(
     remote: Peer, sidecar_process: StartSidecar
 ) -> None:
@@ -233,10 +240,7 @@ async def test_300_loopback_clients_trickling_bodies_starve_neither_probes_nor_t
     tricklers = []
     for _ in range(300):
         reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-        writer.write(
-            b"POST /feedback HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000\r\n\r\n["
-        )
+        writer.write(HELD_BODY_HEAD)
         tricklers.append((reader, writer))
     try:
         await eventually(
@@ -391,10 +395,7 @@ async def test_connect_then_close_at_the_cap_and_a_flood_of_400s_log_a_few_lines
     held = []
     for _ in range(4):
         _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-        writer.write(
-            b"POST /feedback HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000\r\n\r\n["
-        )
+        writer.write(HELD_BODY_HEAD)
         held.append(writer)
     for _ in range(1000):
         _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
