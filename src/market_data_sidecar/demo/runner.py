@@ -20,7 +20,6 @@ from collections import deque
 from contextlib import AsyncExitStack
 from typing import Any, TextIO
 
-import aiohttp
 from loguru import logger
 
 from market_data_sidecar.demo.fleet import fleet_lines
@@ -123,7 +122,7 @@ async def _run(
         while True:
             view = await _current_view(base, http, stream) or view
             if view is not None:
-                screen.view(view, time.monotonic() - started, await _fleet(base))
+                screen.view(view, time.monotonic() - started)
             remaining = deadline - time.monotonic()
             if stop.is_set() or remaining <= 0:
                 break  # the view just shown has the final numbers
@@ -179,19 +178,6 @@ async def _current_view(
     return view.with_receivers(receivers)
 
 
-async def _fleet(base: str) -> list[str]:
-    """The composite lines, from `GET /feedback` (none when it does not answer)."""
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session,
-            session.get(f"{base}/feedback") as response,
-        ):
-            body = await response.json() if response.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        return []
-    return fleet_lines(body if isinstance(body, dict) else None)
-
-
 class _Screen:
     """What the demo prints: a redrawn screen on a terminal, timestamped lines otherwise."""
 
@@ -234,7 +220,8 @@ class _Screen:
         ]
         self._write("\n".join(self.header) + "\n")
 
-    def view(self, view: StatusView, elapsed: float, fleet: list[str]) -> None:
+    def view(self, view: StatusView, elapsed: float) -> None:
+        fleet = fleet_lines(view.targets)
         if not self.interactive:
             stamp = f"[{elapsed:6.1f}s]"
             lines = [*render_lines(view), *fleet]
