@@ -135,7 +135,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     status = _status(request)
-    return _health_response(request, status, ready=status.state != "unhealthy")
+    return _health_response(request, status, ready=_healthy(status))
+
+
+def _healthy(status: HealthStatus) -> bool:
+    """`/healthz` answers 200 unless the aggregate is unhealthy (degraded included)."""
+    return status.state != "unhealthy"
 
 
 def fast_probes(monitor: HealthMonitor) -> dict[str, FastProbe]:
@@ -150,7 +155,7 @@ def fast_probes(monitor: HealthMonitor) -> dict[str, FastProbe]:
 
     def healthz() -> web.Response:
         status = monitor.snapshot()
-        return _health_json(monitor, status, ready=status.state != "unhealthy")
+        return _health_json(monitor, status, ready=_healthy(status))
 
     return {"/livez": lambda: _livez(monitor), "/readyz": readyz, "/healthz": healthz}
 
