@@ -20,6 +20,7 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
+from market_data_sidecar.publishers.stream_readers import FAILING_INTERVAL_MAX, WATCH_INTERVAL
 from tests.helpers import SidecarProcess, eventually, store_payload
 from tests.redis_helpers import RedisServer, stream_fields
 from tests.reliability.conftest import (
@@ -51,6 +52,18 @@ PEERS: dict[str, tuple[Answer, str]] = {
     "nested-100000-deep": (fake_redis.nested(100_000), "protocol"),
     "array-of-a-million": (fake_redis.long_array(1_000_000), "protocol"),
 }
+
+
+def readings(seconds: float) -> int:
+    """Readings the stream's reader watcher tries in `seconds` while every one fails: one at
+    once, then after `WATCH_INTERVAL` doubled at each failure, up to `FAILING_INTERVAL_MAX`."""
+    count, at, delay = 1, 0.0, WATCH_INTERVAL
+    while True:
+        delay = min(delay * 2, FAILING_INTERVAL_MAX)
+        at += delay
+        if at > seconds:
+            return count
+        count += 1
 
 
 def pulse_target(url: str) -> dict[str, Any]:
@@ -104,7 +117,9 @@ async def test_a_peer_that_is_not_redis_is_a_target_failure_until_redis_takes_it
         exposition = await scrape(sidecar)
         assert metric_value(exposition, "sidecar_feedback_dropped_total") == 0
         assert metric_value(exposition, "sidecar_redis_up", target="pulse") == 0
-        attempts = target["retried"] + elapsed / CHECK_INTERVAL + 2
+        # Deliveries, the `feedback` check's PINGs, and the stream's reader watcher.
+        watching = time.time() - process.create_time()
+        attempts = target["retried"] + elapsed / CHECK_INTERVAL + readings(watching) + 2
         assert fake.accepted <= CONNECTIONS_PER_ATTEMPT * attempts, (fake.accepted, attempts)
         assert max(rss) < RSS_LIMIT, max(rss)
         port = fake.port
