@@ -130,10 +130,12 @@ def _scale_is(scale: float) -> Callable[[Line], bool]:
     return lambda line: line.get("event") == "rate" and line["scale"] == scale
 
 
-def _pipeline(redis_url: str, feedback: bool, stores: list[int], label: str) -> Child:
+def _pipeline(
+    redis_url: str, feedback: bool, stores: list[int], label: str, rate: int | None = None
+) -> Child:
     env = {"EVENT_BUS_BACKEND": "redis" if feedback else "memory", "REDIS_URL": redis_url}
-    argv = [str(CONSUMERS_PYTHON), str(HERE / "loop_pipeline.py"),
-            "--rate", str(RATE_PER_REPLICA * max(len(stores), 1)),
+    rate = rate or RATE_PER_REPLICA * max(len(stores), 1)
+    argv = [str(CONSUMERS_PYTHON), str(HERE / "loop_pipeline.py"), "--rate", str(rate),
             "--stores", ",".join(f"127.0.0.1:{port}" for port in stores)]  # fmt: skip
     child = Child(f"loop-pipeline-{label}", argv, env)
     # The consumer reads from `$`: it must be listening before the first crossing.

@@ -242,6 +242,37 @@ class Metrics:
             registry=r,
         )
 
+        self.stream_copies = Counter(
+            "sidecar_stream_copies_total",
+            "Copies of a state appended after it, so every reader sharing a group hears it.",
+            ["target"],
+            registry=r,
+        )
+        self.stream_reannounced = Counter(
+            "sidecar_stream_reannouncements_total",
+            "Rounds of copies of the newest state for readers that were busy or joined late.",
+            ["target"],
+            registry=r,
+        )
+        self.stream_group_readers = Gauge(
+            "sidecar_stream_group_readers",
+            "Readers behind a consumer group, estimated from the copies it took at once.",
+            ["target", "group"],
+            registry=r,
+        )
+        self.stream_dead_letters = Gauge(
+            "sidecar_stream_dead_letters",
+            "Entries in a stream target's dead-letter stream ({key}.dlq).",
+            ["target"],
+            registry=r,
+        )
+        self.stream_dead_letter_age = Gauge(
+            "sidecar_stream_dead_letter_age_seconds",
+            "Age of the newest entry of a stream target's dead-letter stream.",
+            ["target"],
+            registry=r,
+        )
+
         # hostile peers: what clients hold, and what they got wrong
         self.connections = Gauge("sidecar_connections", "Open client connections.", registry=r)
         self.body_bytes_in_flight = Gauge(

@@ -140,6 +140,14 @@ class RedisStreamTargetSettings(_Target):
     maxlen: int = Field(default=10_000, gt=0)
     batch: int = Field(default=100, gt=0)
     timeout: PositiveSeconds = 2.5
+    #: Entries per change at most (the original and its copies): every reader sharing a
+    #: consumer name hears each change (see publishers/stream_copies.py); 1: no copies.
+    max_copies: int = Field(default=16, ge=1, le=1000)
+    #: Readers behind the busiest group, when the estimate read from Redis is not wanted.
+    readers: int | None = Field(default=None, ge=1, le=1000)
+    #: Seconds between re-announcements of a state that is not `ok`, for a replica that
+    #: joined under a shared consumer name (Redis cannot show it); 0: only after a change.
+    reannounce: float = Field(default=2.0, ge=0, le=3600, allow_inf_nan=False)
 
     _check_url = field_validator("url")(lambda v: _redis_url(v))
 

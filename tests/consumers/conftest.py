@@ -221,8 +221,16 @@ StartDriver = Callable[..., Any]
 
 def stream_target(redis_url: str) -> dict[str, str]:
     """A stream target as an operator writes it (kind, name, url), relaying each
-    coordinator's events (these tests are about the relay, not the fleet's composite)."""
-    return {"kind": "redis-stream", "name": "pulse", "url": redis_url, "scope": "coordinator"}
+    coordinator's events (these tests are about the relay, not the fleet's composite),
+    one entry per event: each group has one reader here, and the observer counts every
+    entry (copies for readers sharing a name: test_replicas.py)."""
+    return {
+        "kind": "redis-stream",
+        "name": "pulse",
+        "url": redis_url,
+        "scope": "coordinator",
+        "max_copies": "1",
+    }
 
 
 async def start_sidecar(

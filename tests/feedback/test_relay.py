@@ -25,7 +25,7 @@ COORDINATOR_KEYS |= {"id", "origin"}
 TARGET_KEYS = {"name", "kind", "endpoint", "mode", "buffer_depth", "delivered", "retried"}
 TARGET_KEYS |= {"dropped", "last_success", "last_error", "last_error_at", "circuit", "disabled"}
 TARGET_KEYS |= {"scope", "composite", "members"}
-TARGET_KEYS |= {"readers"}
+TARGET_KEYS |= {"readers", "dead_letters"}
 
 
 def metric(client: Any, name: str, **labels: str) -> float:
@@ -170,6 +170,7 @@ async def test_get_feedback_shows_coordinators_and_targets_without_credentials(
     assert (orch["last_error"], orch["last_error_at"], orch["circuit"]) == (None, None, "closed")
     assert orch["disabled"] is False
     assert orch["readers"] is None  # only a stream has readers
+    assert orch["dead_letters"] is None  # ... and a dead-letter stream
     assert gone["last_error"] == "connection: Connection refused"
     assert gone["last_error_at"] >= before
     assert gone["buffer_depth"] == 1

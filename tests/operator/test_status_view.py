@@ -12,6 +12,7 @@ import pytest
 from market_data_sidecar.views import format as view_format
 from market_data_sidecar.views.command import local_url
 from market_data_sidecar.views.model import ReceiverRow, StatusView, summarize, target_health
+from market_data_sidecar.views.page import render_page
 from market_data_sidecar.views.terminal import bar, render_lines, render_table
 
 NOW = time.time()
@@ -271,3 +272,26 @@ def test_local_url_reaches_wildcard_and_specific_listeners() -> None:
     assert local_url("::", 8090) == "http://127.0.0.1:8090"
     assert local_url("10.0.0.7", 9000) == "http://10.0.0.7:9000"
     assert local_url("::1", 8090) == "http://[::1]:8090"
+
+
+def test_the_readers_behind_a_group_and_what_they_rejected_show_under_the_targets() -> None:
+    stream = {**FEEDBACK["targets"][1]}
+    stream["readers"] = [{**stream["readers"][0], "readers": 3}]
+    stream["dead_letters"] = {
+        "key": "mdp:mdp.telemetry.feedback.dlq",
+        "length": 4,
+        "since_start": 2,
+        "newest_age_seconds": 5.2,
+        "reason": "Unknown schema_id",
+    }
+    view = StatusView.from_json(HEALTH, {**FEEDBACK, "targets": [stream]})
+    text = render_table(view)
+    assert "pipeline: lag 0, 9600 pending, seen 0.4s ago, ~3 readers" in text
+    assert (
+        "dead letters of pipeline: 4 dead-lettered (2 since start), newest 5s ago: "
+        "Unknown schema_id"
+    ) in text
+    assert "dead letters 4 dead-lettered" in "\n".join(render_lines(view))
+    page = render_page(view)
+    assert "~3 readers" in page
+    assert "Unknown schema_id" in page

@@ -44,6 +44,7 @@ def stream_target(url: str, **options: Any) -> dict[str, Any]:
         "url": url,
         "timeout": 0.5,
         "scope": "coordinator",
+        "max_copies": 1,  # one reader a group: each event is one entry
         **options,
     }
 

@@ -16,7 +16,12 @@ from typing import ParamSpec, TypeVar
 from market_data_core.telemetry import FeedbackEvent
 
 from market_data_sidecar.feedback.model import Feedback, as_feedback
-from market_data_sidecar.feedback.state import CompositeState, MemberState, ReaderGroup
+from market_data_sidecar.feedback.state import (
+    CompositeState,
+    DeadLetterState,
+    MemberState,
+    ReaderGroup,
+)
 from market_data_sidecar.redaction import first_line
 
 P = ParamSpec("P")
@@ -111,6 +116,10 @@ class Publisher(ABC):
     def readers(self) -> list[ReaderGroup] | None:
         """Who reads the target (a stream's consumer groups), or None where that cannot be
         known: what `GET /feedback` shows. Refreshed by `health_details`."""
+        return None
+
+    def dead_letters(self) -> DeadLetterState | None:
+        """What the target's readers rejected (a stream's `{key}.dlq`), else None."""
         return None
 
     def composite(self) -> CompositeState | None:

@@ -427,6 +427,7 @@ class TargetLane:
             composite=self._composite_state(),
             members=self.publisher.members(),
             readers=self.publisher.readers(),
+            dead_letters=self.publisher.dead_letters(),
         )
 
     def _composite_state(self) -> CompositeState | None:

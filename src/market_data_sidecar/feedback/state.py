@@ -101,6 +101,32 @@ class ReaderGroup(BaseModel):
         default=None,
         description="Since the group's most recently active consumer was seen (null: none).",
     )
+    readers: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Readers behind the group, however many consumer names they share: the most "
+            "copies of one change it took at once lately (null: unknown)."
+        ),
+    )
+
+
+class DeadLetterState(BaseModel):
+    """A stream target's dead-letter stream (`{key}.dlq`): what its readers rejected."""
+
+    model_config = _EXACT
+
+    key: str
+    length: int = Field(ge=0, description="Entries in the dead-letter stream.")
+    since_start: int = Field(
+        default=0, ge=0, description="Entries added since this sidecar started."
+    )
+    newest_age_seconds: float | None = Field(
+        default=None, description="Age of the newest entry (null: none)."
+    )
+    reason: str | None = Field(
+        default=None, description="The reason the newest entry gives, cut and escaped."
+    )
 
 
 class TargetState(BaseModel):
@@ -147,6 +173,10 @@ class TargetState(BaseModel):
             f"A stream's consumer groups (at most {MAX_READER_GROUPS}), read each check "
             "interval; null for other targets or before the first reading."
         ),
+    )
+    dead_letters: DeadLetterState | None = Field(
+        default=None,
+        description="A stream's dead-letter stream, read each check interval (null: none).",
     )
 
 

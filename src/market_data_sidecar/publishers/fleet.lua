@@ -107,7 +107,7 @@ if not last then
   last = ''
 end
 local hold = redis.call('PTTL', hold_key)
-local published = 0
+local published, entry = 0, ''
 if worst ~= nil and (force or signature ~= last) and hold > 0 and worst.severity < 2 then
   -- Rebuilding: wake the caller when the hold ends, to publish then.
   if next_expiry < 0 or hold < next_expiry then next_expiry = hold end
@@ -126,7 +126,7 @@ elseif worst ~= nil and (force or signature ~= last) then
   local envelope = string.format('{"ts":%d.%06d,"key":%s,"meta":%s,"payload":%s}',
     tonumber(time[1]), tonumber(time[2]), cjson.encode(worst.coordinator), meta,
     worst.payload)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', envelope)
+  entry = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', envelope)
   published = 1
 end
 if signature ~= last then
@@ -140,4 +140,4 @@ if worst ~= nil then
   composite = {worst.instance, worst.level, worst.coordinator, tostring(count),
     tostring(coordinators), worst.payload}
 end
-return {published, found, next_expiry, unparsable, view, composite}
+return {published, found, next_expiry, unparsable, view, composite, entry}

@@ -29,7 +29,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from loguru import logger
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from market_data_sidecar.feedback.model import Feedback, new_event_id
 from market_data_sidecar.feedback.scope import SEVERITY, severity
@@ -75,11 +75,14 @@ class StepResult:
     unparsable: list[str]
     members: list[MemberState]
     composite: CompositeState | None
+    #: The id of the entry the step appended (None: nothing appended).
+    entry_id: str | None = None
 
     @classmethod
     def parse(cls, reply: Sequence[Any]) -> StepResult:
-        published, found, next_expiry, unparsable, view, composite = reply
+        published, found, next_expiry, unparsable, view, composite, entry = reply
         return cls(
+            entry_id=reply_text(entry) or None,
             published=bool(published),
             found=reply_text(found),
             next_expiry=None if int(next_expiry) < 0 else int(next_expiry) / 1000,
@@ -198,25 +201,50 @@ class FleetStreamPublisher(RedisStreamPublisher):
                 self._state = state
             if self._script is None:
                 self._script = client.register_script(_SCRIPT)
-            reply = await self._script(
-                keys=[self.members_key, self.last_key, self.stream, self.hold_key],
-                args=[
-                    self.fleet.instance,
-                    state or "",
-                    int(self.fleet.lease * 1000),
-                    self.fleet.token,
-                    "1" if force else "0",
-                    self._maxlen,
-                    new_event_id(),
-                    SCHEMA_ID,
-                    TRACK,
-                    int(self.fleet.renewal * 1000),
-                ],
-                client=client,
-            )
-            result = StepResult.parse(reply)
+                await client.script_load(_SCRIPT)
+            event_id = new_event_id()
+            args = [
+                self.fleet.instance,
+                state or "",
+                int(self.fleet.lease * 1000),
+                self.fleet.token,
+                "1" if force else "0",
+                self._maxlen,
+                event_id,
+                SCHEMA_ID,
+                TRACK,
+                int(self.fleet.renewal * 1000),
+            ]
+            keys = [self.members_key, self.last_key, self.stream, self.hold_key]
+            result = await self._step_with_copies(client, keys, args, event_id)
             self._observe(result, wrote=state is not None)
             return result
+
+    async def _step_with_copies(
+        self, client: aioredis.Redis, keys: list[str], args: list[Any], event_id: str
+    ) -> StepResult:
+        """The step, then its copies and the groups' reading in the same round trip: a
+        composite it appends (a leave's too) reaches every waiting reader (see
+        stream_copies.py)."""
+        assert self._script is not None
+        await self.copies.prepare(client)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            self.copies.queue(pipe, event_id, self.copies.entries() - 1)
+            reading = self.copies.reading
+            if reading:
+                self.copies.queue_reading(pipe)
+            step, *rest = await pipe.execute(raise_on_error=False)
+        if isinstance(step, NoScriptError):
+            # Redis forgot the script (restarted): load it, step again without copies.
+            return StepResult.parse(await self._script(keys=keys, args=args, client=client))
+        if isinstance(step, Exception):
+            raise step
+        result = StepResult.parse(step)
+        if reading:
+            originals = [result.entry_id] if result.entry_id else []
+            self.copies.observe(rest[:-1], rest[-1], originals)
+        return result
 
     def _observe(self, result: StepResult, *, wrote: bool) -> None:
         """Record what the step saw: duplicates, unparsable members, the fleet."""

@@ -46,9 +46,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from market_data_sidecar.feedback.delivery import DeliveryError, Publisher, encoder
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.feedback.state import ReaderGroup, clip
+from market_data_sidecar.feedback.state import DeadLetterState, ReaderGroup, clip
 from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.publishers.dead_letters import DeadLetters
 from market_data_sidecar.publishers.redis_protocol import BoundedParser, reply_text
+from market_data_sidecar.publishers.stream_copies import Copies
 from market_data_sidecar.publishers.stream_readers import StreamReaders
 from market_data_sidecar.redaction import Redactor, redact_url, url_secrets
 from market_data_sidecar.settings import (
@@ -286,20 +288,35 @@ class RedisStreamPublisher(_RedisPublisher):
             timeout=target.timeout,
             metrics=metrics,
         )
+        self.copies = Copies(
+            self.name,
+            self.stream,
+            max_copies=target.max_copies,
+            readers=target.readers,
+            reannounce=target.reannounce,
+            maxlen=target.maxlen,
+            metrics=metrics,
+        )
+        self.dead = DeadLetters(self.name, self.stream, metrics=metrics)
 
     async def start(self) -> None:
         await super().start()
         assert self._client is not None
         self.stream_readers.start(self._client)
+        self.copies.start(self._client)
 
     async def close(self) -> None:
+        await self.copies.close()
         await self.stream_readers.close()
         await super().close()
 
     async def _send(self, client: aioredis.Redis, batch: Sequence[Feedback]) -> None:
-        # No MULTI: entries are independent, and a transaction would only add round
-        # trips and hold the server for the whole batch.
+        # No MULTI: entries are independent, a transaction would hold the server for the
+        # whole batch, and blocked readers are served only between commands (the copies).
+        await self.copies.prepare(client)
+        copies = self.copies.entries() - 1
         async with client.pipeline(transaction=False) as pipe:
+            queued = []
             for feedback in batch:
                 pipe.xadd(
                     self.stream,
@@ -307,7 +324,30 @@ class RedisStreamPublisher(_RedisPublisher):
                     maxlen=self._maxlen,
                     approximate=True,
                 )
-            _replies(await pipe.execute(raise_on_error=False))
+                queued.append(self.copies.queue(pipe, feedback.id, self._copies(feedback, copies)))
+            reading = self.copies.reading
+            if reading:
+                self.copies.queue_reading(pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        originals, copied = _split(replies[: len(replies) - reading], queued)
+        _replies(originals)
+        if reading:
+            self.copies.observe(copied, replies[-1], [reply_text(entry) for entry in originals])
+
+    def _copies(self, feedback: Feedback, copies: int) -> int:
+        """Copies of `feedback`: a resync round in `coordinator` scope is one entry per
+        coordinator already (thousands); copied, it would outrun `maxlen`."""
+        return 0 if feedback.resync and self.target.scope == "coordinator" else copies
+
+    async def health_details(self) -> dict[str, str]:
+        details = await super().health_details()
+        if self._client is not None and self._reachable:
+            try:
+                async with asyncio.timeout(min(PING_BUDGET, self.target.timeout)):
+                    await self.dead.read(self._client)
+            except (RedisError, OSError) as exc:
+                details["dead_letters_error"] = _printable(self._scrub(str(exc)))
+        return details
 
     @encoder
     def envelope(self, feedback: Feedback) -> bytes:
@@ -331,13 +371,23 @@ class RedisStreamPublisher(_RedisPublisher):
         ).encode()
 
     def _describe(self) -> dict[str, str]:
-        return {"stream": self.stream, "mode": self.mode} | self.stream_readers.details()
+        details = {"stream": self.stream, "mode": self.mode} | self.stream_readers.details()
+        return details | self.copies.details()
 
     def problem(self) -> str | None:
-        return self.stream_readers.problem()
+        return self.stream_readers.problem() or self.dead.problem()
 
     def readers(self) -> list[ReaderGroup] | None:
-        return self.stream_readers.readers()
+        groups = self.stream_readers.readers()
+        if groups is None:
+            return None
+        estimates = self.copies.estimates()
+        return [
+            group.model_copy(update={"readers": estimates.get(group.group)}) for group in groups
+        ]
+
+    def dead_letters(self) -> DeadLetterState | None:
+        return self.dead.state()
 
 
 async def _run_id(connection: AbstractConnection) -> str | None:
@@ -360,6 +410,18 @@ def _printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _split(replies: Sequence[Any], queued: Sequence[int]) -> tuple[list[Any], list[Any]]:
+    """A pipeline's replies to each original (XADD) and to the copies queued after it."""
+    originals: list[Any] = []
+    copies: list[Any] = []
+    position = 0
+    for count in queued:
+        originals.append(replies[position])
+        copies.extend(replies[position + 1 : position + 1 + count])
+        position += 1 + count
+    return originals, copies
 
 
 def _replies(replies: list[Any]) -> list[Any]:

@@ -16,6 +16,7 @@ from typing import Any, cast
 from market_data_sidecar.feedback.state import (
     MAX_READER_GROUPS,
     CompositeState,
+    DeadLetterState,
     MemberState,
     ReaderGroup,
     TargetState,
@@ -227,6 +228,7 @@ def _target(data: Mapping[str, Any]) -> TargetState:
         circuit=cast(Any, _text(data.get("circuit") or "closed")),
         disabled=bool(data.get("disabled", False)),
         readers=_readers(data.get("readers")),
+        dead_letters=_dead_letters(data.get("dead_letters")),
         scope=cast(Any, _text(data.get("scope") or "coordinator")),
         composite=_composite(data.get("composite")),
         members=[
@@ -293,10 +295,34 @@ def _readers(value: Any) -> list[ReaderGroup] | None:
             pending=_int(item.get("pending")) or 0,
             lag=_int(item.get("lag")),
             idle_seconds=_float(item.get("idle_seconds")),
+            readers=_int(item.get("readers")),
         )
         for item in value[:MAX_READER_GROUPS]
         if isinstance(item, Mapping)
     ]
+
+
+def _dead_letters(value: Any) -> DeadLetterState | None:
+    if not isinstance(value, Mapping):
+        return None
+    return DeadLetterState.model_construct(
+        key=_text(value.get("key", "")),
+        length=_int(value.get("length")) or 0,
+        since_start=_int(value.get("since_start")) or 0,
+        newest_age_seconds=_float(value.get("newest_age_seconds")),
+        reason=_str(value.get("reason")),
+    )
+
+
+def dead_letters_text(target: TargetState) -> str | None:
+    """`3 dead-lettered since start, newest 4s ago: <reason>`, or None when none is known."""
+    dead = target.dead_letters
+    if dead is None or not dead.length:
+        return None
+    text = f"{num(dead.length)} dead-lettered ({num(dead.since_start)} since start)"
+    if dead.newest_age_seconds is not None:
+        text += f", newest {dead.newest_age_seconds:.0f}s ago"
+    return f"{text}: {dead.reason}" if dead.reason else text
 
 
 def readers_text(target: TargetState) -> str | None:
@@ -312,7 +338,8 @@ def readers_text(target: TargetState) -> str | None:
 def _reader_text(group: ReaderGroup) -> str:
     lag = "?" if group.lag is None else num(group.lag)
     seen = "no consumer" if group.idle_seconds is None else f"seen {group.idle_seconds:.1f}s ago"
-    return f"{group.group}: lag {lag}, {num(group.pending)} pending, {seen}"
+    readers = "" if group.readers is None else f", ~{counted(group.readers, 'reader')}"
+    return f"{group.group}: lag {lag}, {num(group.pending)} pending, {seen}{readers}"
 
 
 def _text(value: Any) -> str:

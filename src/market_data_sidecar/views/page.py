@@ -24,6 +24,7 @@ from market_data_sidecar.views.model import (
     CoordinatorRow,
     StatusView,
     composite_text,
+    dead_letters_text,
     readers_text,
     target_health,
 )
@@ -280,6 +281,8 @@ def _readers(t: TargetState) -> str:
         return "-"
     if not t.readers:
         return f'<span class="error">{escape(text)}</span>'
+    if (dead := dead_letters_text(t)) is not None:
+        return f'{escape(text)}<br><span class="error">{escape(dead)}</span>'
     return escape(text)
 
 

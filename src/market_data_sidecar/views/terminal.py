@@ -13,6 +13,7 @@ from market_data_sidecar.views.model import (
     CoordinatorRow,
     StatusView,
     composite_text,
+    dead_letters_text,
     readers_text,
 )
 
@@ -111,6 +112,8 @@ def render_table(view: StatusView, *, colour: bool = False, width: int | None = 
             if (readers := readers_text(t)) is not None:
                 style = "" if t.readers else "degraded"
                 lines.append(_paint(f"readers of {t.name}: {readers}", style, colour))
+            if (dead := dead_letters_text(t)) is not None:
+                lines.append(_paint(f"dead letters of {t.name}: {dead}", "degraded", colour))
         source = "synthesizing from queue depths" if view.synthesizing else "store pushes"
         last = age(view.last_store_event_at) if view.last_store_event_at else "never"
         lines.append(f"feedback: {source}; last event from the store {last}")
@@ -226,6 +229,8 @@ def render_lines(view: StatusView) -> list[str]:
             text += f", last error {t.last_error}"
         if (readers := readers_text(t)) is not None:
             text += f", readers {readers}"
+        if (dead := dead_letters_text(t)) is not None:
+            text += f", dead letters {dead}"
         lines.append(text)
         if (composite := composite_text(t)) is not None:
             lines.append(f"target {t.name} composite {composite}")
