@@ -534,6 +534,22 @@ def wrong_kind(key: str, kind: str, expected: str = "stream") -> str:
     return f"key {shown_name(key, MAX_NAME)} is a {shown_name(kind, 20)}, not a {expected}"
 
 
+async def wrong_type(
+    client: aioredis.Redis, exc: BaseException, expected: Mapping[str, str]
+) -> str | None:
+    """For a WRONGTYPE error (a command's, or one raised inside a Lua step, where Redis
+    names a script line, not a key): which of the `expected` keys (key -> type) holds
+    another type, in words (`key mdp:x:fleet:members is a string, not a hash`), asked of
+    Redis with TYPE. None for any other error, or when every key is as expected now."""
+    if not isinstance(exc, ResponseError) or "WRONGTYPE" not in str(exc):
+        return None
+    for key, kind in expected.items():
+        found = reply_text(await client.type(key))
+        if found not in (kind, "none"):
+            return wrong_kind(key, found, kind)
+    return None
+
+
 def failure_reason(exc: BaseException) -> str:
     """A failed reading in one word, for the metric's `reason` label."""
     if isinstance(exc, RedisTimeoutError | TimeoutError):
