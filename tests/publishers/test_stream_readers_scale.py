@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from loguru import logger
 from redis.exceptions import ResponseError
 
+from market_data_sidecar.feedback.state import ReaderGroup, TargetState
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.publishers.stream_readers import (
@@ -22,6 +23,7 @@ from market_data_sidecar.publishers.stream_readers import (
     wrong_type,
 )
 from market_data_sidecar.settings import RedisStreamTargetSettings
+from market_data_sidecar.views.model import StatusView, readers_text
 from tests.helpers import eventually, feedback
 from tests.operator.test_operator_assets import promtool
 from tests.redis_helpers import RedisServer, feedback_key
@@ -253,3 +255,17 @@ async def test_a_key_of_the_wrong_type_is_named_with_the_type_redis_has(
     assert await wrong_type(admin, ResponseError("ERR other"), {members: "hash"}) is None
     await admin.delete(members)
     assert await wrong_type(admin, raised.value, {KEY: "stream", members: "hash"}) is None
+
+
+def test_the_views_say_a_groups_consumers_were_not_listed() -> None:
+    big = ReaderGroup(group="pipeline", consumers=40_000, pending=3, lag=0, consumers_listed=False)
+    small = ReaderGroup(group="orchestrator", consumers=1, pending=0, lag=0, idle_seconds=0.4)
+    text = readers_text(TargetState(name="pulse", kind="redis-stream", readers=[big, small]))
+    assert text is not None
+    assert "pipeline: lag 0, 3 pending, 40000 consumers, not listed" in text
+    assert "orchestrator: lag 0, 0 pending, seen 0.4s ago" in text
+    # Read back from a served document, as `status` and the page do.
+    served = TargetState(name="pulse", readers=[big]).model_dump(mode="json")
+    view = StatusView.from_json({}, {"targets": [served]})
+    (read,) = view.targets[0].readers or []
+    assert read.consumers_listed is False
