@@ -112,6 +112,8 @@ LOGGED_ARRIVALS = 5
 #: Group and consumer names are shown cut to this many characters: anyone with access to
 #: Redis names them, and what the sidecar shows stays bounded.
 MAX_NAME = 100
+#: Characters of what the sidecar cannot do here, as Redis said it.
+MAX_FAULT = 400
 
 #: One reading of stream KEYS[1], as one JSON string: `{"type": ...}` when the key is not a
 #: stream (nor absent); else the id of its last entry, the number of groups, and the first
@@ -446,6 +448,8 @@ class StreamReaders:
     def _fault(self, kind: str, text: str | None) -> None:
         """Log what the sidecar cannot do once, when it starts and when it ends."""
         before = self._faults.get(kind)
+        if text is not None:  # Redis's own words: bounded like any text from outside
+            text = shown_name(text, MAX_FAULT)
         if text == before:
             return
         if text is None:
