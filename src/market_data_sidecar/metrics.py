@@ -235,6 +235,12 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.stream_reader_failures = Counter(
+            "sidecar_stream_reader_failures_total",
+            "Readings of a stream target's consumer groups that failed, by reason.",
+            ["target", "reason"],
+            registry=r,
+        )
         self.stream_reader_arrivals = Counter(
             "sidecar_stream_reader_arrivals_total",
             "Consumer groups that appeared or were reset, each answered with a resync.",

@@ -315,6 +315,10 @@ def _post_feedback(settings: Settings, protected: bool) -> dict[str, Any]:
             "413": _error(f"Body over the size limit, or more than {limit} events."),
             "415": _error("Not JSON (Content-Type `application/json` or `+json`)."),
             "422": _error("An invalid event; `index` and `field` say where."),
+            "508": _error(
+                "An event this sidecar itself sent (its `webhook-id`): a target points "
+                "back at the intake."
+            ),
         },
     }
     if protected:

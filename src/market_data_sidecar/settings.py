@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import psutil
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
@@ -27,6 +29,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -388,10 +391,39 @@ class Settings(BaseSettings):
                 f"SIDECAR_FLEET_LEASE ({self.fleet_lease:g}) must be at least twice "
                 f"SIDECAR_FLEET_RENEWAL ({self.fleet_renewal:g})"
             )
-        labels = [target.label for target in self.targets]
-        if len(labels) != len(set(labels)):
-            raise ValueError("targets: names must be unique (set `name` on each target)")
         return self
+
+    # -- targets: what one typo in SIDECAR_TARGETS can do -----------------------------------
+    # Checked here, not per target: each rule is about the list, or about where the sidecar
+    # itself listens (validated first: `host` and `port` come before `targets`).
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_are_sound(
+        cls, targets: list[TargetSettings], info: ValidationInfo
+    ) -> list[TargetSettings]:
+        labels = [target.label for target in targets]
+        if len(labels) != len(set(labels)):
+            raise ValueError("names must be unique (set `name` on each target)")
+        host, port = info.data.get("host"), info.data.get("port")
+        for target in targets:
+            own = isinstance(port, int) and _is_own_address(str(target.url), str(host or ""), port)
+            if isinstance(target, HttpTargetSettings) and own:
+                raise ValueError(
+                    f"target {target.label!r} points at this sidecar's own address "
+                    f"(port {port}): its events would come back to the intake for ever"
+                )
+        writers: dict[tuple[str, str, str], str] = {}
+        for target in targets:
+            if isinstance(target, RedisStreamTargetSettings):
+                where = (*_redis_server(target.url), target.key)
+                if (other := writers.setdefault(where, target.label)) != target.label:
+                    raise ValueError(
+                        f"targets {other!r} and {target.label!r} both write stream "
+                        f"{target.key} on {where[0]} db {where[1]}: one writer of a key per "
+                        "sidecar (give one of them another namespace or stream)"
+                    )
+        return targets
 
     @classmethod
     def settings_customise_sources(
@@ -406,6 +438,71 @@ class Settings(BaseSettings):
         if path is None:
             return (init_settings, env_settings)
         return (init_settings, env_settings, InitSettingsSource(settings_cls, _read_config(path)))
+
+
+#: Names every process calls itself by.
+_LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def _is_own_address(url: str, host: str, port: int) -> bool:
+    """Whether an `http` URL reaches this sidecar's listener: its port, and a host that is
+    the one listened on, or (listening on every address) any address of this machine."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or (parts.port or 80) != port:
+        return False
+    target = (parts.hostname or "").lower()
+    if host in ("", "0.0.0.0", "::"):
+        return _is_local(target)
+    return target == host.lower() or (_is_local(host.lower()) and _is_loopback(target))
+
+
+def _is_local(name: str) -> bool:
+    """A name or address of this machine: loopback, unspecified, its host names, or an
+    address one of its interfaces holds."""
+    if _is_loopback(name) or name in {socket.gethostname().lower(), default_instance().lower()}:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if address.is_unspecified:
+        return True
+    local = {
+        entry.address.split("%")[0]
+        for entries in psutil.net_if_addrs().values()
+        for entry in entries
+        if entry.family in (socket.AF_INET, socket.AF_INET6)
+    }
+    return str(address) in local
+
+
+def _is_loopback(name: str) -> bool:
+    if name in _LOCAL_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _redis_server(url: str) -> tuple[str, str]:
+    """`(server, db)` a Redis URL writes to, alike however it is spelt: a socket path, or
+    host and port (loopback names as one), and the database (path, `?db=`, default 0)."""
+    parts = urlsplit(url)
+    query = dict(pair.partition("=")[::2] for pair in parts.query.split("&") if pair)
+    if parts.scheme == "unix":
+        return f"unix:{parts.path}", query.get("db", "0") or "0"
+    host = (parts.hostname or "localhost").lower()
+    host = "loopback" if _is_loopback(host) else host
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = 6379
+    db = parts.path.strip("/") or query.get("db", "0") or "0"
+    return f"{host}:{port}", db
 
 
 class ConfigError(Exception):

@@ -13,6 +13,13 @@ source (ids, counts, `ts`, `utilization`); `reason` is valid Unicode, at most
 
 The intake belongs to the pod: without a token only loopback peers may post (403
 otherwise); with one, any peer that presents it.
+
+No loops: an event this process itself sent (its delivery id in the `webhook-id` header,
+which every webhook of the sidecar carries) is refused with 508 Loop Detected. A target
+pointed back at the intake (the store's `MDS_FB_HTTP_ENDPOINT` copied into
+`SIDECAR_TARGETS`) would otherwise turn one POST into an endless stream of deliveries. HTTP
+is the only way into the intake; pub/sub messages and stream entries, which carry the same
+id in other places, never reach it unless someone's own bridge posts them.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from pydantic import ValidationError
 
 from market_data_sidecar.feedback import bounds
 from market_data_sidecar.feedback.bounds import OutOfBounds
-from market_data_sidecar.feedback.model import Feedback
+from market_data_sidecar.feedback.model import _ID_PREFIX, Feedback
 from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import Metrics
 
@@ -42,6 +49,8 @@ MAX_REASON_LENGTH = 1024
 FORBIDDEN_LOG_INTERVAL = 60.0
 
 _CORE_FIELDS = tuple(FeedbackEvent.model_fields)
+#: The header Standard Webhooks carry the delivery id in.
+WEBHOOK_ID = "webhook-id"
 _LEVEL_CHOICES = "Input should be one of " + ", ".join(repr(lvl.value) for lvl in BackpressureLevel)
 
 
@@ -97,7 +106,10 @@ class Intake:
 
     def admit(self, headers: Mapping[str, str], *, peer: str | None) -> None:
         """Check what is known before reading the body: who may post (a loopback `peer`
-        without a token, the token with one), declared size, media type."""
+        without a token, the token with one), declared size, media type. First, whether this
+        process sent it: a loop is named as one whoever the peer is."""
+        if sent_here(headers.get(WEBHOOK_ID)):
+            raise self.looped(f"the {WEBHOOK_ID} header")
         if self._token is None:
             if not is_loopback(peer):
                 raise self._forbidden(peer)
@@ -136,6 +148,15 @@ class Intake:
             403,
             "forbidden",
             "feedback is accepted from loopback only; set SIDECAR_TOKEN to accept other peers",
+        )
+
+    def looped(self, where: str) -> Rejected:
+        """508: this process sent the event; counted, and logged once per interval."""
+        return self.reject(
+            508,
+            "loop",
+            f"this sidecar sent this event ({where} is one of its delivery ids): a target "
+            "in SIDECAR_TARGETS points at this sidecar's own /feedback",
         )
 
     def too_large(self) -> Rejected:
@@ -216,6 +237,11 @@ class _Invalid(Exception):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+def sent_here(delivery_id: object) -> bool:
+    """Whether `delivery_id` is one of this process's own (`model.new_event_id`)."""
+    return isinstance(delivery_id, str) and delivery_id.startswith(_ID_PREFIX)
 
 
 @lru_cache(maxsize=1024)

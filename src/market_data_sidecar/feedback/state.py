@@ -15,6 +15,7 @@ from market_data_core.telemetry import FeedbackEvent
 from pydantic import BaseModel, ConfigDict, Field
 
 from market_data_sidecar.feedback.model import Feedback, Origin
+from market_data_sidecar.logs import escape
 
 #: A backpressure level as the sidecar's own answers spell it (Core's `BackpressureLevel`).
 Level = Literal["ok", "soft", "hard"]
@@ -99,7 +100,17 @@ class ReaderGroup(BaseModel):
     )
     idle_seconds: float | None = Field(
         default=None,
-        description="Since the group's most recently active consumer was seen (null: none).",
+        description=(
+            "Since the group's most recently active consumer was seen (null: none, or "
+            "its consumers were not listed)."
+        ),
+    )
+    consumers_listed: bool = Field(
+        default=True,
+        description=(
+            "Whether the group's consumers were listed: a group with too many (Redis keeps "
+            "every consumer name ever used) is judged by its position alone."
+        ),
     )
     readers: int | None = Field(
         default=None,
@@ -215,6 +226,12 @@ def clip(text: str | None, limit: int) -> str | None:
     if text is None or len(text) <= limit:
         return text
     return text[: limit - 1] + "…"
+
+
+def shown_name(text: str | None, limit: int) -> str | None:
+    """A name someone else chose (a consumer group, a consumer), fit for a label, a log line
+    or a view: control characters and lone surrogates escaped, then cut to `limit`."""
+    return None if text is None else clip(escape(text), limit)
 
 
 def encode(state: RelayState) -> bytes:

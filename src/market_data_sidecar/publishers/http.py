@@ -7,8 +7,9 @@ secret, `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">
 `whsec_<base64>` secret is used as the spec says (the key is the decoded part); any
 other secret is used as its UTF-8 bytes.
 
-Outcome of an attempt: 2xx delivered; 408, 429, 5xx, timeouts and connection errors
-retried (honouring `Retry-After`); 410 disables the target; anything else is dropped.
+Outcome of an attempt: 2xx delivered; 408, 429, 5xx (but 508 Loop Detected), timeouts and
+connection errors retried (honouring `Retry-After`); 410 disables the target; anything
+else is dropped.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from market_data_sidecar.settings import HttpTargetSettings, signing_key
 #: Response bodies are not used; reading a little lets the connection be reused.
 _RESPONSE_READ_LIMIT = 64 * 1024
 _RETRYABLE_STATUSES = frozenset({408, 429})
+#: 508 Loop Detected: a sidecar's intake refused what this one sent (the target points back
+#: at it). Sending it again loops again.
+_LOOP_DETECTED = 508
 
 
 class HttpPublisher(Publisher):
@@ -111,6 +115,8 @@ def _status_error(status: int, retry_after: str | None) -> DeliveryError:
     reason = f"http_{status}"
     if status == 410:
         return DeliveryError(reason, retryable=False, disable=True)
+    if status == _LOOP_DETECTED:
+        return DeliveryError(reason, retryable=False)
     if status in _RETRYABLE_STATUSES or status >= 500:
         return DeliveryError(reason, retry_after=parse_retry_after(retry_after))
     # Other 4xx (and redirects, which a webhook endpoint has no business sending):

@@ -94,7 +94,7 @@ class _RedisPublisher(Publisher):
         except ValueError as exc:
             problem = self._scrub(str(exc))
             raise ConfigError(
-                f"invalid configuration: target {self.name!r}: url: {problem}"
+                f"invalid configuration: SIDECAR_TARGETS: target {self.name!r}: url: {problem}"
             ) from None
         self._metrics = metrics
         self._client: aioredis.Redis | None = None

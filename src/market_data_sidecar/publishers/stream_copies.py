@@ -41,7 +41,7 @@ from loguru import logger
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from market_data_sidecar.feedback.state import clip
+from market_data_sidecar.feedback.state import shown_name
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis_protocol import reply_text
 
@@ -140,7 +140,7 @@ class Copies:
 
     def estimates(self) -> dict[str, int]:
         """Each known group's estimate, under the name the views show."""
-        return {clip(name, MAX_NAME) or "": max(taken) for name, taken in self._taken.items()}
+        return {_name(name): max(taken) for name, taken in self._taken.items()}
 
     def known(self) -> int | None:
         """Readers behind the busiest group, as this writer learnt or another shared."""
@@ -247,7 +247,7 @@ class Copies:
             retry = retry or took == len(ids) or (before is not None and took < before)
             self._shared_name(name, raw)
             if self._metrics is not None:
-                self._metrics.stream_group_readers.labels(self.target, _label(name)).set(max(taken))
+                self._metrics.stream_group_readers.labels(self.target, _name(name)).set(max(taken))
         self._spare = min(2 * self._spare, self.max_copies) if saturated else 1
         self._schedule_retry(retry, change=change and learnt)
 
@@ -279,7 +279,7 @@ class Copies:
             "would need one)",
             self.target,
             self.key,
-            ascii(clip(name, MAX_NAME)),
+            _name(name),
             estimate,
             consumers,
             self.entries(),
@@ -373,7 +373,7 @@ class Copies:
             del self._faults[kind]
             logger.info("stream target {} ({}): copies: can {} again", self.target, self.key, kind)
             return
-        self._faults[kind] = clip(text, 300) or ""
+        self._faults[kind] = shown_name(text, 300) or ""
         logger.warning(
             "stream target {}: {}; each change is appended once", self.target, self._faults[kind]
         )
@@ -413,9 +413,9 @@ def _count(value: Any) -> int | None:
     return count if 0 < count <= 1000 else None
 
 
-def _label(name: str) -> str:
-    text = clip(name, MAX_NAME) or ""
-    return text if text.isprintable() else ascii(text)[1:-1]
+def _name(name: str) -> str:
+    """A group's name as every view, label and log line shows it."""
+    return shown_name(name, MAX_NAME) or ""
 
 
 def _stream_id(value: Any) -> StreamId:

@@ -296,6 +296,7 @@ def _readers(value: Any) -> list[ReaderGroup] | None:
             lag=_int(item.get("lag")),
             idle_seconds=_float(item.get("idle_seconds")),
             readers=_int(item.get("readers")),
+            consumers_listed=item.get("consumers_listed") is not False,
         )
         for item in value[:MAX_READER_GROUPS]
         if isinstance(item, Mapping)
@@ -338,6 +339,8 @@ def readers_text(target: TargetState) -> str | None:
 def _reader_text(group: ReaderGroup) -> str:
     lag = "?" if group.lag is None else num(group.lag)
     seen = "no consumer" if group.idle_seconds is None else f"seen {group.idle_seconds:.1f}s ago"
+    if not group.consumers_listed:
+        seen = f"{num(group.consumers)} consumers, not listed"
     readers = "" if group.readers is None else f", ~{counted(group.readers, 'reader')}"
     return f"{group.group}: lag {lag}, {num(group.pending)} pending, {seen}{readers}"
 
