@@ -10,7 +10,7 @@ import pytest
 
 from market_data_sidecar.settings import load_settings
 
-from .conftest import Manifests
+from .conftest import HelmError, Manifests
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,3 +85,39 @@ def test_full_environment_loads(
     assert [t.kind for t in settings.targets] == [t["kind"] for t in expected]
     assert [t.name for t in settings.targets] == [t["name"] for t in expected]
     assert json.loads(env["SIDECAR_TARGETS"]) == expected
+
+
+def test_each_checks_schedule_and_the_database_role_reach_the_sidecar(
+    full_manifests: Manifests, full_values: dict[str, Any], load: Any
+) -> None:
+    settings = load(resolved_env(full_manifests, EXISTING_SECRET_DATA))
+    checks = full_values["sidecar"]["checks"]
+    assert settings.schedule("queue").interval == checks["queue"]["interval"]
+    assert settings.schedule("queue").timeout == checks["queue"]["timeout"]
+    assert settings.schedule("disk").interval == checks["disk"]["interval"]
+    assert settings.schedule("disk").timeout == full_values["sidecar"]["checkTimeout"]
+    assert settings.schedule("database").fall == checks["database"]["fall"]
+    assert settings.database_role == full_values["sidecar"]["databaseRole"]
+
+
+def test_default_schedules_are_the_global_ones(default_manifests: Manifests, load: Any) -> None:
+    env = resolved_env(default_manifests, {})
+    own = ("SIDECAR_DATABASE_CHECK", "SIDECAR_DISK_CHECK", "SIDECAR_QUEUE_CHECK")
+    assert not [name for name in env if name.startswith(own)]
+    settings = load(env)
+    for check in ("database", "disk", "queue"):
+        assert settings.schedule(check).interval == settings.check_interval
+    assert settings.database_role == "primary"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sidecar.checks.queue.interval=0",
+        "sidecar.checks.disk.rise=0",
+        "sidecar.databaseRole=leader",
+    ],
+)
+def test_the_chart_refuses_a_bad_schedule_or_role(helm: Any, value: str) -> None:
+    with pytest.raises(HelmError):
+        helm.template("--set", value)
