@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -206,9 +206,19 @@ TargetSettings = Annotated[
 ]
 
 
+#: Files a `rediss://` URL names for redis-py's TLS context: read at the first connection,
+#: so one that is missing is said at start-up instead of at the first delivery.
+_TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
+
+
 def _redis_url(value: str) -> str:
-    if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+    parts = urlsplit(value)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    for name, path in parse_qsl(parts.query):
+        if name in _TLS_FILES and not os.path.exists(path):
+            # The path only: the rest of the URL may hold a password.
+            raise ValueError(f"{name}: no such file or directory: {path}")
     return value
 
 

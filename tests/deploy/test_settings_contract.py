@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from market_data_sidecar.settings import load_settings
+from market_data_sidecar.settings import ConfigError, load_settings
 
-from .conftest import HelmError, Manifests
+from .conftest import REPO_ROOT, HelmError, Manifests
+
+REDIS_TLS_VALUES = REPO_ROOT / "examples" / "values-redis-tls.yaml"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,3 +123,30 @@ def test_default_schedules_are_the_global_ones(default_manifests: Manifests, loa
 def test_the_chart_refuses_a_bad_schedule_or_role(helm: Any, value: str) -> None:
     with pytest.raises(HelmError):
         helm.template("--set", value)
+
+
+def test_a_ca_bundle_from_a_secret_is_mounted_where_the_target_url_names_it(
+    helm: Any, load: Any, tmp_path: Any
+) -> None:
+    """examples/values-redis-tls.yaml: `extraVolumes` brings the Secret into the pod, the
+    sidecar mounts it, and a `rediss://` URL naming a CA that is not there is refused."""
+    rendered = helm.template("-f", str(REDIS_TLS_VALUES))
+    (volume,) = [v for v in rendered.pod_spec["volumes"] if v["name"] == "redis-ca"]
+    assert volume["secret"]["secretName"] == "redis-ca"
+    (mount,) = [m for m in rendered.sidecar["volumeMounts"] if m["name"] == "redis-ca"]
+    assert mount == {"name": "redis-ca", "mountPath": "/etc/redis-ca", "readOnly": True}
+
+    def target(ca: str) -> dict[str, str]:
+        url = f"rediss://sidecar:FAKE-REDIS-PASSWORD@redis:6380/0?ssl_ca_certs={ca}"
+        return {"targets": json.dumps([{"kind": "redis-stream", "url": url}])}
+
+    missing = f"{mount['mountPath']}/absent-{os.getpid()}.pem"
+    with pytest.raises(ConfigError) as error:
+        load(resolved_env(rendered, EXISTING_SECRET_DATA | target(missing)))
+    assert f"ssl_ca_certs: no such file or directory: {missing}" in str(error.value)
+    assert "FAKE-REDIS-PASSWORD" not in str(error.value)
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = load(resolved_env(rendered, EXISTING_SECRET_DATA | target(str(bundle))))
+    assert settings.targets[0].kind == "redis-stream"

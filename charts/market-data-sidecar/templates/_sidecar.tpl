@@ -209,4 +209,7 @@ with the same coordinator capacity the sidecar computes watermarks from.
 - name: sidecar-tmp
   emptyDir:
     sizeLimit: 16Mi
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
