@@ -22,6 +22,9 @@ from market_data_sidecar import __version__
 from market_data_sidecar.checks import Check, Damping, worst
 from market_data_sidecar.metrics import Metrics
 
+# Damping is defined with the checks (each carries its own) and still imported from here.
+__all__ = ["Clock", "Damping", "HealthMonitor", "bound_details"]
+
 #: JSON bytes of all components' details together: the `/readyz` and `/healthz` bodies
 #: stay under 16 KiB whatever a check reports (the kubelet reads only 10 KiB of a probe's
 #: answer; 2,000 coordinators with 4 KB ids once made it 40 MB). Shared evenly by the
@@ -68,9 +71,6 @@ def _encodable(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
-
-
-__all__ = ["Clock", "Damping", "HealthMonitor", "bound_details"]
 
 
 class Clock:
