@@ -354,3 +354,12 @@ async def _pending_at_most(admin: aioredis.Redis, key: str, group: str, bound: i
     if pending > bound:
         await asyncio.sleep(0.1)  # the sweep runs with each reading, every 0.5 s
     return bool(pending <= bound)
+
+
+def test_the_readme_gives_the_acl_these_tests_run_with() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("ACL SETUSER sidecar", 1)[1].split("```", 1)[0]
+    granted = [word.removeprefix("+") for word in block.split() if word.startswith("+")]
+    assert granted == SIDECAR_COMMANDS
+    assert "-@all" in block.split()
+    assert f"~{feedback_key(NAMESPACE)}*" in block.split()
