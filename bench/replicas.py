@@ -34,6 +34,7 @@ from bench.closed_loop import (
     _pipeline,
     _store,
     _store_totals,
+    _wait,
     ensure_consumers,
 )
 from bench.harness import Context, Row
@@ -62,15 +63,30 @@ def _post(sidecar: Sidecar, coordinator: str, level: str) -> None:
         raise RuntimeError(f"POST /feedback answered {status}: {body[:200]!r}")
 
 
-def _warm(sidecar: Sidecar, pipelines: list[Child]) -> None:
-    """A steady fleet that knows its readers: a `hard` and back to `ok`, heard by all."""
+def _warm(sidecar: Sidecar, pipelines: list[Child], *, every: bool = True) -> None:
+    """A steady fleet: a `hard` and back to `ok`. With copies, every replica hears both
+    (and the sidecar has learnt how many there are); with one append per change, one does."""
     for level in ("hard", "ok"):
         marks = [len(p.lines) for p in pipelines]
         _post(sidecar, "warm-up", level)
-        for pipeline, mark in zip(pipelines, marks, strict=True):
-            if pipeline.lines and pipeline.last("rate")["scale"] == SCALES[level]:
-                continue
-            pipeline.wait_for(_scale(SCALES[level]), 15, mark)
+        waiting = [
+            (p, m) for p, m in zip(pipelines, marks, strict=True) if _current(p) != SCALES[level]
+        ]
+        if every:
+            for pipeline, mark in waiting:
+                pipeline.wait_for(_scale(SCALES[level]), 15, mark)
+        elif waiting:
+            _wait(_anyone_at(waiting, SCALES[level]), 15)
+
+
+def _anyone_at(waiting: list[tuple[Child, int]], scale: float) -> Callable[[], bool]:
+    return lambda: any(_current(pipeline) == scale for pipeline, _ in waiting)
+
+
+def _current(pipeline: Child) -> float:
+    """The replica's scale now: full until its first change."""
+    rates = [line["scale"] for line in pipeline.lines if line.get("event") == "rate"]
+    return float(rates[-1]) if rates else 1.0
 
 
 def _scale(value: float) -> Callable[[dict[str, object]], bool]:
@@ -95,7 +111,7 @@ def _loop(ctx: Context, own: OwnRedis, copies: bool) -> dict[str, float]:
             for n in range(LOOP_REPLICAS)
         ]
         children += pipelines
-        _warm(sidecar, pipelines)
+        _warm(sidecar, pipelines, every=copies)
         store = _store(0, port, f"{sidecar.url}/feedback", label)
         children.append(store)
         began = time.monotonic()

@@ -1,7 +1,8 @@
 """Runs the checks on their own schedules and keeps the cached, damped `HealthStatus`.
 
 Probes only ever read the cache: no request waits on a check. Each check has its own
-task, so one that hangs until its timeout never delays another.
+task, interval, timeout and damping, so one that hangs until its timeout never delays
+another, and a 1 s queue scrape runs beside a 30 s disk check at its own pace.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from loguru import logger
 from market_data_core.telemetry import HealthComponent, HealthState, HealthStatus
 
 from market_data_sidecar import __version__
-from market_data_sidecar.checks import Check, worst
+from market_data_sidecar.checks import Check, Damping, worst
 from market_data_sidecar.metrics import Metrics
+
+# Damping is defined with the checks (each carries its own) and still imported from here.
+__all__ = ["Clock", "Damping", "HealthMonitor", "bound_details"]
 
 #: JSON bytes of all components' details together: the `/readyz` and `/healthz` bodies
 #: stay under 16 KiB whatever a check reports (the kubelet reads only 10 KiB of a probe's
@@ -69,16 +73,17 @@ def _encodable(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class Damping:
-    """Consecutive agreeing results needed before a component changes state.
+class Clock:
+    """The scheduler's time: when a check last made progress, and the wait between runs.
 
-    As Consul's `success_before_passing` / `failures_before_critical`: `rise` to return
-    to healthy, `fall` to leave it (or to move between degraded and unhealthy).
+    One object so that tests can run the schedules on a clock of their own.
     """
 
-    rise: int = 1
-    fall: int = 1
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 @dataclass
@@ -89,7 +94,7 @@ class _Slot:
     reported: HealthComponent | None = None
     streak_state: HealthState | None = None
     streak: int = 0
-    last_progress: float = field(default_factory=time.monotonic)
+    last_progress: float = 0.0
     task: asyncio.Task[None] | None = None
 
 
@@ -102,17 +107,21 @@ class HealthMonitor:
         *,
         service: str,
         metrics: Metrics,
-        damping: Damping = Damping(),
+        damping: Damping | None = None,
         liveness_intervals: float = 3.0,
         ready_when_degraded: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         names = [check.name for check in checks]
         if len(names) != len(set(names)):
             raise ValueError(f"check names must be unique: {names}")
-        self._slots = {check.name: _Slot(check) for check in checks}
+        self._clock = clock or Clock()
+        self._slots = {
+            check.name: _Slot(check, last_progress=self._clock.monotonic()) for check in checks
+        }
         self._service = service
         self._metrics = metrics
-        self._damping = damping
+        self._damping = damping or Damping()
         self._liveness_intervals = liveness_intervals
         self._ready_when_degraded = ready_when_degraded
         self._shutting_down = False
@@ -133,7 +142,7 @@ class HealthMonitor:
     def start(self) -> None:
         """Start one background task per check."""
         for name, slot in self._slots.items():
-            slot.last_progress = time.monotonic()
+            slot.last_progress = self._clock.monotonic()
             slot.task = asyncio.create_task(self._loop(slot), name=f"check:{name}")
 
     async def stop(self) -> None:
@@ -155,7 +164,7 @@ class HealthMonitor:
     async def _loop(self, slot: _Slot) -> None:
         while True:
             await self._run(slot)
-            await asyncio.sleep(slot.check.interval)
+            await self._clock.sleep(slot.check.interval)
 
     async def _run(self, slot: _Slot) -> None:
         check = slot.check
@@ -172,7 +181,7 @@ class HealthMonitor:
         duration = time.perf_counter() - started
         self._metrics.check_duration.labels(check.name).observe(duration)
         self._record(slot, observed, started_at, duration)
-        slot.last_progress = time.monotonic()
+        slot.last_progress = self._clock.monotonic()
         self._metrics.scheduler_heartbeat.set(time.time())
 
     # -- damping ---------------------------------------------------------------------------
@@ -185,7 +194,8 @@ class HealthMonitor:
         else:
             slot.streak_state, slot.streak = observed.state, 1
         previous = slot.reported.state if slot.reported else None
-        state = self._damped_state(previous, observed.state, slot.streak)
+        damping = slot.check.damping or self._damping
+        state = _damped_state(damping, previous, observed.state, slot.streak)
         details = dict(observed.details)
         details["checked_at"] = datetime.fromtimestamp(started_at, UTC).isoformat(
             timespec="milliseconds"
@@ -204,14 +214,6 @@ class HealthMonitor:
             log = logger.info if state == "healthy" else logger.warning
             log("component {} is {} (was {})", slot.check.name, state, previous or "unknown")
         self._metrics.ready.set(self.is_ready())
-
-    def _damped_state(
-        self, previous: HealthState | None, observed: HealthState, streak: int
-    ) -> HealthState:
-        if previous is None or previous == observed:
-            return observed  # the first result is taken as it is
-        needed = self._damping.rise if observed == "healthy" else self._damping.fall
-        return observed if streak >= needed else previous
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -266,8 +268,12 @@ class HealthMonitor:
         return state == "healthy" or (state == "degraded" and self._ready_when_degraded)
 
     def is_live(self) -> bool:
-        """False once any check loop has died or stopped making progress."""
-        now = time.monotonic()
+        """False once any check loop has died or stopped making progress.
+
+        Each check is judged by its own interval and timeout: a 30 s disk check that ran
+        20 s ago is on time, a 1 s queue check silent for 20 s is not.
+        """
+        now = self._clock.monotonic()
         for slot in self._slots.values():
             if slot.task is not None and slot.task.done():
                 return False
@@ -280,6 +286,15 @@ class HealthMonitor:
     def pending(self) -> list[str]:
         """Checks that have not reported yet."""
         return [name for name, slot in self._slots.items() if slot.reported is None]
+
+
+def _damped_state(
+    damping: Damping, previous: HealthState | None, observed: HealthState, streak: int
+) -> HealthState:
+    if previous is None or previous == observed:
+        return observed  # the first result is taken as it is
+    needed = damping.rise if observed == "healthy" else damping.fall
+    return observed if streak >= needed else previous
 
 
 def _describe(exc: BaseException) -> str:

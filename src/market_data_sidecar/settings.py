@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import psutil
 from pydantic import (
@@ -217,9 +217,19 @@ TargetSettings = Annotated[
 ]
 
 
+#: Files a `rediss://` URL names for redis-py's TLS context: read at the first connection,
+#: so one that is missing is said at start-up instead of at the first delivery.
+_TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
+
+
 def _redis_url(value: str) -> str:
-    if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+    parts = urlsplit(value)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    for name, path in parse_qsl(parts.query):
+        if name in _TLS_FILES and not os.path.exists(path):
+            # The path only: the rest of the URL may hold a password.
+            raise ValueError(f"{name}: no such file or directory: {path}")
     return value
 
 
@@ -229,6 +239,27 @@ def _host_of(url: str) -> str:
 
 
 _config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
+
+
+#: The checks with a schedule of their own (`feedback` reads the relay's memory: it keeps
+#: the global one).
+ScheduledCheck = Literal["database", "disk", "queue"]
+SCHEDULED_CHECKS: tuple[ScheduledCheck, ...] = ("database", "disk", "queue")
+
+
+class CheckSchedule(BaseModel):
+    """When a check runs, how long it may take, and how many results change its state."""
+
+    model_config = ConfigDict(frozen=True)
+
+    interval: float
+    timeout: float
+    rise: int
+    fall: int
+
+
+def _setting(name: str) -> str:
+    return ENV_PREFIX + name.upper()
 
 
 class Settings(BaseSettings):
@@ -271,6 +302,59 @@ class Settings(BaseSettings):
     #: `/livez` fails when the scheduler has made no progress for this many intervals.
     liveness_intervals: float = Field(default=3.0, gt=1)
     ready_when_degraded: bool = True
+
+    # Each check's own schedule: `<check>_check_interval`, `<check>_check_timeout`,
+    # `<check>_rise`, `<check>_fall` for the database, disk and queue checks; unset takes
+    # the setting of the same name without the check's prefix. Beside a check's own
+    # interval, an unset timeout is capped at it, so `SIDECAR_QUEUE_CHECK_INTERVAL=1` alone
+    # works with the global timeout of 2.
+    database_check_interval: PositiveSeconds | None = None
+    database_check_timeout: PositiveSeconds | None = None
+    database_rise: Annotated[int, Field(ge=1)] | None = None
+    database_fall: Annotated[int, Field(ge=1)] | None = None
+    disk_check_interval: PositiveSeconds | None = None
+    disk_check_timeout: PositiveSeconds | None = None
+    disk_rise: Annotated[int, Field(ge=1)] | None = None
+    disk_fall: Annotated[int, Field(ge=1)] | None = None
+    queue_check_interval: PositiveSeconds | None = None
+    queue_check_timeout: PositiveSeconds | None = None
+    queue_rise: Annotated[int, Field(ge=1)] | None = None
+    queue_fall: Annotated[int, Field(ge=1)] | None = None
+    #: What the store needs of its database: `primary` (it writes, so a replica or a
+    #: read-only server is unhealthy), `replica` (a read-only store) or `any`.
+    database_role: Literal["primary", "replica", "any"] = "primary"
+
+    def schedule(self, check: ScheduledCheck) -> CheckSchedule:
+        """`check`'s interval, timeout, rise and fall: its own settings, else the global."""
+
+        def own(name: str) -> Any:
+            return getattr(self, f"{check}_{name}")
+
+        interval = own("check_interval") or self.check_interval
+        timeout = own("check_timeout") or (
+            min(self.check_timeout, interval) if own("check_interval") else self.check_timeout
+        )
+        return CheckSchedule(
+            interval=interval,
+            timeout=timeout,
+            rise=own("rise") or self.rise,
+            fall=own("fall") or self.fall,
+        )
+
+    @model_validator(mode="after")
+    def _schedules(self) -> Settings:
+        for check in SCHEDULED_CHECKS:
+            own_interval = getattr(self, f"{check}_check_interval") is not None
+            own_timeout = getattr(self, f"{check}_check_timeout") is not None
+            schedule = self.schedule(check)
+            if (own_interval or own_timeout) and schedule.interval < schedule.timeout:
+                interval = _setting(f"{check}_check_interval" if own_interval else "check_interval")
+                timeout = _setting(f"{check}_check_timeout" if own_timeout else "check_timeout")
+                raise ValueError(
+                    f"{interval} ({schedule.interval:g}) must not be below the {check} "
+                    f"check's timeout {timeout} ({schedule.timeout:g})"
+                )
+        return self
 
     # Shutdown: readiness turns 503 for `shutdown_grace` before intake stops,
     # then buffers drain for up to `drain_timeout`.

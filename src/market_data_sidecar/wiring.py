@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from market_data_sidecar.checks import Check
+from market_data_sidecar.checks import Check, Damping
 from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
 from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds
 from market_data_sidecar.checks.feedback import FeedbackCheck
@@ -27,11 +27,11 @@ from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
 from market_data_sidecar.feedback.watermarks import QueueSampleSource, Watermarks
-from market_data_sidecar.health import Damping, HealthMonitor
+from market_data_sidecar.health import HealthMonitor
 from market_data_sidecar.limits import Bounds
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.redaction import redact_url
-from market_data_sidecar.settings import ConfigError, Settings, TargetSettings
+from market_data_sidecar.settings import ConfigError, ScheduledCheck, Settings, TargetSettings
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -126,9 +126,18 @@ def thresholds_from(kind: type[T], settings: Settings, prefix: str) -> T:
     return kind(**{name: getattr(settings, prefix + name) for name in names})
 
 
+def timing_of(settings: Settings, check: ScheduledCheck) -> dict[str, Any]:
+    """The schedule arguments of `check`: its own settings, the global ones by default."""
+    schedule = settings.schedule(check)
+    return {
+        "interval": schedule.interval,
+        "timeout": schedule.timeout,
+        "damping": Damping(rise=schedule.rise, fall=schedule.fall),
+    }
+
+
 def build_checks(settings: Settings, metrics: Metrics) -> list[Check]:
     """The store's dependencies, as configured: disk always, database and queue when set."""
-    timing = {"interval": settings.check_interval, "timeout": settings.check_timeout}
     checks: list[Check] = []
     if settings.database_url is not None:
         checks.append(
@@ -139,7 +148,8 @@ def build_checks(settings: Settings, metrics: Metrics) -> list[Check]:
                 connect_timeout=settings.database_connect_timeout,
                 statement_timeout=settings.database_statement_timeout,
                 probe_query=settings.database_probe_query,
-                **timing,
+                role=settings.database_role,
+                **timing_of(settings, "database"),
             )
         )
     checks.append(
@@ -147,7 +157,7 @@ def build_checks(settings: Settings, metrics: Metrics) -> list[Check]:
             settings.disk_paths,
             thresholds=thresholds_from(DiskThresholds, settings, "disk_"),
             metrics=metrics,
-            **timing,
+            **timing_of(settings, "disk"),
         )
     )
     if settings.store_metrics_url is not None:
@@ -159,7 +169,7 @@ def build_checks(settings: Settings, metrics: Metrics) -> list[Check]:
                 low_watermark=settings.queue_low_watermark,
                 high_watermark=settings.queue_high_watermark,
                 metrics=metrics,
-                **timing,
+                **timing_of(settings, "queue"),
             )
         )
     return checks

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from market_data_sidecar.settings import load_settings
+from market_data_sidecar.settings import ConfigError, load_settings
 
-from .conftest import Manifests
+from .conftest import REPO_ROOT, HelmError, Manifests
+
+REDIS_TLS_VALUES = REPO_ROOT / "examples" / "values-redis-tls.yaml"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,3 +87,66 @@ def test_full_environment_loads(
     assert [t.kind for t in settings.targets] == [t["kind"] for t in expected]
     assert [t.name for t in settings.targets] == [t["name"] for t in expected]
     assert json.loads(env["SIDECAR_TARGETS"]) == expected
+
+
+def test_each_checks_schedule_and_the_database_role_reach_the_sidecar(
+    full_manifests: Manifests, full_values: dict[str, Any], load: Any
+) -> None:
+    settings = load(resolved_env(full_manifests, EXISTING_SECRET_DATA))
+    checks = full_values["sidecar"]["checks"]
+    assert settings.schedule("queue").interval == checks["queue"]["interval"]
+    assert settings.schedule("queue").timeout == checks["queue"]["timeout"]
+    assert settings.schedule("disk").interval == checks["disk"]["interval"]
+    assert settings.schedule("disk").timeout == full_values["sidecar"]["checkTimeout"]
+    assert settings.schedule("database").fall == checks["database"]["fall"]
+    assert settings.database_role == full_values["sidecar"]["databaseRole"]
+
+
+def test_default_schedules_are_the_global_ones(default_manifests: Manifests, load: Any) -> None:
+    env = resolved_env(default_manifests, {})
+    own = ("SIDECAR_DATABASE_CHECK", "SIDECAR_DISK_CHECK", "SIDECAR_QUEUE_CHECK")
+    assert not [name for name in env if name.startswith(own)]
+    settings = load(env)
+    for check in ("database", "disk", "queue"):
+        assert settings.schedule(check).interval == settings.check_interval
+    assert settings.database_role == "primary"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sidecar.checks.queue.interval=0",
+        "sidecar.checks.disk.rise=0",
+        "sidecar.databaseRole=leader",
+    ],
+)
+def test_the_chart_refuses_a_bad_schedule_or_role(helm: Any, value: str) -> None:
+    with pytest.raises(HelmError):
+        helm.template("--set", value)
+
+
+def test_a_ca_bundle_from_a_secret_is_mounted_where_the_target_url_names_it(
+    helm: Any, load: Any, tmp_path: Any
+) -> None:
+    """examples/values-redis-tls.yaml: `extraVolumes` brings the Secret into the pod, the
+    sidecar mounts it, and a `rediss://` URL naming a CA that is not there is refused."""
+    rendered = helm.template("-f", str(REDIS_TLS_VALUES))
+    (volume,) = [v for v in rendered.pod_spec["volumes"] if v["name"] == "redis-ca"]
+    assert volume["secret"]["secretName"] == "redis-ca"
+    (mount,) = [m for m in rendered.sidecar["volumeMounts"] if m["name"] == "redis-ca"]
+    assert mount == {"name": "redis-ca", "mountPath": "/etc/redis-ca", "readOnly": True}
+
+    def target(ca: str) -> dict[str, str]:
+        url = f"rediss://sidecar:FAKE-REDIS-PASSWORD@redis:6380/0?ssl_ca_certs={ca}"
+        return {"targets": json.dumps([{"kind": "redis-stream", "url": url}])}
+
+    missing = f"{mount['mountPath']}/absent-{os.getpid()}.pem"
+    with pytest.raises(ConfigError) as error:
+        load(resolved_env(rendered, EXISTING_SECRET_DATA | target(missing)))
+    assert f"ssl_ca_certs: no such file or directory: {missing}" in str(error.value)
+    assert "FAKE-REDIS-PASSWORD" not in str(error.value)
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = load(resolved_env(rendered, EXISTING_SECRET_DATA | target(str(bundle))))
+    assert settings.targets[0].kind == "redis-stream"

@@ -119,6 +119,18 @@ token and targets (which hold signing secrets) only ever come from a Secret.
   value: {{ $s.checkInterval | toString | quote }}
 - name: SIDECAR_CHECK_TIMEOUT
   value: {{ $s.checkTimeout | toString | quote }}
+{{- range $check := list "database" "disk" "queue" }}
+{{- $schedule := index ($s.checks | default dict) $check | default dict }}
+{{- range $key, $suffix := dict "interval" "CHECK_INTERVAL" "timeout" "CHECK_TIMEOUT" "rise" "RISE" "fall" "FALL" }}
+{{- $value := index $schedule $key }}
+{{- if not (kindIs "invalid" $value) }}
+- name: {{ printf "SIDECAR_%s_%s" (upper $check) $suffix }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+- name: SIDECAR_DATABASE_ROLE
+  value: {{ $s.databaseRole | default "primary" | quote }}
 - name: SIDECAR_LOG_FORMAT
   value: {{ $s.logFormat | quote }}
 - name: SIDECAR_READY_WHEN_DEGRADED
@@ -197,4 +209,7 @@ with the same coordinator capacity the sidecar computes watermarks from.
 - name: sidecar-tmp
   emptyDir:
     sizeLimit: 16Mi
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}

@@ -1,7 +1,8 @@
 """Checks: each polls one dependency of the store and returns a Core `HealthComponent`.
 
-A check knows nothing of scheduling, damping or HTTP: `health.HealthMonitor` runs it on its
-interval, bounds it with its timeout and turns exceptions into an `unhealthy` component.
+A check knows nothing of scheduling, damping or HTTP: it only carries its own schedule
+(interval, timeout, damping), and `health.HealthMonitor` runs it on that interval, bounds it
+with that timeout, damps its results and turns exceptions into an `unhealthy` component.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TypeVar
 
 from market_data_core.telemetry import HealthComponent, HealthState
@@ -26,17 +28,37 @@ def worst(states: list[HealthState] | tuple[HealthState, ...]) -> HealthState:
     return max(states, key=STATE_RANK.__getitem__, default="healthy")
 
 
+@dataclass(frozen=True)
+class Damping:
+    """Consecutive agreeing results needed before a component changes state.
+
+    As Consul's `success_before_passing` / `failures_before_critical`: `rise` to return
+    to healthy, `fall` to leave it (or to move between degraded and unhealthy).
+    """
+
+    rise: int = 1
+    fall: int = 1
+
+
 class Check(ABC):
-    """One dependency the sidecar watches."""
+    """One dependency the sidecar watches, on a schedule of its own.
+
+    `damping` None takes the monitor's; each check has its own because what a result
+    costs differs (a database query every second is waste, a queue scrape is not).
+    """
 
     name: str
     interval: float
     timeout: float
+    damping: Damping | None
 
-    def __init__(self, name: str, *, interval: float, timeout: float) -> None:
+    def __init__(
+        self, name: str, *, interval: float, timeout: float, damping: Damping | None = None
+    ) -> None:
         self.name = name
         self.interval = interval
         self.timeout = timeout
+        self.damping = damping
         self._workers = Workers(name)
 
     async def in_thread(self, function: Callable[..., _T], *args: object) -> _T:

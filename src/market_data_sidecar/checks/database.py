@@ -14,7 +14,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import psycopg
@@ -24,7 +24,7 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from pydantic import SecretStr
 
-from market_data_sidecar.checks import Check, worst
+from market_data_sidecar.checks import Check, Damping, worst
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.redaction import Redactor, first_line
 
@@ -48,6 +48,8 @@ SELECT
          OR (backend_type IS NULL AND usesysid IS NOT NULL AND datid IS NOT NULL))::int
         AS connections,
     pg_is_in_recovery() AS in_recovery,
+    (SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only') = 'on'
+        AS read_only,
     CASE
         WHEN NOT pg_is_in_recovery() THEN 0
         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
@@ -59,6 +61,13 @@ SELECT
     (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb') AS timescaledb_version,
     pg_has_role('pg_read_all_stats', 'USAGE') AS sees_all_sessions
 """
+
+# `read_only` is the server's (or the role's) default_transaction_read_only, not this
+# session's: the check's own session is read-only by choice, and `reset_val` is what a new
+# session of the store's role starts with (reloaded with the configuration).
+
+#: What the store needs of its database (SIDECAR_DATABASE_ROLE).
+Role = Literal["primary", "replica", "any"]
 
 # pg_database_size stats every file of the database: on a TimescaleDB with many chunks
 # that is real work, so it is asked rarely, and its failure only hides the size.
@@ -96,6 +105,8 @@ class DatabaseObservation:
     in_recovery: bool
     replication_lag: float | None
     oldest_transaction: float
+    #: New sessions start read-only (default_transaction_read_only): writes fail.
+    read_only: bool = False
     #: Without pg_read_all_stats (pg_monitor), other roles' transactions are hidden.
     sees_all_sessions: bool = True
     size_bytes: int | None = None
@@ -127,11 +138,13 @@ class DatabaseCheck(Check):
         metrics: Metrics,
         interval: float,
         timeout: float,
+        damping: Damping | None = None,
         connect_timeout: float = 3.0,
         statement_timeout: float = 1.0,
         probe_query: str = "SELECT 1",
+        role: Role = "primary",
     ) -> None:
-        super().__init__("database", interval=interval, timeout=timeout)
+        super().__init__("database", interval=interval, timeout=timeout, damping=damping)
         self._dsn = dsn
         self._redactor = DsnRedactor(dsn.get_secret_value())
         self.target = describe_target(dsn.get_secret_value())
@@ -141,6 +154,7 @@ class DatabaseCheck(Check):
         self.connect_timeout = max(2, math.ceil(connect_timeout))
         self.statement_timeout_ms = max(1, round(statement_timeout * 1000))
         self.probe_query = probe_query
+        self.role = role
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._stragglers: set[asyncio.Task[HealthComponent]] = set()
         self._last_error: str | None = None
@@ -345,7 +359,7 @@ class DatabaseCheck(Check):
     def _judge(self, o: DatabaseObservation) -> HealthComponent:
         self._last_error = None
         t = self.thresholds
-        verdicts: list[tuple[HealthState, str]] = []
+        verdicts: list[tuple[HealthState, str]] = list(self._role_verdicts(o))
         if o.connections_ratio >= t.connections_unhealthy:
             verdicts.append(("unhealthy", f"connections at {o.connections_ratio:.0%}"))
         elif o.connections_ratio >= t.connections_degraded:
@@ -378,6 +392,8 @@ class DatabaseCheck(Check):
             "reserved_connections": o.reserved_connections,
             "connections_ratio": round(o.connections_ratio, 4),
             "role": "replica" if o.in_recovery else "primary",
+            "required_role": self.role,
+            "read_only": o.read_only,
             "oldest_transaction_seconds": round(o.oldest_transaction, 1),
             **(
                 {}
@@ -398,6 +414,33 @@ class DatabaseCheck(Check):
         if verdicts:
             details["reason"] = "; ".join(reason for _, reason in verdicts)
         return self.component(worst([state for state, _ in verdicts]), **details)
+
+    def _role_verdicts(self, o: DatabaseObservation) -> list[tuple[HealthState, str]]:
+        """What the store cannot do on this server, given the role it needs.
+
+        As Patroni's `/primary` and `/replica`: after a failover behind a stale DSN or
+        pooler the old primary answers every query as a replica, and a store that writes
+        stays Ready while every write fails; a primary that starts sessions read-only is
+        no better.
+        """
+        if self.role == "primary" and o.in_recovery:
+            return [("unhealthy", "a replica (in recovery): the store cannot write to it")]
+        if self.role == "primary" and o.read_only:
+            return [
+                (
+                    "unhealthy",
+                    "read-only (default_transaction_read_only is on): the store's writes fail",
+                )
+            ]
+        if self.role == "replica" and not o.in_recovery:
+            return [
+                (
+                    "unhealthy",
+                    "a primary, not a replica: the store would put its reads on the "
+                    "primary (SIDECAR_DATABASE_ROLE is replica)",
+                )
+            ]
+        return []
 
 
 # -- secrets ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import psutil
 from market_data_core.telemetry import HealthComponent, HealthState
 
-from market_data_sidecar.checks import Busy, Check, Workers, worst
+from market_data_sidecar.checks import Busy, Check, Damping, Workers, worst
 from market_data_sidecar.metrics import Metrics
 
 
@@ -61,8 +61,9 @@ class DiskCheck(Check):
         metrics: Metrics,
         interval: float,
         timeout: float,
+        damping: Damping | None = None,
     ) -> None:
-        super().__init__("disk", interval=interval, timeout=timeout)
+        super().__init__("disk", interval=interval, timeout=timeout, damping=damping)
         self.paths = [os.path.abspath(path) for path in paths]
         # A thread per path: a hung mount holds its own, never another path's.
         self._workers_of = {path: Workers(f"disk:{path}") for path in self.paths}

@@ -19,7 +19,7 @@ from loguru import logger
 from market_data_core.telemetry import BackpressureLevel, HealthComponent, HealthState
 from prometheus_client.parser import text_string_to_metric_families
 
-from market_data_sidecar.checks import STATE_RANK, Check, worst
+from market_data_sidecar.checks import STATE_RANK, Check, Damping, worst
 from market_data_sidecar.feedback import bounds
 from market_data_sidecar.feedback.watermarks import SampleListener, level_for
 from market_data_sidecar.logs import ThrottledLog
@@ -87,8 +87,9 @@ class QueueCheck(Check):
         metrics: Metrics,
         interval: float,
         timeout: float,
+        damping: Damping | None = None,
     ) -> None:
-        super().__init__("queue", interval=interval, timeout=timeout)
+        super().__init__("queue", interval=interval, timeout=timeout, damping=damping)
         self.url = url
         self.capacities = dict(capacities)
         self.default_capacity = default_capacity
