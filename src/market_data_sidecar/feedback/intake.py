@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from market_data_sidecar.feedback import bounds
 from market_data_sidecar.feedback.bounds import OutOfBounds
-from market_data_sidecar.feedback.model import _ID_PREFIX, Feedback
+from market_data_sidecar.feedback.model import ID_PREFIX, Feedback
 from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import Metrics
 
@@ -241,7 +241,7 @@ class _Invalid(Exception):
 
 def sent_here(delivery_id: object) -> bool:
     """Whether `delivery_id` is one of this process's own (`model.new_event_id`)."""
-    return isinstance(delivery_id, str) and delivery_id.startswith(_ID_PREFIX)
+    return isinstance(delivery_id, str) and delivery_id.startswith(ID_PREFIX)
 
 
 @lru_cache(maxsize=1024)

@@ -28,15 +28,16 @@ CompositeScope = Literal["pod", "fleet"]
 #: coordinator it comes from (a target carries composites or events, never both).
 COMPOSITE_KEY = "\x00composite"
 
-#: Random per process, so ids stay unique across restarts; a counter makes the rest
+#: Random per process, so ids stay unique across restarts (and the intake knows its own
+#: deliveries when a webhook loops back to it); a counter makes the rest
 #: (a uuid4 per event cost more than validating it).
-_ID_PREFIX = f"evt_{secrets.token_hex(8)}"
+ID_PREFIX = f"evt_{secrets.token_hex(8)}"
 _id_counter = itertools.count()
 
 
 def new_event_id() -> str:
     """A delivery id: unique, and kept across retries so receivers can de-duplicate."""
-    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+    return f"{ID_PREFIX}{next(_id_counter):016x}"
 
 
 @dataclass(frozen=True, slots=True)
