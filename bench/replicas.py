@@ -5,9 +5,10 @@ Redis hands each entry to one of them. With the same real packages as bench/clos
 (market-data-store's `WriteCoordinator`s and broadcaster, the sidecar in `fleet` scope,
 Redis, market-data-pipeline's `RateCoordinator` and `FeedbackConsumer`), in one run:
 
-- the closed loop with three pipeline replicas, each producing a third of the load into
-  one store replica: items dropped, peak depth and rate written, with `max_copies: 1`
-  (one append per change, as before) against the default copies;
+- the closed loop with three pipeline replicas, each producing a third of 1,800 items/s
+  into one store replica (sinks of 810 items/s): items dropped, peak depth and rate
+  written, with `max_copies: 1` (one append per change, as before) against the default
+  copies;
 - the time from a store-shaped POST to the *last* replica's new rate, p50/p99, for 1, 3
   and 8 replicas;
 - stream entries per change, and per minute at rest (the fleet at `hard`, then `ok`).
@@ -45,6 +46,9 @@ from bench.stats import percentile
 NAME = "replicas"
 KEY = "mdp:mdp.telemetry.feedback"
 LOOP_REPLICAS = 3
+#: The three replicas' load, items/s: one and a half times a store replica's full rate,
+#: so that two unthrottled replicas still overflow its sinks (810 items/s).
+LOOP_RATE = RATE_PER_REPLICA * 3 // 2
 LATENCY_REPLICAS = (1, 3, 8)
 
 
@@ -63,24 +67,21 @@ def _post(sidecar: Sidecar, coordinator: str, level: str) -> None:
         raise RuntimeError(f"POST /feedback answered {status}: {body[:200]!r}")
 
 
-def _warm(sidecar: Sidecar, pipelines: list[Child], *, every: bool = True) -> None:
+def _warm(sidecar: Sidecar, pipelines: list[Child], own: OwnRedis, *, every: bool) -> None:
     """A steady fleet: a `hard` and back to `ok`. With copies, every replica hears both
-    (and the sidecar has learnt how many there are); with one append per change, one does."""
-    for level in ("hard", "ok"):
-        marks = [len(p.lines) for p in pipelines]
-        _post(sidecar, "warm-up", level)
-        waiting = [
-            (p, m) for p, m in zip(pipelines, marks, strict=True) if _current(p) != SCALES[level]
-        ]
-        if every:
-            for pipeline, mark in waiting:
-                pipeline.wait_for(_scale(SCALES[level]), 15, mark)
-        elif waiting:
-            _wait(_anyone_at(waiting, SCALES[level]), 15)
-
-
-def _anyone_at(waiting: list[tuple[Child, int]], scale: float) -> Callable[[], bool]:
-    return lambda: any(_current(pipeline) == scale for pipeline, _ in waiting)
+    (and the sidecar has learnt how many there are); with one append per change, one
+    does, whichever Redis picks: the stream is waited on instead."""
+    with redis.Redis.from_url(own.url) as client:
+        before = _added(client, KEY)
+        for level in ("hard", "ok"):
+            marks = [len(p.lines) for p in pipelines]
+            _post(sidecar, "warm-up", level)
+            if not every:
+                continue
+            for pipeline, mark in zip(pipelines, marks, strict=True):
+                if _current(pipeline) != SCALES[level]:
+                    pipeline.wait_for(_scale(SCALES[level]), 15, mark)
+        _wait(lambda: _added(client, KEY) >= before + 2, 15)
 
 
 def _current(pipeline: Child) -> float:
@@ -105,13 +106,13 @@ def _loop(ctx: Context, own: OwnRedis, copies: bool) -> dict[str, float]:
     children: list[Child] = []
     try:
         port = procs.free_port()
-        share = RATE_PER_REPLICA // LOOP_REPLICAS
+        share = LOOP_RATE // LOOP_REPLICAS
         pipelines = [
             _pipeline(own.url, True, [port], f"{label}-{n}", rate=share)
             for n in range(LOOP_REPLICAS)
         ]
         children += pipelines
-        _warm(sidecar, pipelines, every=copies)
+        _warm(sidecar, pipelines, own, every=copies)
         store = _store(0, port, f"{sidecar.url}/feedback", label)
         children.append(store)
         began = time.monotonic()
@@ -167,7 +168,7 @@ def _latency(ctx: Context, own: OwnRedis, replicas: int) -> Latency:
     latencies: list[float] = []
     try:
         pipelines = [_pipeline(own.url, True, [], f"lat-{replicas}-{n}") for n in range(replicas)]
-        _warm(sidecar, pipelines)
+        _warm(sidecar, pipelines, own, every=True)
         client = redis.Redis.from_url(own.url)
         before = _added(client, KEY)
         for trial in range(trials):
