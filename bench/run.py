@@ -71,6 +71,7 @@ BENCHMARKS.update(
         "stream": ("bench.stream", _needs_stream_relay),
         "resync": ("bench.resync", _needs_stream_relay),
         "readers": ("bench.readers", _needs_stream_relay),
+        "fleet-step": ("bench.fleet_step", _needs_stream_relay),
         "loop": ("bench.closed_loop", _needs_scope),
         "footprint": ("bench.footprint", _needs_everything),
     }
