@@ -13,12 +13,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.consumers.conftest import StartDriver, is_event, start_sidecar, start_store, store_sends
 from tests.consumers.test_fleet_pipeline import (
+    MEMBERS,
     REPLICAS,
     SCALES,
     Fleet,
+    member_holds,
+    pipeline_caught_up,
     scale_is,
     scales,
     settle,
@@ -267,4 +271,64 @@ async def test_an_outage_of_every_link_longer_than_the_lease_never_lifts_the_pip
         timeout=LEASE + 5,
     )
     await fleet.pipeline.wait_for(is_event("rate"), 1, since=0)
+    assert all(scale <= SCALES["hard"] for scale in scales(fleet.pipeline, since))
+
+
+async def test_two_live_processes_under_one_name_keep_the_pipeline_at_the_worst(
+    sidecar_process: Callable[..., SidecarProcess], start_driver: StartDriver, redis_url: str
+) -> None:
+    """Two sidecars started with one `SIDECAR_INSTANCE`, one `hard` and one `ok`: both
+    count, the stream never flips between them, and both say so."""
+    pipeline = await start_pipeline(start_driver, redis_url)
+    settings = {"SIDECAR_FLEET_LEASE": str(LEASE), "SIDECAR_FLEET_RENEWAL": str(RENEWAL)}
+    target = {"kind": "redis-stream", "name": "pulse", "url": redis_url}
+    first, second = [
+        await start_sidecar(sidecar_process, target, SIDECAR_INSTANCE="replica-a", **settings)
+        for _ in range(2)
+    ]
+    await store_sends(await start_store(start_driver, first), "hard 850 bars")
+    reached = await pipeline.wait_for(scale_is(0.0), 10, message="hard")
+    since = pipeline.lines.index(reached)
+    await store_sends(await start_store(start_driver, second), "ok 100 bars")
+
+    for sidecar in (first, second):
+        await eventually(
+            lambda s=sidecar: _has(feedback_problem(s), "another sidecar writes"),
+            timeout=5,
+            message="the duplicate reported",
+        )
+    _, body = await first.get("/feedback")
+    [state] = json.loads(body)["targets"]
+    assert sorted(m["level"] for m in state["members"]) == ["hard", "ok"]
+    assert scales(pipeline, since) == [0.0]
+
+
+async def test_a_deleted_members_hash_never_lifts_the_pipeline(
+    sidecar_process: Callable[..., SidecarProcess],
+    start_driver: StartDriver,
+    redis_url: str,
+) -> None:
+    """The hash lost (as `volatile-ttl` eviction took it before): the next step finds the
+    record and the index disagree and holds `ok` until the hard member has written again."""
+    urls = dict.fromkeys(REPLICAS, redis_url)
+    fleet = await start_fleet_via(sidecar_process, start_driver, redis_url, urls)
+    await fleet.send("replica-b", "bars", "soft")
+    await fleet.send("replica-a", "bars", "hard")
+    await settle(fleet)
+    since = len(fleet.pipeline.lines)
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.delete(MEMBERS)
+    finally:
+        await client.aclose()
+    await store_sends(fleet.stores["replica-b"], "ok 100 bars")
+    fleet.levels[("replica-b", "bars")] = "ok"
+    for replica in REPLICAS:
+        await eventually(
+            lambda r=replica: member_holds(redis_url, r, fleet.pod_worst(r)),
+            timeout=5,
+            message=f"{replica} rebuilt",
+        )
+    await eventually(lambda: pipeline_caught_up(redis_url), timeout=5, message="read all")
     assert all(scale <= SCALES["hard"] for scale in scales(fleet.pipeline, since))

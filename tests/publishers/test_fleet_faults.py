@@ -529,3 +529,32 @@ async def test_the_fleets_keys_share_the_streams_slot(
     for name in ("members", "leases", "drops", "rank", "names", "record"):
         assert await shared_redis.exists(f"{{{key}}}:fleet:{name}"), name
     assert json.loads(json.dumps(a.keys))[-1] == key
+
+
+@pytest.mark.parametrize(
+    ("field", "garbage"),
+    [("member", "not|a|sequence"), ("stepped", "soon"), ("count", "-")],
+)
+async def test_a_sequence_or_record_that_does_not_parse_is_unknown_state_not_a_crash(
+    member: MakeMember, namespace: str, shared_redis: aioredis.Redis, field: str, garbage: str
+) -> None:
+    a = member("pod-a", namespace, lease=3.0, renewal=1.0)
+    b = member("pod-b", namespace, lease=3.0, renewal=1.0)
+    await a.start()
+    await b.start()
+    await a.deliver([pod("pod-a", "bars", "hard", 900)])
+    await b.deliver([pod("pod-b", "bars", "soft", 600)])
+    before = len(await entries(namespace))
+    if field == "member":
+        await shared_redis.hset(a.members_key, b.fleet.member_id, garbage)
+    else:
+        await shared_redis.hset(b.record_key, field, garbage)
+
+    await b.deliver([pod("pod-b", "bars", "ok", 10)])  # no error
+
+    assert b._last is not None
+    assert b._last.unknown
+    assert b._last.holding is not None
+    await renewals(a, 1)
+    after = summary(await entries(namespace))[before:]
+    assert all(level == "hard" for level in levels(after)), after
