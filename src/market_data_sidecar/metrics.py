@@ -176,7 +176,7 @@ class Metrics:
         )
         self.fleet_members = Gauge(
             "sidecar_fleet_members",
-            "Live members of a fleet target's stream, as last seen.",
+            "Members of a fleet target's stream counted (live and suspect), as last seen.",
             ["target"],
             registry=r,
         )

@@ -512,7 +512,14 @@ class FleetStreamPublisher(RedisStreamPublisher):
         # attempts, not after one missed renewal and the next.
         self._due = None
         self._last_failure = self._scrub(str(exc)) or type(exc).__name__
-        self._retry_delay = min(max(RETRY_INITIAL, self._retry_delay * 2), self.fleet.renewal / 2)
+        if self._renewed_at is None:
+            # No lease to keep alive yet (Redis down, or not Redis, since the start): the
+            # renewal pace is enough, and a peer that is not Redis is not dialled more.
+            self._retry_delay = self.fleet.renewal
+        else:
+            self._retry_delay = min(
+                max(RETRY_INITIAL, self._retry_delay * 2), self.fleet.renewal / 2
+            )
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             logger.warning(
