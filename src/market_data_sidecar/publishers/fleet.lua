@@ -214,8 +214,13 @@ if unknown then
     end
   end
   hold_view = n > 0
-  -- With nobody to wait for, every live member writes within a renewal.
-  hold_until = now + (hold_view and lease or renewal)
+  if hold_view then
+    hold_until = now + lease
+  elseif index_lost then
+    -- Nobody known to wait for, and nobody known at all: every live member writes
+    -- within a renewal.
+    hold_until = now + renewal
+  end
 end
 local holding = false
 if hold_until > 0 then

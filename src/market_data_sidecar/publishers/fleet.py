@@ -381,13 +381,13 @@ class FleetStreamPublisher(RedisStreamPublisher):
                     now - self._failing_since,
                 )
             self._failing_since, self._retry_delay = None, 0.0
-        if result.unknown:
+        if result.unknown and result.holding is not None:
             logger.warning(
                 "fleet {}: the fleet's state may be incomplete ({}); milder composites wait "
                 "until the members last seen have written again, at most {:g}s",
                 self.stream,
                 result.unknown,
-                result.holding or 0.0,
+                result.holding,
             )
         self._log_changes(result)
         self._note_unparsable(result, now)
