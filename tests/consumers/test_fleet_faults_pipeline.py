@@ -127,6 +127,12 @@ async def test_a_partitioned_replica_at_hard_keeps_the_pipeline_at_hard(
         message="the cut-off sidecar knows",
     )
     assert "fleet member 'replica-a'" in problem
+    _, body = await cut_off.get("/feedback")
+    [own] = json.loads(body)["targets"]
+    assert own["composite"]["stale"] is True
+    assert own["composite"]["age"] > LEASE
+    own_status = await asyncio.to_thread(run_cli, "status", "--url", cut_off.url)
+    assert "stale, read" in own_status.stdout
     status = await asyncio.to_thread(run_cli, "status", "--url", survivor.url)
     assert "1 suspect" in status.stdout
     assert any(line.split()[:2] == ["replica-a", "suspect"] for line in status.stdout.splitlines())
