@@ -558,3 +558,23 @@ async def test_a_sequence_or_record_that_does_not_parse_is_unknown_state_not_a_c
     await renewals(a, 1)
     after = summary(await entries(namespace))[before:]
     assert all(level == "hard" for level in levels(after)), after
+
+
+async def test_a_fleet_whose_members_all_left_leaves_only_expiring_keys(
+    member: MakeMember, namespace: str, shared_redis: aioredis.Redis
+) -> None:
+    a = member("pod-a", namespace)
+    b = member("pod-b", namespace)
+    await a.start()
+    await b.start()
+    await a.deliver([pod("pod-a", "bars", "hard", 900)])
+    await b.deliver([pod("pod-b", "bars", "ok", 10)])
+    assert await shared_redis.pttl(a.record_key) == -1  # members: no TTL to be evicted by
+
+    await a.close()
+    await b.close()
+
+    left = [key for key in a.keys[:-1] if await shared_redis.exists(key)]
+    assert sorted(left) == sorted([a.record_key, a.keys[5]])  # the record, the tombstones
+    for key in left:
+        assert await shared_redis.pttl(key) > 0, key

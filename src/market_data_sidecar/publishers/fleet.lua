@@ -167,6 +167,7 @@ local others, replaced = 0, 0
 if state == '' then
   if redis.call('ZSCORE', leases, id) then remove(id) end
   redis.call('ZADD', tombstones, now + lease_bound, id)
+  redis.call('PEXPIRE', tombstones, lease_bound)
 else
   local member = readable(state)
   if not member then
@@ -278,6 +279,12 @@ if worst and (force or signature ~= last) then
 end
 redis.call('HSET', record, 'stepped', now, 'count', count, 'coordinators', coordinators,
   'last', signature, 'hold_until', hold_until, 'hold_view', hold_view and '1' or '0')
+if count == 0 then
+  -- Nobody left to be evicted apart from: a fleet that is gone leaves nothing behind.
+  redis.call('PEXPIRE', record, lease_bound + grace_bound)
+else
+  redis.call('PERSIST', record)
+end
 
 -- What the caller shows: the worst members and the suspects, bounded.
 local shown = redis.call('ZREVRANGE', rank, 0, SHOWN - 1)
