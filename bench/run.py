@@ -72,6 +72,7 @@ BENCHMARKS.update(
         "resync": ("bench.resync", _needs_stream_relay),
         "readers": ("bench.readers", _needs_stream_relay),
         "readers-scale": ("bench.readers_scale", _needs_stream_relay),
+        "fleet-step": ("bench.fleet_step", _needs_stream_relay),
         "loop": ("bench.closed_loop", _needs_scope),
         "replicas": ("bench.replicas", _needs_scope),
         "footprint": ("bench.footprint", _needs_everything),

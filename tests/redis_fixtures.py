@@ -47,7 +47,12 @@ def namespace() -> Iterator[str]:
     name = f"sidecar-test-{uuid.uuid4().hex[:12]}"
     yield name
     with redis.Redis.from_url(SHARED_REDIS_URL) as client:
-        keys = list(client.scan_iter(match=f"{name}*", count=1000))
+        # A fleet's keys carry the stream key as a hash tag: `{<key>}:fleet:...`.
+        keys = [
+            key
+            for pattern in (f"{name}*", f"{{{name}*")
+            for key in client.scan_iter(match=pattern, count=1000)
+        ]
         if keys:
             client.delete(*keys)
 

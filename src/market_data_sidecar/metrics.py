@@ -176,7 +176,7 @@ class Metrics:
         )
         self.fleet_members = Gauge(
             "sidecar_fleet_members",
-            "Live members of a fleet target's stream, as last seen.",
+            "Members of a fleet target's stream counted (live and suspect), as last seen.",
             ["target"],
             registry=r,
         )
@@ -200,7 +200,31 @@ class Metrics:
         )
         self.fleet_unparsable_members = Counter(
             "sidecar_fleet_unparsable_members_total",
-            "Members whose state in Redis this version cannot read (ignored), once per name.",
+            "Entries in the members hash no step wrote, counted as the gauge rises.",
+            ["target"],
+            registry=r,
+        )
+        self.fleet_members_by_state = Gauge(
+            "sidecar_fleet_members_by_state",
+            "Members of a fleet target's stream by state (live, suspect), as last seen.",
+            ["target", "state"],
+            registry=r,
+        )
+        self.fleet_unparsable_entries = Gauge(
+            "sidecar_fleet_unparsable_entries",
+            "Entries in a fleet's members hash that no step wrote (ignored), as last seen.",
+            ["target"],
+            registry=r,
+        )
+        self.fleet_renewal_age = Gauge(
+            "sidecar_fleet_renewal_age_seconds",
+            "Seconds since this sidecar last renewed its member (what the fleet knows of it).",
+            ["target"],
+            registry=r,
+        )
+        self.fleet_holding = Gauge(
+            "sidecar_fleet_holding",
+            "1 while the fleet's state may be incomplete and milder composites wait.",
             ["target"],
             registry=r,
         )

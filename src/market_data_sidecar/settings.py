@@ -46,6 +46,10 @@ from market_data_sidecar.feedback.model import Scope
 ENV_PREFIX = "SIDECAR_"
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+#: Bounds of the fleet's lease and grace, in seconds: also what a step trusts of any
+#: member entry, whoever wrote it.
+FLEET_LEASE_MAX = 120.0
+FLEET_GRACE_MAX = 600.0
 Ratio = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -424,9 +428,16 @@ class Settings(BaseSettings):
     #: This sidecar's member name among the replicas writing one stream.
     instance: str = Field(default_factory=default_instance)
     #: Seconds a member's state counts without renewal (a SIGKILLed replica's ends then).
-    fleet_lease: PositiveSeconds = 15.0
+    #: Bounded: a member is judged by its last renewal and this lease, and a lease of a
+    #: day would let one dead replica pin the fleet's level for a day.
+    fleet_lease: Annotated[float, Field(gt=0, le=FLEET_LEASE_MAX)] = 15.0
     #: Seconds between renewals of this member's state; at most half the lease.
     fleet_renewal: PositiveSeconds = 5.0
+    #: Seconds a member whose lease ended without leaving stays suspect, counting at its
+    #: last level (it may be partitioned or paused with a full store); 0: dropped at the
+    #: lease's end. 30 s outlasts a Sentinel failover (30 s to notice one), so an outage
+    #: of Redis does not drop anyone, and bounds what a dead replica costs the fleet.
+    fleet_grace: Annotated[float, Field(ge=0, le=FLEET_GRACE_MAX, allow_inf_nan=False)] = 30.0
 
     @field_validator("instance")
     @classmethod

@@ -199,7 +199,9 @@ def fleet_publisher(target: Any, settings: Settings, metrics: Metrics | None) ->
     _redis(target)  # the same message as any Redis target without the extra
     from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher
 
-    fleet = Fleet(settings.instance, settings.fleet_lease, settings.fleet_renewal)
+    fleet = Fleet(
+        settings.instance, settings.fleet_lease, settings.fleet_renewal, grace=settings.fleet_grace
+    )
     return FleetStreamPublisher(target, fleet, metrics=metrics)
 
 

@@ -4,6 +4,7 @@ and real `market-data-sidecar run` processes that are stopped and killed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import secrets
@@ -17,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from market_data_core.events import JsonCodec
 from market_data_core.telemetry import FeedbackEvent
+from redis.exceptions import RedisError
 
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import Backoff
@@ -56,10 +58,12 @@ async def member() -> AsyncIterator[MakeMember]:
         url: str = SHARED_REDIS_URL,
         lease: float = LEASE,
         renewal: float = RENEWAL,
+        grace: float = 0.0,
         metrics: Metrics | None = None,
+        token: str | None = None,
     ) -> FleetStreamPublisher:
         # A token per publisher: each stands for a sidecar process of its own.
-        fleet = Fleet(instance, lease, renewal, token=secrets.token_hex(8))
+        fleet = Fleet(instance, lease, renewal, token=token or secrets.token_hex(8), grace=grace)
         publisher = FleetStreamPublisher(target(url, namespace), fleet, metrics=metrics)
         made.append(publisher)
         return publisher
@@ -67,6 +71,12 @@ async def member() -> AsyncIterator[MakeMember]:
     yield make
     for publisher in made:
         await publisher.close()
+    # The fleet's keys are named `{<key>}:fleet:...`, outside the namespace's prefix.
+    for url in {publisher.target.url for publisher in made}:
+        with contextlib.suppress(RedisError, OSError):
+            async with aioredis.Redis.from_url(url) as client:
+                for publisher in made:
+                    await client.delete(*publisher.keys[:-1])
 
 
 def pod(instance: str, coordinator: str, level: str, queue_size: int, count: int = 1) -> Feedback:
@@ -217,7 +227,7 @@ async def test_a_member_that_leaves_is_no_longer_counted_at_once(
     assert summary(await entries(namespace))[-1] == ("soft", "pod-b", "1")
 
 
-async def test_a_member_that_stops_renewing_stops_counting_when_its_lease_ends(
+async def test_without_grace_a_member_that_stops_renewing_stops_counting_at_its_lease_end(
     member: MakeMember, namespace: str
 ) -> None:
     metrics = Metrics()
@@ -255,7 +265,7 @@ async def hold_over(publisher: FleetStreamPublisher) -> None:
     async with aioredis.Redis.from_url(SHARED_REDIS_URL) as client:
 
         async def ended() -> bool:
-            return not await client.exists(publisher.hold_key)
+            return await client.hget(publisher.record_key, "hold_until") == b"0"
 
         await eventually(ended, timeout=publisher.fleet.renewal + 1.0, message="hold over")
 
@@ -266,15 +276,19 @@ def fleet_sidecar(
     instance: str,
     lease: float,
     renewal: float | None = None,
+    *,
+    grace: float = 0.0,
+    url: str = SHARED_REDIS_URL,
 ) -> SidecarProcess:
     """`market-data-sidecar run` as one member of the fleet writing `namespace`'s stream."""
-    targets = [{"kind": "redis-stream", "url": SHARED_REDIS_URL, "namespace": namespace}]
+    targets = [{"kind": "redis-stream", "url": url, "namespace": namespace}]
     return sidecar_process(
         {
             "SIDECAR_TARGETS": json.dumps(targets),
             "SIDECAR_INSTANCE": instance,
             "SIDECAR_FLEET_LEASE": str(lease),
             "SIDECAR_FLEET_RENEWAL": str(renewal or lease / 4),
+            "SIDECAR_FLEET_GRACE": str(grace),
             "SIDECAR_SHUTDOWN_GRACE": "0",
         }
     )
@@ -397,12 +411,13 @@ async def test_a_restarted_sidecar_is_not_its_own_duplicate(
     assert "another sidecar" not in (after.problem() or "")  # only that nobody reads it
 
 
-async def test_an_unparsable_member_is_ignored_counted_and_logged_once(
+async def test_entries_no_step_wrote_are_ignored_and_summarised_as_a_gauge(
     member: MakeMember, namespace: str, shared_redis: aioredis.Redis
 ) -> None:
     metrics = Metrics()
     a = member("pod-a", namespace, metrics=metrics)
     await a.start()
+    await a.deliver([pod("pod-a", "bars", "soft", 600)])
     valid = json.loads(member_state(pod("pod-x", "bars", "hard", 990)))
     await shared_redis.hset(
         a.members_key,
@@ -410,19 +425,31 @@ async def test_an_unparsable_member_is_ignored_counted_and_logged_once(
             "by-hand": "hard!",
             "other-version": f'{2**50}|0|t|{{"level": "hard"}}',
             "not-json": f"{2**50}|0|t|{{nope",
-            "bad-payload": f"{2**50}|0|t|" + json.dumps({**valid, "payload": "{nope"}),
+            "valid-but-unindexed": f"{2**50}|0|t|" + json.dumps(valid),
         },
     )
-    await a.deliver([pod("pod-a", "bars", "soft", 600)])
     renewals = a._renewals
     await eventually(lambda: a._renewals >= renewals + 2, timeout=3.0, message="renewals")
 
     assert summary(await entries(namespace))[-1] == ("soft", "pod-a", "1")
-    value = metrics.registry.get_sample_value(
-        "sidecar_fleet_unparsable_members_total", {"target": a.name}
-    )
-    assert value == 4
+    sample = metrics.registry.get_sample_value
+    assert sample("sidecar_fleet_unparsable_entries", {"target": a.name}) == 4
+    assert sample("sidecar_fleet_unparsable_members_total", {"target": a.name}) == 4
     assert [m.instance for m in a.members()] == ["pod-a"]
+
+
+@pytest.fixture(autouse=True)
+async def _fleet_keys_removed(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """The keys of `market-data-sidecar run` members: `{<key>}:fleet:...` is outside the
+    namespace's prefix, which the `namespace` fixture removes."""
+    namespace = request.getfixturevalue("namespace") if "namespace" in request.fixturenames else ""
+    yield
+    if not namespace:
+        return
+    async with aioredis.Redis.from_url(SHARED_REDIS_URL) as client:
+        keys = [key async for key in client.scan_iter(match=f"{{{feedback_key(namespace)}}}*")]
+        if keys:
+            await client.delete(*keys)
 
 
 @pytest.mark.parametrize(
@@ -442,6 +469,10 @@ async def test_an_unparsable_member_is_ignored_counted_and_logged_once(
         ({"SIDECAR_INSTANCE": "pod a\u2028"}, "SIDECAR_INSTANCE"),
         ({"SIDECAR_INSTANCE": "x" * 300}, "SIDECAR_INSTANCE"),
         ({"SIDECAR_FLEET_LEASE": "4", "SIDECAR_FLEET_RENEWAL": "3"}, "SIDECAR_FLEET_LEASE (4)"),
+        ({"SIDECAR_FLEET_GRACE": "-1"}, "SIDECAR_FLEET_GRACE"),
+        ({"SIDECAR_FLEET_GRACE": "soon"}, "SIDECAR_FLEET_GRACE"),
+        ({"SIDECAR_FLEET_GRACE": "nan"}, "SIDECAR_FLEET_GRACE"),
+        ({"SIDECAR_FLEET_LEASE": "86400"}, "SIDECAR_FLEET_LEASE"),
     ],
 )  # fmt: skip
 def test_bad_fleet_configuration_is_one_line_and_exit_2(env: dict[str, str], named: str) -> None:
@@ -486,7 +517,8 @@ async def test_feedback_status_page_and_metrics_show_the_composite_and_the_membe
     status = await asyncio.to_thread(run_cli, "status", "--url", sidecar.url)
     assert "fleet hard: bars of pod-a (2 members, 4 coordinators)" in status.stdout
     assert any(
-        line.split()[:3] == ["pod-b", "soft", "quotes"] for line in status.stdout.splitlines()
+        line.split()[:4] == ["pod-b", "live", "soft", "quotes"]
+        for line in status.stdout.splitlines()
     )
     _, page = await sidecar.get("/")
     assert 'data-member="pod-b"' in page
@@ -570,6 +602,6 @@ def test_streams_default_to_fleet_and_the_rest_to_coordinator() -> None:
         instance="pod-a",
     )
     assert [t.scope for t in settings.targets] == ["fleet", "coordinator", "coordinator", "pod"]
-    assert (settings.fleet_lease, settings.fleet_renewal) == (15.0, 5.0)
+    assert (settings.fleet_lease, settings.fleet_renewal, settings.fleet_grace) == (15, 5, 30)
     with pytest.raises(ConfigError, match=r"SIDECAR_TARGETS\[0\].*scope 'coordinator'"):
         load_settings(targets=[{"kind": "redis-stream", "url": "redis://h", "mode": "all"}])

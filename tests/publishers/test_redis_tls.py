@@ -51,6 +51,7 @@ def minimal_acl(password: str) -> list[str]:
         "resetchannels",
         f"~{feedback_key(NAMESPACE)}*",
         f"~{feedback_key(FLEET_NAMESPACE)}*",
+        f"~{{{feedback_key(FLEET_NAMESPACE)}}}:fleet:*",
         f"&{CHANNEL}",
         "-@all",
         *(f"+{command}" for command in SIDECAR_COMMANDS),
@@ -59,9 +60,12 @@ def minimal_acl(password: str) -> list[str]:
 
 #: The commands the README lists, for every target kind and its scripts.
 SIDECAR_COMMANDS = [
-    *("ping", "info", "xadd", "publish", "evalsha", "script|load", "time", "get", "set"),
-    *("pttl", "pexpire", "hget", "hset", "hdel", "hgetall", "type", "xrange", "xrevrange"),
-    *("xinfo|groups", "xinfo|consumers", "xpending", "xack"),
+    *("ping", "info", "time", "evalsha", "script|load", "xadd", "xlen", "xrange"),
+    *("xrevrange", "xinfo|groups", "xinfo|consumers", "xpending", "xack", "type", "get"),
+    *("set", "publish", "hget", "hmget", "hset", "hdel", "hlen", "hscan", "zadd", "zrem"),
+    *("zcard", "zcount", "zscore", "zrevrange", "zrangebyscore", "zrangebylex"),
+    *("zremrangebyscore", "sadd", "srem", "scard", "del", "unlink", "exists", "pexpire"),
+    "persist",
 ]
 
 
@@ -264,7 +268,7 @@ async def test_pubsub_and_the_fleet_over_tls_with_the_minimal_acl(tls_redis: Ser
         entries = stream_fields(await admin.xrange(feedback_key(FLEET_NAMESPACE)))
         assert entries
         assert '"level":"hard"' in entries[-1]["data"].replace(" ", "")
-        assert await admin.hgetall(f"{feedback_key(FLEET_NAMESPACE)}:fleet:members")
+        assert await admin.hgetall(f"{{{feedback_key(FLEET_NAMESPACE)}}}:fleet:members")
         assert feedback_stream(FLEET_NAMESPACE) in feedback_key(FLEET_NAMESPACE)
     finally:
         await member.close()
@@ -363,3 +367,4 @@ def test_the_readme_gives_the_acl_these_tests_run_with() -> None:
     assert granted == SIDECAR_COMMANDS
     assert "-@all" in block.split()
     assert f"~{feedback_key(NAMESPACE)}*" in block.split()
+    assert f"~{{{feedback_key(NAMESPACE)}}}:fleet:*" in block.split()

@@ -51,16 +51,42 @@ class CompositeState(BaseModel):
     member: str = Field(default="", description="The fleet member (instance) it comes from.")
     queue_size: int = Field(default=0, ge=0)
     capacity: int = Field(default=0, ge=0)
-    members: int = Field(default=0, ge=0, description="Live members counted.")
+    members: int = Field(default=0, ge=0, description="Members counted, suspects included.")
     coordinators: int = Field(default=0, ge=0, description="Live coordinators counted.")
+    suspects: int = Field(
+        default=0,
+        ge=0,
+        description="A fleet's members whose lease ended without leaving, counted at their "
+        "last level until their grace ends.",
+    )
+    age: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds since this sidecar last read the fleet's composite from Redis.",
+    )
+    stale: bool = Field(
+        default=False,
+        description="This sidecar has not renewed its member for longer than the lease: "
+        "the fleet may have changed since.",
+    )
+
+
+#: A fleet member's state: renewing within its lease, or not (counted until its grace ends).
+MemberLife = Literal["live", "suspect"]
 
 
 class MemberState(BaseModel):
-    """One live member of a fleet: a sidecar writing the same stream."""
+    """One counted member of a fleet: a sidecar process writing the same stream."""
 
     model_config = _EXACT
 
     instance: str = ""
+    process: str = Field(
+        default="", description="Its process's token: two under one name both count."
+    )
+    state: MemberLife = Field(
+        default="live", description="`suspect`: its lease ended without leaving."
+    )
     level: Level = "ok"
     coordinator_id: str = Field(default="", description="Its pod's worst coordinator.")
     coordinators: int = Field(default=0, ge=0)
@@ -176,7 +202,9 @@ class TargetState(BaseModel):
         default=None, description="A scoped target's composite, as last written (or to write)."
     )
     members: list[MemberState] = Field(
-        default_factory=list, description="A `fleet` target's live members, as last seen."
+        default_factory=list,
+        description="A `fleet` target's counted members (live and suspect), the worst and "
+        "the suspects first, as last seen.",
     )
     readers: list[ReaderGroup] | None = Field(
         default=None,

@@ -255,12 +255,17 @@ def _composite(value: Any) -> CompositeState | None:
         capacity=_int(value.get("capacity")) or 0,
         members=_int(value.get("members")) or 0,
         coordinators=_int(value.get("coordinators")) or 0,
+        suspects=_int(value.get("suspects")) or 0,
+        age=_float(value.get("age")) or 0.0,
+        stale=value.get("stale") is True,
     )
 
 
 def _member(value: Mapping[str, Any]) -> MemberState:
     return MemberState.model_construct(
         instance=_text(value.get("instance", "?")),
+        process=_text(value.get("process", "")),
+        state=cast(Any, _text(value.get("state") or "live")),
         level=cast(Any, _text(value.get("level") or "?")),
         coordinator_id=_text(value.get("coordinator_id", "")),
         coordinators=_int(value.get("coordinators")) or 0,
@@ -277,10 +282,12 @@ def composite_text(target: TargetState) -> str | None:
         return f"{target.scope}: nothing known yet"
     counts = counted(composite.coordinators, "coordinator")
     if composite.scope == "fleet":
-        counts = f"{counted(composite.members, 'member')}, {counts}"
+        suspects = f" ({composite.suspects} suspect)" if composite.suspects else ""
+        counts = f"{counted(composite.members, 'member')}{suspects}, {counts}"
+    stale = f"; stale, read {composite.age:.0f}s ago" if composite.stale else ""
     return (
         f"{composite.scope} {composite.level}: {composite.coordinator_id} of "
-        f"{composite.member} ({counts})"
+        f"{composite.member} ({counts}){stale}"
     )
 
 

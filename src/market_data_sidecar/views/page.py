@@ -240,7 +240,9 @@ def _composites(view: StatusView) -> str:
         )
         if t.members:
             rows = "".join(
-                f'<tr data-member="{escape(m.instance)}"><td>{escape(m.instance)}</td>'
+                f'<tr data-member="{escape(m.instance)}" data-state="{escape(m.state)}">'
+                f"<td>{escape(m.instance)}</td>"
+                f'<td><span class="badge {_member_class(m.state)}">{escape(m.state)}</span></td>'
                 f'<td><span class="badge {_level_class(m.level)}">{escape(m.level)}</span></td>'
                 f"<td>{escape(m.coordinator_id)}</td>"
                 f'<td class="num">{count(m.coordinators)}</td>'
@@ -248,7 +250,7 @@ def _composites(view: StatusView) -> str:
                 for m in t.members
             )
             parts.append(
-                "<table><thead><tr><th>member</th><th>level</th><th>coordinator</th>"
+                "<table><thead><tr><th>member</th><th>state</th><th>level</th><th>coordinator</th>"
                 "<th>coordinators</th><th>lease age</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table>"
             )
@@ -295,6 +297,10 @@ def _circuit(circuit: str | None) -> str:
 
 def _state_class(state: str) -> str:
     return {"healthy": "good", "degraded": "warn", "unhealthy": "bad"}.get(state, "unknown")
+
+
+def _member_class(state: str) -> str:
+    return "good" if state == "live" else "warn"
 
 
 def _level_class(level: str) -> str:

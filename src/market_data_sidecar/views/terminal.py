@@ -164,10 +164,11 @@ def _composite_lines(view: StatusView, colour: bool) -> list[str]:
         lines += ["", f"target {t.name}: {text}"]
         if t.members:
             lines += _table(
-                ["MEMBER", "LEVEL", "COORDINATOR", "COORDINATORS", "LEASE AGE"],
+                ["MEMBER", "STATE", "LEVEL", "COORDINATOR", "COORDINATORS", "LEASE AGE"],
                 [
                     [
                         _Cell(m.instance),
+                        _Cell(m.state, "degraded" if m.state == "suspect" else ""),
                         _Cell(m.level, m.level),
                         _Cell(m.coordinator_id),
                         _Cell(count(m.coordinators), right=True),
