@@ -1,13 +1,18 @@
 """Secrets out of everything the sidecar shows: URLs fit to display, text scrubbed of the
 secrets it knows, and errors cut to their first line.
 
-One module, reviewed once: targets, the database check and the router use it, and the
-secrets tests (`tests/reliability/test_secrets.py`) are its net.
+One module, reviewed once: targets, the checks (the database's DSN, the store's metrics
+URL), the router and the logs use it, and the secrets tests
+(`tests/reliability/test_secrets.py`) are its net.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import psycopg
 
 MASK = "***"
 #: Query parameters shown with a URL (Redis's database number); every other one is left
@@ -54,3 +59,53 @@ class Redactor:
     def message(self, exc: BaseException) -> str:
         """The first line of an error, redacted."""
         return self(first_line(exc))
+
+
+# -- the database's DSN -------------------------------------------------------------------
+
+
+class DsnRedactor(Redactor):
+    """Masks the DSN and its password: libpq echoes a conninfo it cannot parse."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn, *dsn_secrets(dsn))
+
+    def message(self, exc: BaseException) -> str:
+        """The first line of an error, without psycopg's prefixes, redacted."""
+        text = first_line(exc)
+        for prefix in ("connection failed: ", "connection is bad: "):
+            text = text.removeprefix(prefix)
+        return self(text)
+
+
+def dsn_secrets(dsn: str) -> set[str]:
+    """The password of a PostgreSQL DSN (URL or key=value), as libpq may echo it."""
+    found: set[str] = set()
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(dsn)
+        if parts.password:
+            found |= {parts.password, unquote(parts.password)}
+    # A URL that urlsplit rejects may still be echoed whole or in part by libpq.
+    for match in re.finditer(r"://[^/@:]*:([^@/]+)@", dsn):
+        found |= {match.group(1), unquote(match.group(1))}
+    for match in re.finditer(r"password\s*=\s*('(?:\\.|[^'])*'|\S+)", dsn):
+        value = match.group(1)
+        found |= {value, value.strip("'")}
+    with contextlib.suppress(Exception):
+        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+        if password:
+            found.add(str(password))
+    return found
+
+
+def describe_dsn(dsn: str) -> str:
+    """`user@host:port/dbname`, for details: never the password."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except Exception:
+        return "unparsable database URL"
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port = str(params.get("port") or "5432")
+    user = f"{params['user']}@" if params.get("user") else ""
+    dbname = str(params.get("dbname") or "")
+    return f"{user}{host}:{port}/{dbname}"

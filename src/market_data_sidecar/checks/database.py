@@ -9,13 +9,10 @@ the connection is thrown away without waiting on the network.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 import psycopg
 from loguru import logger
@@ -26,7 +23,7 @@ from pydantic import SecretStr
 
 from market_data_sidecar.checks import Check, Damping, worst
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.redaction import Redactor, first_line
+from market_data_sidecar.redaction import DsnRedactor, describe_dsn
 
 APPLICATION_NAME = "market-data-sidecar"
 
@@ -147,7 +144,7 @@ class DatabaseCheck(Check):
         super().__init__("database", interval=interval, timeout=timeout, damping=damping)
         self._dsn = dsn
         self._redactor = DsnRedactor(dsn.get_secret_value())
-        self.target = describe_target(dsn.get_secret_value())
+        self.target = describe_dsn(dsn.get_secret_value())
         self.thresholds = thresholds
         self.metrics = metrics
         # libpq accepts whole seconds, and no less than 2.
@@ -441,55 +438,6 @@ class DatabaseCheck(Check):
                 )
             ]
         return []
-
-
-# -- secrets ---------------------------------------------------------------------------------
-
-
-class DsnRedactor(Redactor):
-    """Masks the DSN and its password: libpq echoes a conninfo it cannot parse."""
-
-    def __init__(self, dsn: str) -> None:
-        super().__init__(dsn, *_passwords(dsn))
-
-    def message(self, exc: BaseException) -> str:
-        """The first line of an error, without psycopg's prefixes, redacted."""
-        text = first_line(exc)
-        for prefix in ("connection failed: ", "connection is bad: "):
-            text = text.removeprefix(prefix)
-        return self(text)
-
-
-def _passwords(dsn: str) -> set[str]:
-    found: set[str] = set()
-    with contextlib.suppress(ValueError):
-        parts = urlsplit(dsn)
-        if parts.password:
-            found |= {parts.password, unquote(parts.password)}
-    # A URL that urlsplit rejects may still be echoed whole or in part by libpq.
-    for match in re.finditer(r"://[^/@:]*:([^@/]+)@", dsn):
-        found |= {match.group(1), unquote(match.group(1))}
-    for match in re.finditer(r"password\s*=\s*('(?:\\.|[^'])*'|\S+)", dsn):
-        value = match.group(1)
-        found |= {value, value.strip("'")}
-    with contextlib.suppress(Exception):
-        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
-        if password:
-            found.add(str(password))
-    return found
-
-
-def describe_target(dsn: str) -> str:
-    """`user@host:port/dbname`, for details: never the password."""
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(dsn)
-    except Exception:
-        return "unparsable database URL"
-    host = str(params.get("host") or params.get("hostaddr") or "localhost")
-    port = str(params.get("port") or "5432")
-    user = f"{params['user']}@" if params.get("user") else ""
-    dbname = str(params.get("dbname") or "")
-    return f"{user}{host}:{port}/{dbname}"
 
 
 def _finish(conn: psycopg.AsyncConnection[Any] | None) -> None:

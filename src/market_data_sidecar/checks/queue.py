@@ -12,7 +12,6 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import aiohttp
 from loguru import logger
@@ -24,6 +23,7 @@ from market_data_sidecar.feedback import bounds
 from market_data_sidecar.feedback.watermarks import SampleListener, level_for
 from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import CoordinatorRow, Metrics
+from market_data_sidecar.redaction import redact_url
 
 DEPTH = "mds_coord_queue_depth"
 WORKERS_ALIVE = "mds_coord_workers_alive"
@@ -129,7 +129,7 @@ class QueueCheck(Check):
                 logger.warning("queue check failed: {}", exc)
             self._last_error = str(exc)
             self.metrics.queue_coordinators.show(())  # nothing known of any coordinator
-            return self.component("unhealthy", url=_safe_url(self.url), error=str(exc))
+            return self.component("unhealthy", url=redact_url(self.url), error=str(exc))
         self._last_error = None
         self._notify(samples)  # on the loop: listeners are the relay's
         return component
@@ -291,7 +291,7 @@ class QueueCheck(Check):
         lists."""
         levels = Counter(sample.level.value for sample in samples)
         details: dict[str, object] = {
-            "url": _safe_url(self.url),
+            "url": redact_url(self.url),
             "coordinators": len(judged),
             "levels": ",".join(f"{level.value}={levels[level.value]}" for level in _LEVELS),
         }
@@ -476,13 +476,3 @@ def _client_error(exc: aiohttp.ClientError) -> str:
         return os.strerror(exc.os_error.errno)  # "Connection refused", not asyncio's wording
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _safe_url(url: str) -> str:
-    """The URL without any credentials in it."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
