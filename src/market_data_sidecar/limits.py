@@ -51,7 +51,7 @@ _PEER_GONE = {errno.ENOTCONN, errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
 
 @dataclass(frozen=True)
 class Bounds:
-    """What one client may hold; every figure is from the settings (see README)."""
+    """What one client may hold; every figure is from the settings (see docs/configuration.md)."""
 
     max_connections: int = 256
     header_timeout: float = 5.0

@@ -267,7 +267,7 @@ def _setting(name: str) -> str:
 
 
 class Settings(BaseSettings):
-    """The sidecar's configuration; see README for what each setting does."""
+    """The sidecar's configuration; docs/configuration.md says what each setting does."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True

@@ -44,7 +44,7 @@ NODE_ENTRIES = 100
 
 
 def minimal_acl(password: str) -> list[str]:
-    """The README's minimal ACL for the sidecar's user, for two stream keys and a channel."""
+    """docs/security.md's minimal ACL for the sidecar's user: two stream keys, a channel."""
     return [
         "on",
         f">{password}",
@@ -58,7 +58,7 @@ def minimal_acl(password: str) -> list[str]:
     ]
 
 
-#: The commands the README lists, for every target kind and its scripts.
+#: The commands docs/security.md lists, for every target kind and its scripts.
 SIDECAR_COMMANDS = [
     *("ping", "info", "time", "evalsha", "script|load", "xadd", "xlen", "xrange"),
     *("xrevrange", "xinfo|groups", "xinfo|consumers", "xpending", "xack", "type", "get"),
@@ -360,8 +360,8 @@ async def _pending_at_most(admin: aioredis.Redis, key: str, group: str, bound: i
     return bool(pending <= bound)
 
 
-def test_the_readme_gives_the_acl_these_tests_run_with() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+def test_the_docs_give_the_acl_these_tests_run_with() -> None:
+    readme = (Path(__file__).parents[2] / "docs" / "security.md").read_text(encoding="utf-8")
     block = readme.split("ACL SETUSER sidecar", 1)[1].split("```", 1)[0]
     granted = [word.removeprefix("+") for word in block.split() if word.startswith("+")]
     assert granted == SIDECAR_COMMANDS

@@ -389,7 +389,7 @@ class FleetStreamPublisher(RedisStreamPublisher):
         self._no_scripting = (
             f"target {self.name}: the Redis user may not run scripts (NOPERM: "
             f"{clip(text, 120)}); "
-            "scope 'fleet' needs EVALSHA and EVAL (see the README's ACL), or set scope 'pod'"
+            "scope 'fleet' needs EVALSHA (see the ACL in docs/security.md), or set scope 'pod'"
         )
         logger.error("fleet {}: {}", self.stream, self._no_scripting)
 
