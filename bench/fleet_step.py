@@ -81,7 +81,7 @@ class _After:
         self.keys = [
             f"{prefix}:{name}"
             for name in ("members", "leases", "drops", "rank", "names", "tombstones")
-        ] + [f"{prefix}:record", f"{prefix}:awaiting", STREAM]
+        ] + [f"{prefix}:record", f"{prefix}:awaiting", f"{prefix}:rows", STREAM]
         self.seq = 0
 
     def step(self, instance: str, token: str, state: str) -> None:

@@ -22,12 +22,15 @@
 -- written again, or a lease has passed: no reader passes through a level milder than
 -- the truth on the way.
 --
--- KEYS: members, leases, drops, rank, names, tombstones, record, awaiting, stream
+-- KEYS: members, leases, drops, rank, names, tombstones, record, awaiting, rows, stream
 -- ARGV: instance, token, seq, state ('' = leave), lease ms, grace ms, renewal ms,
 --       force ('1'), maxlen, event id, schema id, track, inspect ('1'), lease bound ms,
 --       grace bound ms, then the ids of the caller's last view
 local members, leases, drops, rank = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local names, tombstones, record, awaiting, stream = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local names, tombstones, record, awaiting = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+-- rows: each member's short row for the views, so showing 100 members reads 100 short
+-- strings, not 100 states.
+local rows_key, stream = KEYS[9], KEYS[10]
 local instance, token, seq, state = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local lease_bound, grace_bound = tonumber(ARGV[14]), tonumber(ARGV[15])
 local lease = math.min(tonumber(ARGV[5]), lease_bound)
@@ -54,7 +57,12 @@ local function fields(entry)
   n = tonumber(n)
   return {seq = tonumber(s), renewed = tonumber(renewed), lease_end = tonumber(lease_end),
     drop_at = tonumber(drop_at), level = level, coordinators = tonumber(coordinators),
-    coordinator = string.sub(entry, at, at + n - 1), body = string.sub(entry, at + n)}
+    coordinator = string.sub(entry, at, at + n - 1), entry = entry, body_at = at + n}
+end
+
+-- The state JSON of an entry read by `fields`: cut only when needed (the worst's).
+local function body(entry)
+  return string.sub(entry.entry, entry.body_at)
 end
 
 local unknown = false
@@ -79,6 +87,7 @@ elseif not (stepped and count and coordinators and last and hold_until) then
   unknown, index_lost = 'a record that does not parse', true
 elseif redis.call('ZCARD', leases) ~= count or redis.call('ZCARD', drops) ~= count
     or redis.call('ZCARD', rank) ~= count or redis.call('ZCARD', names) ~= count
+    or redis.call('HLEN', rows_key) ~= count
     or (count > 0 and redis.call('EXISTS', members) == 0) then
   unknown, index_lost = 'members lost (a key evicted or deleted)', true
 elseif now - stepped > renewal * 3 / 2 then
@@ -95,7 +104,9 @@ if unknown then
   end
   for i = 16, #ARGV do table.insert(awaited, ARGV[i]) end
   if index_lost then
-    for _, key in ipairs({members, leases, drops, rank, names}) do redis.call('UNLINK', key) end
+    for _, key in ipairs({members, leases, drops, rank, names, rows_key}) do
+      redis.call('UNLINK', key)
+    end
     count, coordinators, mine = 0, 0, nil
   end
   last = last or ''
@@ -109,6 +120,7 @@ local function remove(other)
     if entry then coordinators = coordinators - entry.coordinators end
   end
   redis.call('HDEL', members, other)
+  redis.call('HDEL', rows_key, other)
   redis.call('ZREM', drops, other)
   redis.call('ZREM', rank, other)
   redis.call('ZREM', names, other)
@@ -183,6 +195,8 @@ else
   local lease_end, drop_at = now + lease, now + lease + grace
   redis.call('HSET', members, id, string.format('%d|%d|%d|%d|%s|%d|%d|%s%s', seq, now,
     lease_end, drop_at, member.level, member.coordinators, #coordinator, coordinator, state))
+  redis.call('HSET', rows_key, id, string.format('%d|%d|%d|%s|%d|%s', now, lease_end, drop_at,
+    member.level, member.coordinators, coordinator))
   redis.call('ZADD', leases, lease_end, id)
   redis.call('ZADD', drops, drop_at, id)
   local utilization = math.max(0, math.min(member.utilization, 999))
@@ -239,7 +253,7 @@ for _ = 1, 10 do
   local top = redis.call('ZREVRANGE', rank, 0, 0)
   if #top == 0 then break end
   local entry = fields(redis.call('HGET', members, top[1]))
-  worst = entry and readable(entry.body)
+  worst = entry and readable(body(entry))
   if worst then
     worst_id = top[1]
     break
@@ -296,14 +310,18 @@ for _, other in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT',
 end
 local rows = {}
 if #shown > 0 then
-  local entries = redis.call('HMGET', members, unpack(shown))
+  local found = redis.call('HMGET', rows_key, unpack(shown))
   for i, other in ipairs(shown) do
-    local entry = fields(entries[i])
-    if entry then
-      table.insert(rows, {string.sub(other, 1, MAX_ID), entry.level,
-        string.sub(entry.coordinator, 1, MAX_TEXT), tostring(entry.coordinators),
-        tostring(now - entry.renewed), tostring(entry.lease_end - now),
-        tostring(entry.drop_at - now)})
+    local row = found[i]
+    local renewed, lease_end, drop_at, level, coordinators, coordinator
+    if type(row) == 'string' and #row <= MAX_ENTRY then
+      renewed, lease_end, drop_at, level, coordinators, coordinator =
+        string.match(row, '^(%d+)|(%d+)|(%d+)|(%a+)|(%d+)|(.*)$')
+    end
+    if renewed then
+      table.insert(rows, {string.sub(other, 1, MAX_ID), level,
+        string.sub(coordinator, 1, MAX_TEXT), coordinators, tostring(now - renewed),
+        tostring(lease_end - now), tostring(drop_at - now)})
     end
   end
 end

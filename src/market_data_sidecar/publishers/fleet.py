@@ -229,6 +229,7 @@ class FleetStreamPublisher(RedisStreamPublisher):
             f"{prefix}:tombstones",
             f"{prefix}:record",
             f"{prefix}:awaiting",
+            f"{prefix}:rows",
             self.stream,
         ]
         self.record_key = f"{prefix}:record"
