@@ -26,12 +26,11 @@ from tests.consumers.conftest import (
     start_store,
     store_sends,
 )
+from tests.consumers.test_fleet_pipeline import SCALES, SEVERITY
 from tests.helpers import SidecarProcess
 
 pytestmark = pytest.mark.timeout(180, func_only=True)
 
-SCALES = {"ok": 1.0, "soft": 0.5, "hard": 0.0}
-SEVERITY = {"ok": 0, "soft": 1, "hard": 2}
 REPLICAS = ("replica-a", "replica-b")
 PIPELINES = 3
 OBSERVERS = 2

@@ -20,6 +20,7 @@ from market_data_core.events import JsonCodec
 from market_data_core.telemetry import FeedbackEvent
 from redis.exceptions import RedisError
 
+from market_data_sidecar.feedback.delivery import DeliveryError
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
@@ -605,3 +606,17 @@ def test_streams_default_to_fleet_and_the_rest_to_coordinator() -> None:
     assert (settings.fleet_lease, settings.fleet_renewal, settings.fleet_grace) == (15, 5, 30)
     with pytest.raises(ConfigError, match=r"SIDECAR_TARGETS\[0\].*scope 'coordinator'"):
         load_settings(targets=[{"kind": "redis-stream", "url": "redis://h", "mode": "all"}])
+
+
+async def test_a_fleet_key_of_the_wrong_type_is_named_with_the_type_redis_has(
+    member: MakeMember, namespace: str, shared_redis: aioredis.Redis
+) -> None:
+    a = member("pod-a", namespace)
+    await a.start()
+    members = f"{{{feedback_key(namespace)}}}:fleet:members"
+    await shared_redis.set(members, "made by hand")
+    with pytest.raises(DeliveryError) as failed:
+        await a.deliver([pod("pod-a", "bars", "hard", 900)])
+    assert failed.value.reason == "redis_wrongtype"
+    assert f"key {members} is a string, not a hash" in str(failed.value)
+    assert "script" not in str(failed.value).lower()

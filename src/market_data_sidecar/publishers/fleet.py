@@ -54,6 +54,7 @@ from market_data_sidecar.settings import (
     FLEET_LEASE_MAX,
     RedisStreamTargetSettings,
 )
+from market_data_sidecar.tasks import cancelled
 
 _SCRIPT = resources.files(__package__).joinpath("fleet.lua").read_text(encoding="utf-8")
 PROCESS_TOKEN = secrets.token_hex(8)
@@ -220,24 +221,22 @@ class FleetStreamPublisher(RedisStreamPublisher):
         self.conflate = True
         prefix = f"{{{self.stream}}}:fleet"
         self.members_key = f"{prefix}:members"
-        self.keys = [
-            self.members_key,
-            f"{prefix}:leases",
-            f"{prefix}:drops",
-            f"{prefix}:rank",
-            f"{prefix}:names",
-            f"{prefix}:tombstones",
-            f"{prefix}:record",
-            f"{prefix}:awaiting",
-            f"{prefix}:rows",
-            self.stream,
-        ]
+        #: The step's keys, in fleet.lua's order, and what each must hold: a key of
+        #: another type is named in the error.
+        self.key_types = {
+            self.members_key: "hash",
+            f"{prefix}:leases": "zset",
+            f"{prefix}:drops": "zset",
+            f"{prefix}:rank": "zset",
+            f"{prefix}:names": "zset",
+            f"{prefix}:tombstones": "zset",
+            f"{prefix}:record": "hash",
+            f"{prefix}:awaiting": "set",
+            f"{prefix}:rows": "hash",
+            self.stream: "stream",
+        }
+        self.keys = list(self.key_types)
         self.record_key = f"{prefix}:record"
-        #: What each key must hold: a key of another type is named in the error.
-        self.key_types = dict(
-            zip(self.keys, ("hash", "zset", "zset", "zset", "zset", "zset", "hash", "set",
-                            "stream"), strict=True)
-        )  # fmt: skip
         self._script_loaded = False
         self._script: AsyncScript | None = None
         #: The pod's newest composite, as this member writes it (what renewals repeat).
@@ -279,9 +278,7 @@ class FleetStreamPublisher(RedisStreamPublisher):
         """Leave the fleet at once (the others' composite no longer counts this pod), then
         close the connections."""
         renewal, self._renewal = self._renewal, None
-        if renewal is not None:
-            renewal.cancel()
-            await asyncio.gather(renewal, return_exceptions=True)
+        await cancelled(renewal)
         if self._client is not None and self._state is not None:
             try:
                 async with asyncio.timeout(self.target.timeout):

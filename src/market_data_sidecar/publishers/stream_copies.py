@@ -44,6 +44,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from market_data_sidecar.feedback.state import shown_name
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis_protocol import reply_text
+from market_data_sidecar.tasks import cancelled
 
 #: Append the stream's newest entry again, if it carries event id ARGV[2] (it is the
 #: state the caller appended, or a copy of it). Returns the new id, or false.
@@ -293,10 +294,7 @@ class Copies:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(task)
 
     async def _announce(self, client: aioredis.Redis) -> None:
         """Announce the newest state again when a reader may have missed it."""

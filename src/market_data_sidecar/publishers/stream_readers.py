@@ -64,6 +64,7 @@ from market_data_sidecar.feedback.state import MAX_READER_GROUPS, ReaderGroup, s
 from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis_protocol import reply_text
+from market_data_sidecar.tasks import cancelled
 
 #: Seconds between two readings of a stream with a few groups: a new reader gets the
 #: current state within about this.
@@ -306,10 +307,7 @@ class StreamReaders:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(task)
 
     async def _watch(self, client: aioredis.Redis) -> None:
         read = client.register_script(READ)
