@@ -11,10 +11,61 @@ from market_data_sidecar.checks import Check
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.server import create_app
 from market_data_sidecar.settings import Settings
-from tests.helpers import SidecarProcess
+from tests.support.helpers import SidecarProcess
 from tests.support.sidecar import SidecarClient, StartSidecar, make_settings
 
 __all__ = ["make_settings"]  # still imported from here by some tests
+
+#: Fixtures that start a server or a process of the test's own: their tests are marked
+#: `servers`, and `pytest -m "not servers"` is the quick subset (the shared PostgreSQL and
+#: Redis are still used there, but nothing is started).
+SERVER_FIXTURES = frozenset(
+    {
+        "sidecar_process",
+        "postgres_instance",
+        "pg",
+        "replica_instance",
+        "replica",
+        "small_filesystem",
+        "start_driver",
+        "module_redis",
+        "redis_url",
+        "redis_server_factory",
+        "redis_server",
+        "chromium",
+        "install_chromium",
+        "tls_redis",
+        "helm",
+    }
+)
+#: Modules whose tests start processes themselves (a sidecar, a redis-server, a command).
+SERVER_MODULES = frozenset(
+    {
+        "tests.operator.test_demo",
+        "tests.operator.test_status_cli",
+        "tests.operator.test_operator_assets",
+        "tests.checks.test_database",
+        "tests.reliability.test_secrets",
+        "tests.reliability.test_loopback_intake",
+        "tests.reliability.test_probes_under_attack",
+        "tests.reliability.test_loops_and_targets",
+        "tests.reliability.test_redis_peers",
+        "tests.reliability.test_store_metrics",
+        "tests.publishers.test_stream_readers_scale",
+        "tests.publishers.test_redis_tls",
+        "tests.publishers.test_redis_extra",
+        "tests.test_cli",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what starts servers or processes, so a change to one room can run the rest."""
+    for item in items:
+        module = getattr(item, "module", None)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SERVER_FIXTURES or getattr(module, "__name__", "") in SERVER_MODULES:
+            item.add_marker(pytest.mark.servers)
 
 
 @pytest.fixture

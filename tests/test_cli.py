@@ -11,7 +11,7 @@ from typing import Any
 from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar import __version__
-from tests.helpers import SidecarProcess, eventually, run_cli, wait_until
+from tests.support.helpers import SidecarProcess, eventually, run_cli, wait_until
 
 
 def test_version_and_help() -> None:

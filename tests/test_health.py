@@ -13,7 +13,7 @@ from market_data_sidecar.checks import Check
 from market_data_sidecar.health import Damping, HealthMonitor
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.settings import Settings
-from tests.helpers import eventually
+from tests.support.helpers import eventually
 from tests.support.sidecar import StartSidecar
 
 

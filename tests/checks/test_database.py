@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
 from market_data_sidecar.metrics import Metrics
-from tests.helpers import eventually
+from tests.support.helpers import eventually
 from tests.support.postgres import MAX_CONNECTIONS, PostgresInstance
 from tests.support.probes import probing
 from tests.support.sidecar import StartSidecar, make_settings

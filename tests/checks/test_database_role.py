@@ -11,7 +11,7 @@ from market_data_core.telemetry import HealthComponent
 
 from market_data_sidecar.checks.database import DatabaseCheck, Role
 from tests.checks.test_database import _ready_is, component, database_check, sidecar_settings
-from tests.helpers import eventually
+from tests.support.helpers import eventually
 from tests.support.postgres import PostgresInstance
 from tests.support.sidecar import StartSidecar
 

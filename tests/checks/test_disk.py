@@ -8,7 +8,7 @@ from typing import Any
 
 from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds, measure
 from market_data_sidecar.metrics import Metrics
-from tests.helpers import eventually
+from tests.support.helpers import eventually
 from tests.support.sidecar import StartSidecar, make_settings
 
 MiB = 1024 * 1024

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import eventually
+from tests.support.helpers import eventually
 from tests.support.postgres import PostgresInstance
 from tests.support.probes import probing
 from tests.support.sidecar import StartSidecar, make_settings

@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import eventually
+from tests.support.helpers import eventually
 from tests.support.sidecar import StartSidecar, make_settings
 from tests.support.store import StoreMetrics
 

@@ -13,7 +13,7 @@ from market_data_core.telemetry import BackpressureLevel
 from market_data_sidecar.checks.queue import CoordinatorSample, QueueCheck, parse
 from market_data_sidecar.feedback.watermarks import QueueSample, level_for
 from market_data_sidecar.metrics import Metrics
-from tests.helpers import eventually, free_port
+from tests.support.helpers import eventually, free_port
 from tests.support.probes import probing
 from tests.support.sidecar import StartSidecar, make_settings
 from tests.support.store import Coordinator, StoreMetrics

@@ -12,7 +12,7 @@ from market_data_sidecar.checks import Check
 from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds
 from market_data_sidecar.health import DETAILS_BUDGET, HealthMonitor
 from market_data_sidecar.metrics import Metrics
-from tests.helpers import eventually
+from tests.support.helpers import eventually
 
 #: What a probe answer must fit in (the kubelet reads 10 KiB of it).
 PROBE_BUDGET = 16 * 1024

@@ -21,7 +21,7 @@ from market_data_sidecar.health import Clock, HealthMonitor
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.settings import ConfigError, load_settings
 from market_data_sidecar.wiring import build_checks
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 #: How long a test waits, in real time, for the check loops to settle after a tick.
 SETTLE = 5.0

@@ -22,9 +22,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from tests.helpers import SidecarProcess
-from tests.redis_helpers import RedisServer
+from tests.support.helpers import SidecarProcess
 from tests.support.installers import run_installer
+from tests.support.redis_servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVERS = Path(__file__).resolve().parent

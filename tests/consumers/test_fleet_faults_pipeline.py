@@ -28,8 +28,8 @@ from tests.consumers.test_fleet_pipeline import (
     settle,
     start_pipeline,
 )
-from tests.helpers import SidecarProcess, eventually, run_cli
-from tests.redis_helpers import RedisServer
+from tests.support.helpers import SidecarProcess, eventually, run_cli
+from tests.support.redis_servers import RedisServer
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(120, func_only=True)

@@ -28,8 +28,8 @@ from tests.consumers.conftest import (
     start_store,
     store_sends,
 )
-from tests.helpers import SidecarProcess, eventually
-from tests.redis_helpers import RedisServer
+from tests.support.helpers import SidecarProcess, eventually
+from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.timeout(90, func_only=True)
 

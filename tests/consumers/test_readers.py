@@ -28,7 +28,7 @@ from tests.consumers.conftest import (
     store_sends,
     stream_target,
 )
-from tests.helpers import SidecarProcess, eventually
+from tests.support.helpers import SidecarProcess, eventually
 
 pytestmark = pytest.mark.timeout(90, func_only=True)
 

@@ -24,7 +24,7 @@ from tests.consumers.conftest import (
     store_sends,
     stream_target,
 )
-from tests.helpers import SidecarProcess
+from tests.support.helpers import SidecarProcess
 
 # Installing the consumers is the session fixture's (bounded by its own timeout); the
 # tests themselves stay within a minute.

@@ -27,7 +27,7 @@ from tests.consumers.conftest import (
     store_sends,
 )
 from tests.consumers.test_fleet_pipeline import SCALES, SEVERITY
-from tests.helpers import SidecarProcess
+from tests.support.helpers import SidecarProcess
 
 pytestmark = pytest.mark.timeout(180, func_only=True)
 

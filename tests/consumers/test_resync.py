@@ -27,8 +27,8 @@ from tests.consumers.conftest import (
     store_sends,
     stream_target,
 )
-from tests.helpers import SidecarProcess, eventually, free_port
-from tests.redis_helpers import RedisServer
+from tests.support.helpers import SidecarProcess, eventually, free_port
+from tests.support.redis_servers import RedisServer
 from tests.support.store import Coordinator, StoreMetrics
 
 pytestmark = pytest.mark.timeout(60, func_only=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from market_data_sidecar.feedback.buffers import ConflatingBuffer, FifoBuffer
-from tests.helpers import feedback
+from tests.support.helpers import feedback
 
 
 def test_conflation_keeps_the_latest_event_per_coordinator_in_arrival_order() -> None:

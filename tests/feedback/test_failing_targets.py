@@ -17,11 +17,11 @@ from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import HttpTargetSettings, RedisStreamTargetSettings
-from tests.helpers import eventually, feedback
-from tests.redis_helpers import RedisServer
+from tests.support.helpers import eventually, feedback
 from tests.support.receivers import StartOrchestrator
+from tests.support.redis_servers import RedisServer
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.support.redis_fixtures"]
 
 FAILING_AFTER = 0.3
 POLICY = RetryPolicy(Backoff(0.01, 0.02), failing_after=FAILING_AFTER)

@@ -15,7 +15,7 @@ from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
 from market_data_sidecar.metrics import Metrics
-from tests.helpers import eventually, feedback
+from tests.support.helpers import eventually, feedback
 
 POLICY = RetryPolicy(Backoff(0.01, 0.02), circuit_failures=2, circuit_cooldown=30)
 

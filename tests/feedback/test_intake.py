@@ -16,8 +16,8 @@ from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.server import RELAY
 from market_data_sidecar.settings import Settings
 from tests.feedback.conftest import http_target
-from tests.helpers import eventually, store_payload
 from tests.publishers.conftest import StartOrchestrator
+from tests.support.helpers import eventually, store_payload
 
 #: Byte for byte what the store's HttpFeedbackBroadcaster sends (DESIGN.md).
 STORE_BODY = (

@@ -14,7 +14,7 @@ from typing import Any
 from market_data_sidecar.server import RELAY
 from market_data_sidecar.settings import Settings
 from tests.feedback.conftest import http_target
-from tests.helpers import eventually, free_port, store_payload
+from tests.support.helpers import eventually, free_port, store_payload
 from tests.support.receivers import StartOrchestrator, WebhookReceiver, closed_port_url
 from tests.support.sidecar import StartSidecar
 from tests.support.store import Coordinator, StoreMetrics

@@ -20,11 +20,11 @@ from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import HttpTargetSettings, RedisStreamTargetSettings
 from tests.feedback.conftest import RouterFactory
-from tests.helpers import eventually, feedback
-from tests.redis_helpers import RedisServer, stream_fields
+from tests.support.helpers import eventually, feedback
 from tests.support.receivers import StartOrchestrator
+from tests.support.redis_servers import RedisServer, stream_fields
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.support.redis_fixtures"]
 
 
 class RecordingPublisher(Publisher):

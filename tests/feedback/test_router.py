@@ -13,7 +13,7 @@ from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.settings import HttpTargetSettings
 from tests.feedback.conftest import FAST, RouterFactory
-from tests.helpers import eventually, feedback
+from tests.support.helpers import eventually, feedback
 from tests.support.receivers import StartOrchestrator, closed_port_url
 
 

@@ -17,7 +17,7 @@ from market_data_sidecar.feedback.scope import (
     vacant,
     worst,
 )
-from tests.helpers import feedback
+from tests.support.helpers import feedback
 
 LEVELS = ("ok", "soft", "hard")
 

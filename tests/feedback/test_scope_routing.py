@@ -9,7 +9,7 @@ from typing import Any
 
 from market_data_sidecar.settings import Settings
 from tests.feedback.conftest import http_target
-from tests.helpers import eventually, store_payload
+from tests.support.helpers import eventually, store_payload
 from tests.support.receivers import StartOrchestrator
 from tests.support.sidecar import StartSidecar
 from tests.support.store import Coordinator, StoreMetrics

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers import SidecarProcess, eventually, store_payload
+from tests.support.helpers import SidecarProcess, eventually, store_payload
 from tests.support.receivers import StartOrchestrator
 
 

@@ -16,7 +16,7 @@ from market_data_sidecar.feedback.delivery import EncodingError, Publisher, enco
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.router import Router, Target
 from tests.feedback.conftest import FAST, RouterFactory
-from tests.helpers import eventually, feedback
+from tests.support.helpers import eventually, feedback
 
 
 class FailingPublisher(Publisher):

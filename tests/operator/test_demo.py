@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers import eventually, free_port
 from tests.operator.conftest import Chromium
 from tests.operator.test_status_page import Elements
+from tests.support.helpers import eventually, free_port
 
 DEMO = [sys.executable, "-m", "market_data_sidecar", "demo"]
 

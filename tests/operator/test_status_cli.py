@@ -10,8 +10,8 @@ from typing import Any
 
 from market_data_sidecar.server import MONITOR
 from market_data_sidecar.settings import Settings
-from tests.helpers import SidecarProcess, eventually, free_port
 from tests.operator.conftest import FixedCheck
+from tests.support.helpers import SidecarProcess, eventually, free_port
 from tests.support.sidecar import StartSidecar, make_settings
 
 CLI = [sys.executable, "-m", "market_data_sidecar", "status"]

@@ -12,9 +12,9 @@ from typing import Any
 from market_data_sidecar.server import MONITOR
 from market_data_sidecar.views.model import StatusView
 from market_data_sidecar.views.page import render_page
-from tests.helpers import SidecarProcess, eventually
 from tests.operator.conftest import Chromium, FixedCheck
 from tests.operator.test_status_view import FEEDBACK, HEALTH
+from tests.support.helpers import SidecarProcess, eventually
 from tests.support.sidecar import StartSidecar, make_settings
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quoted"'

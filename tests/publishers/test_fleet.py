@@ -28,10 +28,10 @@ from market_data_sidecar.feedback.scope import composite_of
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher, member_state
 from market_data_sidecar.settings import ConfigError, RedisStreamTargetSettings, load_settings
-from tests.helpers import SidecarProcess, eventually, feedback, run_cli, store_payload
-from tests.redis_helpers import SHARED_REDIS_URL, RedisServer, feedback_key, stream_fields
+from tests.support.helpers import SidecarProcess, eventually, feedback, run_cli, store_payload
+from tests.support.redis_servers import SHARED_REDIS_URL, RedisServer, feedback_key, stream_fields
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.support.redis_fixtures"]
 
 Entry = tuple[FeedbackEvent, dict[str, str]]
 MakeMember = Callable[..., FleetStreamPublisher]

@@ -20,7 +20,6 @@ from loguru import logger
 from market_data_sidecar.feedback.delivery import DeliveryError
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.fleet import FleetStreamPublisher, member_state
-from tests.helpers import eventually
 from tests.publishers.test_fleet import (  # noqa: F401 - fixtures
     MakeMember,
     _fleet_keys_removed,
@@ -29,10 +28,11 @@ from tests.publishers.test_fleet import (  # noqa: F401 - fixtures
     pod,
     summary,
 )
-from tests.redis_helpers import SHARED_REDIS_URL, RedisServer
+from tests.support.helpers import eventually
+from tests.support.redis_servers import SHARED_REDIS_URL, RedisServer
 from tests.support.tcp_proxy import TcpProxy
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.support.redis_fixtures"]
 
 LEASE, RENEWAL = 1.5, 0.3
 StartProxy = Callable[[int], Awaitable[TcpProxy]]

@@ -18,7 +18,7 @@ from market_data_core.telemetry import BackpressureLevel, FeedbackEvent
 from market_data_sidecar.feedback.delivery import DeliveryError
 from market_data_sidecar.publishers.http import HttpPublisher, parse_retry_after
 from market_data_sidecar.settings import ConfigError, HttpTargetSettings, load_settings
-from tests.helpers import feedback
+from tests.support.helpers import feedback
 from tests.support.receivers import StartOrchestrator, closed_port_url
 
 SECRET_BYTES = b"orchestrator-shared-signing-key!"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, run_cli
+from tests.support.helpers import free_port, run_cli
 
 
 @pytest.mark.parametrize("kind", ["redis-pubsub", "redis-stream"])

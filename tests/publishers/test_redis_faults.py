@@ -16,10 +16,10 @@ from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis import RedisPubSubPublisher, RedisStreamPublisher
 from market_data_sidecar.redaction import redact_url
 from market_data_sidecar.settings import RedisPubSubTargetSettings, RedisStreamTargetSettings
-from tests.helpers import eventually, feedback
-from tests.redis_helpers import RedisServer
+from tests.support.helpers import eventually, feedback
+from tests.support.redis_servers import RedisServer
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.support.redis_fixtures"]
 
 STREAM = "mdp:mdp.telemetry.feedback"
 

@@ -25,12 +25,12 @@ from market_data_sidecar.publishers.redis_protocol import (
     ReplyOutOfBounds,
 )
 from market_data_sidecar.settings import RedisPubSubTargetSettings, RedisStreamTargetSettings
-from tests.helpers import eventually, feedback
-from tests.redis_helpers import RedisServer
 from tests.support import fake_redis
 from tests.support.fake_redis import Answer, FakeRedis
+from tests.support.helpers import eventually, feedback
+from tests.support.redis_servers import RedisServer
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.support.redis_fixtures"]
 
 #: Connections one attempt may open: one, and redis-py's single immediate retry.
 CONNECTIONS_PER_ATTEMPT = 2

@@ -13,10 +13,10 @@ from market_data_core.protocols import FeedbackPublisher
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis import RedisPubSubPublisher
 from market_data_sidecar.settings import RedisPubSubTargetSettings
-from tests.helpers import eventually, feedback
-from tests.redis_helpers import SHARED_REDIS_URL
+from tests.support.helpers import eventually, feedback
+from tests.support.redis_servers import SHARED_REDIS_URL
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.support.redis_fixtures"]
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from market_data_core.events import JsonCodec
 from market_data_core.telemetry import FeedbackEvent
 
 from market_data_sidecar.server import METRICS
-from tests.helpers import SidecarProcess, eventually, feedback, store_payload
-from tests.redis_helpers import (
+from tests.support.helpers import SidecarProcess, eventually, feedback, store_payload
+from tests.support.redis_servers import (
     SHARED_REDIS_URL,
     CoreConsumer,
     RedisServer,
@@ -24,7 +24,7 @@ from tests.redis_helpers import (
 )
 from tests.support.sidecar import StartSidecar, make_settings
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.support.redis_fixtures"]
 
 STREAM = "mdp:mdp.telemetry.feedback"
 #: Fast pacing so fault tests take seconds; the behaviour is that of the defaults.

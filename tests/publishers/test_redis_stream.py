@@ -15,8 +15,8 @@ from market_data_sidecar.feedback.delivery import DeliveryError
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import RedisStreamTargetSettings
-from tests.helpers import eventually, feedback
-from tests.redis_helpers import (
+from tests.support.helpers import eventually, feedback
+from tests.support.redis_servers import (
     SHARED_REDIS_URL,
     CoreConsumer,
     RedisServer,
@@ -26,7 +26,7 @@ from tests.redis_helpers import (
     stream_fields,
 )
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.support.redis_fixtures"]
 
 
 def stream_target(url: str, namespace: str, **options: object) -> RedisStreamTargetSettings:

@@ -24,8 +24,8 @@ from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher
 from market_data_sidecar.publishers.redis import RedisPubSubPublisher, RedisStreamPublisher
 from market_data_sidecar.settings import RedisPubSubTargetSettings, RedisStreamTargetSettings
-from tests.helpers import eventually, feedback, free_port, run_cli
-from tests.redis_helpers import (
+from tests.support.helpers import eventually, feedback, free_port, run_cli
+from tests.support.redis_servers import (
     CoreConsumer,
     RedisServer,
     feedback_key,

@@ -16,10 +16,10 @@ from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.publishers.stream_readers import MAX_SWEEPS, StreamReaders
 from market_data_sidecar.settings import RedisStreamTargetSettings
-from tests.helpers import eventually, feedback
-from tests.redis_helpers import SHARED_REDIS_URL, CoreConsumer, RedisServer, feedback_key
+from tests.support.helpers import eventually, feedback
+from tests.support.redis_servers import SHARED_REDIS_URL, CoreConsumer, RedisServer, feedback_key
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.support.redis_fixtures"]
 pytestmark = pytest.mark.timeout(60, func_only=True)
 
 #: Approximate trimming (`MAXLEN ~`) removes whole radix-tree nodes of at most this many

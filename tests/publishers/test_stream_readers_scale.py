@@ -24,11 +24,11 @@ from market_data_sidecar.publishers.stream_readers import (
 )
 from market_data_sidecar.settings import RedisStreamTargetSettings
 from market_data_sidecar.views.model import StatusView, readers_text
-from tests.helpers import eventually, feedback
 from tests.operator.test_operator_assets import promtool
-from tests.redis_helpers import RedisServer, feedback_key
+from tests.support.helpers import eventually, feedback
+from tests.support.redis_servers import RedisServer, feedback_key
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.support.redis_fixtures"]
 pytestmark = pytest.mark.timeout(120, func_only=True)
 
 NAMESPACE = "mdp"

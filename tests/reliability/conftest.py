@@ -17,9 +17,9 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.checks.conftest import pg, postgres_instance, postgres_root  # noqa: F401
-from tests.helpers import SidecarProcess
 from tests.publishers.conftest import orchestrator  # noqa: F401
-from tests.redis_fixtures import redis_server_factory  # noqa: F401
+from tests.support.helpers import SidecarProcess
+from tests.support.redis_fixtures import redis_server_factory  # noqa: F401
 
 #: Relay pacing fast enough that faults of a second or two are ridden out in tests.
 FAST_RELAY_ENV = {

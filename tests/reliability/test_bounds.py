@@ -16,8 +16,8 @@ import pytest
 
 from market_data_sidecar.checks.queue import MAX_COORDINATORS, parse
 from market_data_sidecar.limits import MAX_RELAY_STATE_BYTES
-from tests.helpers import SidecarProcess, eventually
 from tests.reliability.conftest import metric_value, scrape
+from tests.support.helpers import SidecarProcess, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 

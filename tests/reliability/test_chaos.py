@@ -30,8 +30,6 @@ from market_data_core.telemetry import FeedbackEvent
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from tests.helpers import SidecarProcess, eventually
-from tests.redis_helpers import RedisServer, stream_fields
 from tests.reliability.conftest import (
     FAST_RELAY_ENV,
     assert_still_serving,
@@ -41,8 +39,10 @@ from tests.reliability.conftest import (
     scrape,
     targets_env,
 )
+from tests.support.helpers import SidecarProcess, eventually
 from tests.support.postgres import PostgresInstance
 from tests.support.receivers import StartOrchestrator, WebhookReceiver
+from tests.support.redis_servers import RedisServer, stream_fields
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 from market_data_core.telemetry import FeedbackEvent, HealthStatus
 from schemathesis import Case, GenerationMode
 
-from tests.helpers import SidecarProcess
 from tests.reliability.conftest import (
     FAST_RELAY_ENV,
     accepted_total,
     assert_still_serving,
     targets_env,
 )
+from tests.support.helpers import SidecarProcess
 from tests.support.receivers import StartOrchestrator, WebhookReceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import SidecarProcess
 from tests.reliability.conftest import FAST_RELAY_ENV, accepted_total, assert_still_serving
+from tests.support.helpers import SidecarProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 

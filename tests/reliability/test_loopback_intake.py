@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers import SidecarProcess, eventually, store_payload
 from tests.reliability.conftest import metric_value, scrape
+from tests.support.helpers import SidecarProcess, eventually, store_payload
 
 TOKEN = "peer-token-0123456789"
 

@@ -18,7 +18,6 @@ from market_data_sidecar.feedback.intake import Intake, Rejected
 from market_data_sidecar.feedback.model import new_event_id
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.settings import ConfigError, load_settings
-from tests.helpers import SidecarProcess, eventually, free_port, run_cli, store_payload
 from tests.reliability.conftest import (
     FAST_RELAY_ENV,
     metric_value,
@@ -26,6 +25,7 @@ from tests.reliability.conftest import (
     scrape,
     targets_env,
 )
+from tests.support.helpers import SidecarProcess, eventually, free_port, run_cli, store_payload
 
 pytestmark = pytest.mark.timeout(60, func_only=True)
 

@@ -22,9 +22,9 @@ from market_data_sidecar.views.model import StatusView
 from market_data_sidecar.views.page import render_page
 from market_data_sidecar.views.terminal import render_lines, render_table
 from tests.conftest import make_settings
-from tests.helpers import eventually, store_payload
 from tests.operator.conftest import FixedCheck
 from tests.operator.test_status_cli import status_cli
+from tests.support.helpers import eventually, store_payload
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 #: Strings a hostile store or check might carry: markup, terminal escapes, a bidi

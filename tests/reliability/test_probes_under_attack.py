@@ -32,10 +32,10 @@ from market_data_sidecar.checks import Check
 from market_data_sidecar.limits import BoundedRunner
 from market_data_sidecar.server import MONITOR, create_app
 from market_data_sidecar.settings import Settings
-from tests.helpers import SidecarProcess, eventually, store_payload
 from tests.reliability.conftest import metric_value, scrape
 from tests.reliability.test_loopback_intake import Peer
 from tests.reliability.test_loopback_intake import peer as _netns_peer  # noqa: F401
+from tests.support.helpers import SidecarProcess, eventually, store_payload
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -13,8 +13,6 @@ import time
 
 import pytest
 
-from tests import helpers
-from tests.helpers import SidecarProcess, eventually
 from tests.reliability.conftest import assert_still_serving, metric_value, scrape
 from tests.reliability.test_bounds import (
     StartSidecar,
@@ -25,6 +23,8 @@ from tests.reliability.test_bounds import (
     post_head,
     started,
 )
+from tests.support import helpers
+from tests.support.helpers import SidecarProcess, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 

@@ -21,8 +21,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from market_data_sidecar.publishers.stream_readers import FAILING_INTERVAL_MAX, WATCH_INTERVAL
-from tests.helpers import SidecarProcess, eventually, store_payload
-from tests.redis_helpers import RedisServer, stream_fields
 from tests.reliability.conftest import (
     FAST_RELAY_ENV,
     assert_still_serving,
@@ -34,6 +32,8 @@ from tests.reliability.conftest import (
 )
 from tests.support import fake_redis
 from tests.support.fake_redis import Answer, FakeRedis
+from tests.support.helpers import SidecarProcess, eventually, store_payload
+from tests.support.redis_servers import RedisServer, stream_fields
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 

@@ -27,11 +27,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from market_data_sidecar.publishers.http import sign
-from tests.helpers import SidecarProcess, eventually, free_port, run_cli, store_payload
-from tests.redis_helpers import RedisServer
 from tests.reliability.conftest import FAST_RELAY_ENV, raw_request, relay_state, targets_env
+from tests.support.helpers import SidecarProcess, eventually, free_port, run_cli, store_payload
 from tests.support.postgres import PostgresInstance
 from tests.support.receivers import StartOrchestrator, WebhookReceiver
+from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.slow
 

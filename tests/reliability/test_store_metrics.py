@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpServer
 
-from tests.helpers import SidecarProcess, eventually
 from tests.reliability.conftest import metric_value, relay_state, scrape
+from tests.support.helpers import SidecarProcess, eventually
 from tests.support.store import StoreMetrics
 
 #: What a probe answer must fit in (the kubelet reads 10 KiB of it).

@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import psycopg
 
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
 

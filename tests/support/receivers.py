@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from market_data_sidecar.demo.webhooks import Attempt, WebhookReceiver
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 __all__ = ["Attempt", "StartOrchestrator", "WebhookReceiver", "closed_port_url"]
 

@@ -1,6 +1,6 @@
 """Redis test helpers: a private `redis-server`, Core's own stream consumer, dead letters.
 
-The fixtures that use them are in `tests/redis_fixtures.py`.
+The fixtures that use them are in `tests/support/redis_fixtures.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from market_data_core.events import EventEnvelope, RedisStreamsBus
 from redis.typing import StreamRangeResponse
 
-from tests.helpers import eventually, free_port, stop_process, wait_until
+from tests.support.helpers import eventually, free_port, stop_process, wait_until
 
 SHARED_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FEEDBACK_STREAM = "telemetry.feedback"

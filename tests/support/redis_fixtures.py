@@ -1,7 +1,7 @@
 """Redis fixtures: the shared server with a namespace of the test's own, and private
 `redis-server`s on their own ports for faults, always stopped.
 
-Load with `pytest_plugins = ["tests.redis_fixtures"]`. Fault tests stop, freeze and
+Load with `pytest_plugins = ["tests.support.redis_fixtures"]`. Fault tests stop, freeze and
 restart only servers they started themselves; the shared server is never touched
 beyond the keys of the test's own namespace.
 """
@@ -16,7 +16,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from tests.redis_helpers import SHARED_REDIS_URL, RedisServer
+from tests.support.redis_servers import SHARED_REDIS_URL, RedisServer
 
 
 @pytest.fixture
