@@ -88,7 +88,9 @@ def create_app(
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/feedback", post_feedback)
     app.router.add_get("/feedback", get_feedback)
-    history = add_history(app, health=monitor.snapshot, feedback=app[RELAY_VIEW].state)
+    history = add_history(
+        app, health=monitor.snapshot, feedback=app[RELAY_VIEW].state, history=parts.history
+    )
     add_status_routes(app, health=monitor.snapshot, feedback=app[RELAY_VIEW].state, history=history)
     add_openapi_route(app, settings)
     return app

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import time
+from html import escape
 from pathlib import Path
+
+from pytest_aiohttp import AiohttpServer
 
 from market_data_sidecar.server import MONITOR
 from market_data_sidecar.views.history import HISTORY, History, Reading
-from market_data_sidecar.views.timeline import DRAWN
+from market_data_sidecar.views.timeline import DRAWN, history_section
 from tests.helpers import eventually
 from tests.operator.conftest import Chromium, FixedCheck
 from tests.operator.test_status_cli import status_cli
-from tests.operator.test_status_page import Elements
+from tests.operator.test_status_page import HOSTILE, Elements
 from tests.support.sidecar import StartSidecar, make_settings
+from tests.support.store import Coordinator, StoreMetrics
 
 T0 = 1_800_000_000.0  # a tick boundary for a 10 s tick
 
@@ -98,6 +102,14 @@ async def test_history_is_sampled_from_the_running_sidecar_and_served(
     assert (await (await client.get("/history?limit=0")).json())["changes"] == []
 
 
+def test_names_from_the_store_are_escaped_in_the_drawing() -> None:
+    history = History(tick=10.0, points=6)
+    history.record(Reading(coordinators={HOSTILE: ("hard", 0.5)}), T0)
+    html = history_section(history)
+    assert "<script" not in html
+    assert escape(HOSTILE) in html
+
+
 def fill(history: History, *, coordinators: int, end: float) -> None:
     """A full window: every coordinator each tick; every 97th one hard for a third of it."""
     ticks = history.points
@@ -121,7 +133,10 @@ MAX_EXTRA_RENDER_SECONDS = 10.0
 
 
 async def test_page_at_2000_coordinators_in_headless_chromium(
-    sidecar_client: StartSidecar, chromium: Chromium, artifacts: Path
+    sidecar_client: StartSidecar,
+    aiohttp_server: AiohttpServer,
+    chromium: Chromium,
+    artifacts: Path,
 ) -> None:
     client = await sidecar_client(make_settings())
     url = str(client.make_url("/?refresh=0"))
@@ -129,25 +144,41 @@ async def test_page_at_2000_coordinators_in_headless_chromium(
     await chromium.dump_dom(url)
     baseline = time.monotonic() - started
 
-    fill(client.app[HISTORY], coordinators=2_000, end=time.time())
+    # The queue check scrapes a store of the test's own: every 45th coordinator hard now.
+    store = StoreMetrics()
+    store.coordinators = {
+        f"coord-{i:04d}": Coordinator(depth=9_500 if i % 45 == 0 else i) for i in range(2_000)
+    }
+    await store.serve(aiohttp_server)
+    client = await sidecar_client(make_settings(store_metrics_url=store.url))
+    history = client.app[HISTORY]
+    await eventually(lambda: len(history.polled) == 2_000, message="a scrape of 2,000")
+    await eventually(
+        lambda: len(history.series["coordinator"]) == 2_000, message="2,000 series sampled"
+    )
+    # The filled hour ends before the live samples: they stay the newest.
+    fill(history, coordinators=2_000, end=time.time() - 2 * history.tick)
+
+    url = str(client.make_url("/?refresh=0"))
     response = await client.get("/?refresh=0")
     assert len(await response.read()) < MAX_PAGE_BYTES
     started = time.monotonic()
     dom = await chromium.dump_dom(url)
     assert time.monotonic() - started < baseline + MAX_EXTRA_RENDER_SECONDS
     screenshot = artifacts / "status-page-history-2000.png"
-    await chromium.screenshot(url, screenshot)
+    await chromium.screenshot(url, screenshot, height=1_600)  # down to the summary
 
     page = Elements(dom)
     drawn = page.with_attr("data-history-coordinator")
     assert len(drawn) == DRAWN
-    # The worst first: only coordinators hard within the window (every 97th) are drawn.
-    assert {a["data-history-coordinator"] for a in drawn} <= {
-        f"coord-{i:04d}" for i in range(0, 2_000, 97)
-    }
+    # The worst first: hard within the window (every 97th in the filled hour, every
+    # 45th in the live scrape) and hard now before those hard earlier only.
+    hard = {f"coord-{i:04d}" for i in range(2_000) if i % 97 == 0 or i % 45 == 0}
+    assert {a["data-history-coordinator"] for a in drawn} <= hard
+    assert all(a["data-state"] == "hard" for a in drawn)
     summary = page.with_attr("data-history-summary")[0]
     assert summary["data-history-summary"] == "2000"
-    assert int(summary["data-soft"] or 0) + int(summary["data-hard"] or 0) > 0
+    assert summary["data-hard"] == str(len(range(0, 2_000, 45)))
     assert page.with_attr("data-history-component", "queue")
     assert page.with_attr("data-history-target", "pipeline")
     assert len(page.tags("svg")) >= DRAWN * 2 + 3

@@ -17,7 +17,7 @@ import math
 import time
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,6 +27,7 @@ from market_data_core.telemetry import HealthStatus
 from pydantic import BaseModel, ConfigDict, Field
 
 from market_data_sidecar.feedback.state import RelayState
+from market_data_sidecar.feedback.watermarks import QueueSample
 from market_data_sidecar.views.format import printable
 from market_data_sidecar.views.model import queue_coordinators
 
@@ -64,8 +65,12 @@ class Reading:
     targets: Mapping[str, str] = field(default_factory=dict)
 
 
-def read(status: HealthStatus, relay: RelayState | None) -> Reading:
-    """The states the history keeps, from what `/healthz` and `/feedback` serve."""
+Polled = Mapping[str, tuple[str | None, float | None]]
+
+
+def read(status: HealthStatus, relay: RelayState | None, scraped: Polled | None = None) -> Reading:
+    """The states the history keeps, from what `/healthz` and `/feedback` serve, and the
+    queue check's latest scrape of every coordinator (`scraped`), which they cut short."""
     components = {printable(c.name): str(c.state) for c in status.components}
     coordinators: dict[str, tuple[str | None, float | None]] = {}
     if relay is not None:
@@ -79,6 +84,7 @@ def read(status: HealthStatus, relay: RelayState | None) -> Reading:
         cid = printable(cid)
         level = polled.get("level") or coordinators.get(cid, (None, None))[0]
         coordinators[cid] = (level, _ratio(_int(polled.get("depth")), _int(polled.get("capacity"))))
+    coordinators.update(scraped or {})
     targets = {
         printable(t.name): t.composite.level
         for t in (relay.targets if relay else [])
@@ -90,16 +96,19 @@ def read(status: HealthStatus, relay: RelayState | None) -> Reading:
 class Series:
     """One name's states (and utilization) in the ring of ticks."""
 
-    __slots__ = ("last_state", "last_tick", "states", "utilization")
+    __slots__ = ("last_state", "last_tick", "seen", "states", "utilization")
 
     def __init__(self, points: int, *, utilization: bool) -> None:
         self.states = array("b", [ABSENT]) * points
         self.utilization = array("f", [_NAN]) * points if utilization else None
         self.last_tick = -1
         self.last_state = ABSENT
+        #: The newest tick each state was seen in: the worst within the window in O(1).
+        self.seen = [-1, -1, -1]
 
-    def worst(self) -> int:
-        return max(self.states)
+    def worst(self, oldest: int) -> int:
+        """The most severe state seen since tick `oldest` (ABSENT: none)."""
+        return next((r for r in (2, 1, 0) if self.seen[r] >= oldest), ABSENT)
 
 
 class HistoryChange(BaseModel):
@@ -153,6 +162,14 @@ class History:
         self.changes: deque[HistoryChange] = deque(maxlen=max_changes)
         self.forgotten = 0
         self.dropped_series = 0
+        self.polled: Polled = {}
+
+    def observe_queues(self, samples: Sequence[QueueSample]) -> None:
+        """The queue check's listener: keep its latest scrape for the next reading."""
+        self.polled = {
+            printable(s.coordinator_id): (_level_of(s), _ratio(s.depth, s.capacity))
+            for s in samples[: self.max_coordinators]
+        }
 
     def record(self, reading: Reading, now: float) -> None:
         """Fold one reading into the tick `now` falls in."""
@@ -206,16 +223,11 @@ class History:
             series = named[name] = Series(self.points, utilization=kind == "coordinator")
         ranks = RANKS[kind]
         rank = ranks.index(state) if state in ranks else ABSENT
-        # A series first seen at its least severe state is news to nobody: not logged.
-        first_and_fine = series.last_state == ABSENT and rank == 0
-        if rank != series.last_state and rank != ABSENT and not first_and_fine:
-            previous = ranks[series.last_state] if series.last_state != ABSENT else None
-            self._log(
-                HistoryChange(ts=now, kind=kind, name=name, previous=previous, state=ranks[rank])
-            )
-        if rank != ABSENT:
-            series.last_state = rank
+        if rank != ABSENT and number >= series.last_tick:  # not a reading older than one held
+            self._change(kind, name, series, rank, now)
         series.last_tick = max(series.last_tick, number)
+        if rank != ABSENT:
+            series.seen[rank] = max(series.seen[rank], number)
         before = series.states[slot]
         if rank > before:
             series.states[slot] = rank
@@ -227,6 +239,17 @@ class History:
             held = series.utilization[slot]
             if math.isnan(held) or ratio > held:
                 series.utilization[slot] = ratio
+
+    def _change(self, kind: Kind, name: str, series: Series, rank: int, now: float) -> None:
+        ranks = RANKS[kind]
+        # A series first seen at its least severe state is news to nobody: not logged.
+        first_and_fine = series.last_state == ABSENT and rank == 0
+        if rank != series.last_state and not first_and_fine:
+            previous = ranks[series.last_state] if series.last_state != ABSENT else None
+            self._log(
+                HistoryChange(ts=now, kind=kind, name=name, previous=previous, state=ranks[rank])
+            )
+        series.last_state = rank
 
     def _log(self, change: HistoryChange) -> None:
         if len(self.changes) == self.changes.maxlen:
@@ -320,7 +343,7 @@ async def _sample(
 ) -> None:
     while True:
         try:
-            history.record(read(health(), feedback()), clock())
+            history.record(read(health(), feedback(), history.polled), clock())
         except Exception:  # a reading gone wrong must not end the history
             logger.exception("history sample failed")
         await asyncio.sleep(every)
@@ -339,7 +362,13 @@ async def history_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def _ratio(depth: int | None, capacity: int | None) -> float | None:
+def _level_of(sample: QueueSample) -> str | None:
+    """The level the queue check judged, when its samples carry one (an enum of Core's)."""
+    level = getattr(sample, "level", None)
+    return str(getattr(level, "value", level)) if level is not None else None
+
+
+def _ratio(depth: float | None, capacity: int | None) -> float | None:
     if depth is None or not capacity:
         return None
     try:

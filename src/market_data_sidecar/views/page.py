@@ -121,9 +121,9 @@ def render_page(
 </header>
 <main>
 {_components(view)}
+{history_section(history)}
 {_coordinators(view)}
 {_targets(view)}
-{history_section(history)}
 {_component_details(view)}
 </main>
 </body>

@@ -63,18 +63,19 @@ def _coordinators(history: History) -> str:
     named = history.series["coordinator"]
     if not named:
         return ""
-    ranked = sorted(named, key=lambda name: _severity(named[name]), reverse=True)
+    oldest = history.numbers().start
+    ranked = sorted(named, key=lambda name: _severity(named[name], oldest), reverse=True)
     drawn = _rows(
         history, "coordinator", f"Worst {min(DRAWN, len(ranked))} coordinators", ranked[:DRAWN]
     )
     return drawn + _summary(history, len(ranked) - min(DRAWN, len(ranked)))
 
 
-def _severity(series: Series) -> tuple[int, int, float]:
+def _severity(series: Series, oldest: int) -> tuple[int, int, float]:
     """Worst within the window (the history answers "who went hard"), then worst now,
     then the fullest queue now."""
     latest = series.utilization[series.last_tick % len(series.states)] if series.utilization else 0
-    return (series.worst(), series.last_state, 0.0 if math.isnan(latest) else latest)
+    return (series.worst(oldest), series.last_state, 0.0 if math.isnan(latest) else latest)
 
 
 def _summary(history: History, rest: int) -> str:
@@ -82,7 +83,8 @@ def _summary(history: History, rest: int) -> str:
     for series in history.series["coordinator"].values():
         if series.last_state != ABSENT:
             now[series.last_state] += 1
-    ever_hard = sum(1 for s in history.series["coordinator"].values() if s.worst() == 2)
+    oldest = history.numbers().start
+    ever_hard = sum(1 for s in history.series["coordinator"].values() if s.worst(oldest) == 2)
     total = len(history.series["coordinator"])
     dropped = (
         f"; {count(history.dropped_series)} more seen but not kept"
@@ -152,17 +154,16 @@ def sparkline(history: History, series: Series) -> str:
                 lines.append([])
             continue
         peak = max(peak, value)
-        y = _HEIGHT * (1 - max(0.0, min(1.0, value)))
-        lines[-1].append(f"{x + 0.5:g},{y:.1f}")
+        lines[-1].append(f"{x},{100 - round(100 * max(0.0, min(1.0, value)))}")
     drawn = "".join(
         f'<polyline points="{" ".join(line)}"/>' if len(line) > 1 else _dot(line[0])
         for line in lines
         if line
     )
     return (
-        f'<svg class="spark" viewBox="0 0 {history.points} {_HEIGHT}" '
+        f'<svg class="spark" viewBox="0 -2 {history.points} 104" '
         f'preserveAspectRatio="none" role="img"><title>peak {escape(percent(peak))}</title>'
-        f'<rect class="lane" width="{history.points}" height="{_HEIGHT}"/>{drawn}</svg>'
+        f'<rect class="lane" y="-2" width="{history.points}" height="104"/>{drawn}</svg>'
     )
 
 
@@ -186,7 +187,7 @@ def _rect(x: float, width: float, cls: str, y: float, height: float) -> str:
 
 def _dot(point: str) -> str:
     x, y = point.split(",")
-    return f'<circle cx="{x}" cy="{y}" r="0.8"/>'
+    return f'<circle cx="{x}" cy="{y}" r="2"/>'
 
 
 def _word(kind: Kind, rank: int) -> str:
