@@ -11,10 +11,11 @@ from pytest_aiohttp import AiohttpServer
 from market_data_sidecar.server import MONITOR
 from market_data_sidecar.views.history import HISTORY, History, Reading
 from market_data_sidecar.views.timeline import DRAWN, history_section
-from tests.helpers import eventually
+from tests.helpers import eventually, store_payload
 from tests.operator.conftest import Chromium, FixedCheck
 from tests.operator.test_status_cli import status_cli
 from tests.operator.test_status_page import HOSTILE, Elements
+from tests.support.receivers import WebhookReceiver
 from tests.support.sidecar import StartSidecar, make_settings
 from tests.support.store import Coordinator, StoreMetrics
 
@@ -183,3 +184,25 @@ async def test_page_at_2000_coordinators_in_headless_chromium(
     assert page.with_attr("data-history-target", "pipeline")
     assert len(page.tags("svg")) >= DRAWN * 2 + 3
     assert screenshot.stat().st_size > 10_000
+
+
+async def test_a_pod_targets_composite_is_in_the_history(sidecar_client: StartSidecar) -> None:
+    """The composite comes from the relay's state: read by the sampler, no hook."""
+    receiver = await WebhookReceiver().start()
+    try:
+        target = {"kind": "http", "name": "pipeline", "url": receiver.url, "scope": "pod"}
+        client = await sidecar_client(make_settings(targets=[target], instance="pod-a"))
+        response = await client.post("/feedback", json=store_payload("bars", 900, level="hard"))
+        assert response.status == 202
+
+        async def composite_changes() -> list[dict[str, object]]:
+            body = await (await client.get("/history")).json()
+            return [c for c in body["changes"] if c["kind"] == "target"]
+
+        change = (await eventually(composite_changes, message="the composite sampled"))[0]
+        assert (change["name"], change["previous"], change["state"]) == ("pipeline", None, "hard")
+        assert "pipeline" in client.app[HISTORY].series["target"]
+        page = Elements(await (await client.get("/?refresh=0")).text())
+        assert page.with_attr("data-history-target", "pipeline")[0]["data-state"] == "hard"
+    finally:
+        await receiver.stop()
