@@ -1,7 +1,10 @@
 """How states moved over the last hour: components, coordinators, stream targets' composites.
 
 A sampler reads the cached health snapshot and the relay's state every `SAMPLE_EVERY`
-seconds (nothing calls back when a composite changes, so it is read, not pushed). Samples
+seconds (nothing calls back when a composite changes, so it is read, not pushed), with
+the queue check's latest scrape of every coordinator (the snapshot's details are cut to a
+byte budget, so they name only the worst few; the check hands its samples to listeners,
+and the history is one). Samples
 fall into ticks of `TICK` seconds; a tick keeps the worst state and the peak utilization
 seen within it, so a spike between two points is not lost. Each series is a ring of
 `POINTS` ticks in compact arrays (a byte a state, four bytes a utilization), and the
@@ -136,7 +139,7 @@ class HistoryState(BaseModel):
     forgotten: int = Field(ge=0, description="Changes no longer held (the log is bounded).")
     series: dict[str, int] = Field(description="Series held, by kind.")
     dropped_series: int = Field(
-        ge=0, description="Coordinators seen but not kept: more than the history holds."
+        ge=0, description="Coordinators of the latest reading not kept: more than it holds."
     )
 
 
@@ -161,7 +164,10 @@ class History:
         self.counts = [array("i", [0]) * points for _ in RANKS["coordinator"]]
         self.changes: deque[HistoryChange] = deque(maxlen=max_changes)
         self.forgotten = 0
+        #: Coordinators of the latest reading not kept: more than the history holds.
         self.dropped_series = 0
+        self._dropped = 0
+        self._warned = False
         self.polled: Polled = {}
 
     def observe_queues(self, samples: Sequence[QueueSample]) -> None:
@@ -179,12 +185,21 @@ class History:
         elif number <= self.current - self.points:
             number = self.current  # older than the window (a clock stepped far back)
         self.first = min(self.first, number)
+        self._dropped = 0
         for name, state in reading.components.items():
             self._fold("component", name, state, None, number, now)
         for name, (level, ratio) in reading.coordinators.items():
             self._fold("coordinator", name, level, ratio, number, now)
         for name, level in reading.targets.items():
             self._fold("target", name, level, None, number, now)
+        if self._dropped and not self._warned:
+            self._warned = True
+            logger.warning(
+                "history keeps {} coordinators; {} more are counted, not kept",
+                self.max_coordinators,
+                self._dropped,
+            )
+        self.dropped_series = self._dropped
 
     def _advance(self, tick: int) -> None:
         if self.current < 0:
@@ -213,12 +228,7 @@ class History:
         series = named.get(name)
         if series is None:
             if kind == "coordinator" and len(named) >= self.max_coordinators:
-                if self.dropped_series == 0:
-                    logger.warning(
-                        "history keeps {} coordinators; more are counted, not kept",
-                        self.max_coordinators,
-                    )
-                self.dropped_series += 1
+                self._dropped += 1
                 return
             series = named[name] = Series(self.points, utilization=kind == "coordinator")
         ranks = RANKS[kind]
