@@ -34,8 +34,8 @@ from market_data_sidecar.limits import (
 from market_data_sidecar.metrics import CONTENT_TYPE, Metrics
 from market_data_sidecar.openapi import add_openapi_route
 from market_data_sidecar.settings import Settings
-from market_data_sidecar.views.history import add_history
 from market_data_sidecar.views.page import add_status_routes
+from market_data_sidecar.views.sampler import add_history
 from market_data_sidecar.wiring import bounds_from, wire
 
 SETTINGS = web.AppKey("settings", Settings)

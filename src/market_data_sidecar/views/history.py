@@ -14,17 +14,14 @@ few megabytes whatever the store reports.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import time
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aiohttp import web
 from loguru import logger
 from market_data_core.telemetry import HealthStatus
 from pydantic import BaseModel, ConfigDict, Field
@@ -307,69 +304,6 @@ def changes_text(state: HistoryState) -> str:
     if not state.changes:
         lines.append("No change recorded yet.")
     return "\n".join(lines)
-
-
-# -- the sampler and the route ------------------------------------------------------------------
-
-HISTORY = web.AppKey("history", History)
-_SOURCES = web.AppKey("history_sources", tuple)
-
-
-def add_history(
-    app: web.Application,
-    *,
-    health: Callable[[], HealthStatus],
-    feedback: Callable[[], RelayState | None],
-    history: History | None = None,
-    every: float = SAMPLE_EVERY,
-    clock: Callable[[], float] = time.time,
-) -> History:
-    """Keep a history of `health()` and `feedback()`, sampled while the app runs, and
-    serve it at `GET /history`."""
-    kept = app[HISTORY] = history or History()
-    app[_SOURCES] = (health, feedback, every, clock)
-    app.cleanup_ctx.append(_run_sampler)
-    app.router.add_get("/history", history_endpoint)
-    return kept
-
-
-async def _run_sampler(app: web.Application) -> AsyncIterator[None]:
-    health, feedback, every, clock = app[_SOURCES]
-    task = asyncio.create_task(
-        _sample(app[HISTORY], health, feedback, every, clock), name="history-sampler"
-    )
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def _sample(
-    history: History,
-    health: Callable[[], HealthStatus],
-    feedback: Callable[[], RelayState | None],
-    every: float,
-    clock: Callable[[], float],
-) -> None:
-    while True:
-        try:
-            history.record(read(health(), feedback(), history.polled), clock())
-        except Exception:  # a reading gone wrong must not end the history
-            logger.exception("history sample failed")
-        await asyncio.sleep(every)
-
-
-async def history_endpoint(request: web.Request) -> web.Response:
-    """`?limit=N` changes, the most recent (0 to `MAX_CHANGES`)."""
-    raw = request.query.get("limit", str(DEFAULT_CHANGES))
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = -1
-    if not 0 <= limit <= MAX_CHANGES:
-        raise web.HTTPBadRequest(reason=f"limit must be an integer from 0 to {MAX_CHANGES}")
-    body = request.app[HISTORY].state(limit).model_dump_json().encode()
-    return web.Response(body=body, content_type="application/json")
 
 
 def _level_of(sample: QueueSample) -> str | None:
