@@ -76,6 +76,7 @@ BENCHMARKS.update(
         "loop": ("bench.closed_loop", _needs_scope),
         "replicas": ("bench.replicas", _needs_scope),
         "footprint": ("bench.footprint", _needs_everything),
+        "history": ("bench.history", lambda: None),
     }
 )
 

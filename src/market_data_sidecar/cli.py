@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: str = args.command
     if command == "status":
         # Reading another sidecar must work whatever this environment's settings say.
-        return show_status(args.url or _local_url())
+        return show_status(args.url or _local_url(), history=args.history)
     try:
         settings = load_settings(args.config, **_overrides(args))
     except ConfigError as exc:
@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "--url", help="the sidecar's base URL (default: http://127.0.0.1:SIDECAR_PORT)"
+    )
+    status.add_argument(
+        "--history",
+        action="store_true",
+        help="also print what changed within the last hour (GET /history)",
     )
     demo = commands.add_parser(
         "demo", help="run a sidecar with a simulated store and local orchestrators"

@@ -30,6 +30,7 @@ from market_data_sidecar.feedback.bounds import (
 from market_data_sidecar.feedback.intake import MAX_REASON_LENGTH
 from market_data_sidecar.feedback.state import RelayState
 from market_data_sidecar.settings import Settings
+from market_data_sidecar.views.history import DEFAULT_CHANGES, MAX_CHANGES, HistoryState
 
 PATH = "/openapi.json"
 OPENAPI_VERSION = "3.1.0"
@@ -95,6 +96,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/healthz": {"get": _health("healthz", "Full health", "Unhealthy.")},
             "/metrics": {"get": _metrics()},
             "/feedback": {"get": _get_feedback(), "post": _post_feedback(settings, protected)},
+            "/history": {"get": _get_history()},
             PATH: {"get": _openapi()},
         },
         "components": {"schemas": component_schemas()},
@@ -116,6 +118,7 @@ def component_schemas() -> dict[str, Any]:
         (HealthStatus, "serialization"),
         (FeedbackEvent, "validation"),
         (RelayState, "serialization"),
+        (HistoryState, "serialization"),
         (Accepted, "serialization"),
         (ErrorBody, "serialization"),
     ]
@@ -281,6 +284,27 @@ def _get_feedback() -> dict[str, Any]:
         "last success, last error, circuit state.",
         "operationId": "getFeedback",
         "responses": {"200": _json("The relay's state.", _ref("RelayState"))},
+    }
+
+
+def _get_history() -> dict[str, Any]:
+    return {
+        "summary": "History",
+        "description": "What changed within the last hour: each component's state, each "
+        "coordinator's level and each composite's level, as sampled every few seconds.",
+        "operationId": "getHistory",
+        "parameters": [
+            {
+                "name": "limit",
+                "in": "query",
+                "description": f"The most recent changes to answer (default {DEFAULT_CHANGES}).",
+                "schema": {"type": "integer", "minimum": 0, "maximum": MAX_CHANGES},
+            }
+        ],
+        "responses": {
+            "200": _json("The changes, most recent last.", _ref("HistoryState")),
+            "400": _error("`limit` is not an integer within bounds."),
+        },
     }
 
 

@@ -35,6 +35,7 @@ from market_data_sidecar.metrics import CONTENT_TYPE, Metrics
 from market_data_sidecar.openapi import add_openapi_route
 from market_data_sidecar.settings import Settings
 from market_data_sidecar.views.page import add_status_routes
+from market_data_sidecar.views.sampler import add_history
 from market_data_sidecar.wiring import bounds_from, wire
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -87,7 +88,10 @@ def create_app(
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/feedback", post_feedback)
     app.router.add_get("/feedback", get_feedback)
-    add_status_routes(app, health=monitor.snapshot, feedback=app[RELAY_VIEW].state)
+    history = add_history(
+        app, health=monitor.snapshot, feedback=app[RELAY_VIEW].state, history=parts.history
+    )
+    add_status_routes(app, health=monitor.snapshot, feedback=app[RELAY_VIEW].state, history=history)
     add_openapi_route(app, settings)
     return app
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +32,7 @@ from market_data_sidecar.limits import Bounds
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.redaction import redact_url
 from market_data_sidecar.settings import ConfigError, ScheduledCheck, Settings, TargetSettings
+from market_data_sidecar.views.history import History
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -47,6 +48,8 @@ class Parts:
     metrics: Metrics
     relay: Relay
     monitor: HealthMonitor
+    #: Every coordinator's scrapes, for the history (the health snapshot holds a few).
+    history: History = field(default_factory=History)
 
 
 def wire(
@@ -64,13 +67,15 @@ def wire(
         checks = [*build_checks(settings, metrics), feedback_check(relay, settings)]
     # The queue check's samples drive synthesized feedback, and tell which coordinators
     # the store no longer exports (a scrape lists at most MAX_COORDINATORS of them).
+    history = History()
     for check in checks:
         if isinstance(check, QueueSampleSource):
             check.add_listener(relay.observe_queues)
             check.add_listener(
                 functools.partial(relay.retire_unexported, complete_below=MAX_COORDINATORS)
             )
-    return Parts(settings, metrics, relay, build_monitor(settings, checks, metrics))
+            check.add_listener(history.observe_queues)
+    return Parts(settings, metrics, relay, build_monitor(settings, checks, metrics), history)
 
 
 def wire_checks(settings: Settings, metrics: Metrics | None = None) -> HealthMonitor:

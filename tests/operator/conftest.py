@@ -74,10 +74,12 @@ class Chromium:
     async def dump_dom(self, url: str) -> str:
         return await self.run(url, "--dump-dom")
 
-    async def screenshot(self, url: str, path: Path) -> None:
+    async def screenshot(self, url: str, path: Path, *, height: int = 900) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
-        await self.run(url, f"--screenshot={path}", "--window-size=1200,900", "--hide-scrollbars")
+        await self.run(
+            url, f"--screenshot={path}", f"--window-size=1200,{height}", "--hide-scrollbars"
+        )
         assert path.stat().st_size > 0, f"no screenshot written to {path}"
 
 

@@ -9,7 +9,9 @@ import sys
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
+from market_data_sidecar.views.history import MAX_CHANGES, HistoryState, changes_text
 from market_data_sidecar.views.model import StatusView
 from market_data_sidecar.views.terminal import render_table
 
@@ -53,20 +55,50 @@ EXIT_UNREACHABLE = 3
 EXIT_CODES = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 
 
-def show_status(base_url: str) -> int:
-    """`market-data-sidecar status`: print the view; the exit code is the sidecar's state."""
+def show_status(base_url: str, *, history: bool = False) -> int:
+    """`market-data-sidecar status`: print the view (and with `history`, what changed
+    within the hour); the exit code is the sidecar's state."""
     try:
         view = asyncio.run(fetch_view(base_url))
+        changes = asyncio.run(fetch_history(base_url)) if history else None
     except Unreachable as exc:
         print(f"market-data-sidecar: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     colour = sys.stdout.isatty()
     width = shutil.get_terminal_size().columns if colour else None
     table = render_table(view, colour=colour, width=width)
+    if history:
+        table += "\n\n" + history_text(changes)
     # A terminal in Latin-1 or ASCII cannot print every character: replace, never raise.
     encoding = sys.stdout.encoding or "utf-8"
     print(table.encode(encoding, "replace").decode(encoding))
     return EXIT_CODES.get(view.state, EXIT_CODES["unhealthy"])
+
+
+async def fetch_history(base_url: str, *, deadline: float = 5.0) -> HistoryState | None:
+    """`GET /history` with every change it holds; None from a sidecar that keeps none."""
+    url = f"{base_url.rstrip('/')}/history?limit={MAX_CHANGES}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=deadline)) as session:
+            body = await _get_json(session, url)
+    except TimeoutError:
+        raise Unreachable(f"cannot read {url}: timed out after {deadline:g}s") from None
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise Unreachable(f"cannot read {url}: {exc}") from None
+    if body is None:
+        return None
+    try:
+        return HistoryState.model_validate(body)
+    except ValidationError:
+        raise Unreachable(f"{url} did not answer a history") from None
+
+
+def history_text(state: HistoryState | None) -> str:
+    if state is None:
+        return "History: this sidecar keeps none (no GET /history)."
+    minutes = state.window_seconds / 60
+    head = f"History (the last {minutes:g} min, oldest first):"
+    return head + "\n" + changes_text(state)
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:

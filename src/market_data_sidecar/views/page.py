@@ -19,6 +19,7 @@ from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar.feedback.state import RelayState, TargetState
 from market_data_sidecar.views.format import age, count, num, percent, timestamp
+from market_data_sidecar.views.history import History
 from market_data_sidecar.views.model import (
     BOOKKEEPING,
     CoordinatorRow,
@@ -28,6 +29,7 @@ from market_data_sidecar.views.model import (
     readers_text,
     target_health,
 )
+from market_data_sidecar.views.timeline import HISTORY_CSS, history_section
 
 HealthSource = Callable[[], HealthStatus]
 FeedbackSource = Callable[[], RelayState | None]
@@ -37,6 +39,7 @@ _MAX_REFRESH = 3600
 
 _HEALTH_SOURCE = web.AppKey[HealthSource]("status_page_health")
 _FEEDBACK_SOURCE = web.AppKey[FeedbackSource]("status_page_feedback")
+_HISTORY = web.AppKey("status_page_history", History)
 
 # The page runs no script and loads nothing: say so to the browser too.
 _HEADERS = {
@@ -53,10 +56,14 @@ def add_status_routes(
     *,
     health: HealthSource,
     feedback: FeedbackSource | None = None,
+    history: History | None = None,
 ) -> None:
-    """Serve the page at `GET /` from `health()` (cached) and `feedback()` (relay state)."""
+    """Serve the page at `GET /` from `health()` (cached), `feedback()` (relay state) and
+    the `history` of both, when one is kept."""
     app[_HEALTH_SOURCE] = health
     app[_FEEDBACK_SOURCE] = feedback or (lambda: None)
+    if history is not None:
+        app[_HISTORY] = history
     app.router.add_get("/", status_page)
 
 
@@ -68,7 +75,8 @@ async def status_page(request: web.Request) -> web.Response:
     feedback = relay.model_dump(mode="json") if relay is not None else None
     view = StatusView.from_json(status.model_dump(mode="json"), feedback)
     # Encoded here with `replace`: the last guard against a character UTF-8 cannot write.
-    body = render_page(view, refresh=refresh).encode("utf-8", "replace")
+    history = request.app.get(_HISTORY)
+    body = render_page(view, refresh=refresh, history=history).encode("utf-8", "replace")
     return web.Response(body=body, content_type="text/html", charset="utf-8", headers=_HEADERS)
 
 
@@ -82,7 +90,9 @@ def _refresh(raw: str | None) -> int:
 # -- rendering -------------------------------------------------------------------------------
 
 
-def render_page(view: StatusView, *, refresh: int = DEFAULT_REFRESH) -> str:
+def render_page(
+    view: StatusView, *, refresh: int = DEFAULT_REFRESH, history: History | None = None
+) -> str:
     """The whole document; every value from outside passes through `escape`."""
     meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
     title = f"{view.service}: {view.state}"
@@ -98,7 +108,7 @@ def render_page(view: StatusView, *, refresh: int = DEFAULT_REFRESH) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 {meta}
 <title>{escape(title)}</title>
-<style>{_CSS}</style>
+<style>{_CSS}{HISTORY_CSS}</style>
 </head>
 <body>
 <header>
@@ -111,6 +121,7 @@ def render_page(view: StatusView, *, refresh: int = DEFAULT_REFRESH) -> str:
 </header>
 <main>
 {_components(view)}
+{history_section(history)}
 {_coordinators(view)}
 {_targets(view)}
 {_component_details(view)}
