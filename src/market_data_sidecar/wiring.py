@@ -23,9 +23,10 @@ from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds
 from market_data_sidecar.checks.feedback import FeedbackCheck
 from market_data_sidecar.checks.queue import MAX_COORDINATORS, QueueCheck
 from market_data_sidecar.feedback.delivery import Publisher
+from market_data_sidecar.feedback.lane import RetryPolicy, Target
 from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
+from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.feedback.watermarks import QueueSampleSource, Watermarks
 from market_data_sidecar.health import Damping, HealthMonitor
 from market_data_sidecar.limits import Bounds

@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 
 from loguru import logger
 
+from market_data_sidecar.feedback.lane import TargetHealth
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.feedback.router import Router, TargetHealth
+from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.feedback.state import (
     DEFAULT_LIMIT,
     LEVEL_SEVERITY,
