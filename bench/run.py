@@ -84,7 +84,7 @@ def _has_module(name: str) -> bool:
 
 
 def _has_route(method: str, path: str) -> bool:
-    from market_data_sidecar.server import create_app
+    from market_data_sidecar.server.app import create_app
     from market_data_sidecar.settings import Settings
 
     app = create_app(Settings(store_metrics_url="", database_url="", disk_paths=["/"]))

@@ -9,7 +9,7 @@ from pytest_aiohttp import AiohttpClient
 
 from market_data_sidecar.checks import Check
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.server import create_app
+from market_data_sidecar.server.app import create_app
 from market_data_sidecar.settings import Settings
 from tests.helpers import SidecarProcess
 from tests.support.sidecar import SidecarClient, StartSidecar, make_settings

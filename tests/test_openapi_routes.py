@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from market_data_sidecar.openapi import openapi_document
-from market_data_sidecar.server import create_app
+from market_data_sidecar.server.app import create_app
 from tests.support.sidecar import make_settings
 
 #: What aiohttp adds beside each GET.

@@ -17,9 +17,11 @@ from loguru import logger
 from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar import __version__
-from market_data_sidecar.limits import FAULTS, BoundedRunner, install_accept_error_log
 from market_data_sidecar.logs import configure_logging
-from market_data_sidecar.server import MONITOR, create_app
+from market_data_sidecar.server.app import create_app
+from market_data_sidecar.server.connections import BoundedRunner
+from market_data_sidecar.server.faults import FAULTS, install_accept_error_log
+from market_data_sidecar.server.probes import MONITOR
 from market_data_sidecar.settings import (
     ConfigError,
     Settings,
@@ -146,7 +148,7 @@ async def serve(settings: Settings) -> int:
     except ConfigError as exc:  # a target the installed extras cannot serve
         print(f"market-data-sidecar: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    # Bounded: connections, header and body deadlines, idle keep-alive (limits.py).
+    # Bounded: connections, header and body deadlines, idle keep-alive (server/connections.py).
     runner = BoundedRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout
     )

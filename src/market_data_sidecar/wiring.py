@@ -29,9 +29,9 @@ from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.feedback.watermarks import QueueSampleSource, Watermarks
 from market_data_sidecar.health import Damping, HealthMonitor
-from market_data_sidecar.limits import Bounds
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.redaction import redact_url
+from market_data_sidecar.server.connections import Bounds
 from market_data_sidecar.settings import ConfigError, Settings, TargetSettings
 
 if TYPE_CHECKING:

@@ -29,8 +29,9 @@ from aiohttp import web
 from market_data_core.telemetry import HealthComponent
 
 from market_data_sidecar.checks import Check
-from market_data_sidecar.limits import BoundedRunner
-from market_data_sidecar.server import MONITOR, create_app
+from market_data_sidecar.server.app import create_app
+from market_data_sidecar.server.connections import BoundedRunner
+from market_data_sidecar.server.probes import MONITOR
 from market_data_sidecar.settings import Settings
 from tests.helpers import SidecarProcess, eventually, store_payload
 from tests.reliability.conftest import metric_value, scrape

@@ -1,6 +1,6 @@
 """Runs the demo: a real sidecar wired to the simulated store and the local orchestrators.
 
-The sidecar is the real application (`server.create_app`) on its configured port; the
+The sidecar is the real application (`server.app.create_app`) on its configured port; the
 demo only chooses its store metrics URL, its targets and a faster check interval. The
 live view is read over HTTP from the sidecar's `/healthz` and `/feedback`, exactly as
 `market-data-sidecar status` reads it.
@@ -27,7 +27,8 @@ from market_data_sidecar.demo.listening import listening
 from market_data_sidecar.demo.orchestrators import HttpReceiver, StreamConsumer, redis_reachable
 from market_data_sidecar.demo.store import SimulatedStore, demo_queues
 from market_data_sidecar.logs import configure_logging
-from market_data_sidecar.server import MONITOR, create_app
+from market_data_sidecar.server.app import create_app
+from market_data_sidecar.server.probes import MONITOR
 from market_data_sidecar.settings import ConfigError, Settings, load_settings
 from market_data_sidecar.views.command import Unreachable, fetch_view, local_url
 from market_data_sidecar.views.model import StatusView
