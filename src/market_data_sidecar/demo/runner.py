@@ -1,6 +1,6 @@
 """Runs the demo: a real sidecar wired to the simulated store and the local orchestrators.
 
-The sidecar is the real application (`server.app.create_app`) on its configured port; the
+The sidecar is the real application (`wiring.build_app`) on its configured port; the
 demo only chooses its store metrics URL, its targets and a faster check interval. The
 live view is read over HTTP from the sidecar's `/healthz` and `/feedback`, exactly as
 `market-data-sidecar status` reads it.
@@ -27,12 +27,12 @@ from market_data_sidecar.demo.listening import listening
 from market_data_sidecar.demo.orchestrators import HttpReceiver, StreamConsumer, redis_reachable
 from market_data_sidecar.demo.store import SimulatedStore, demo_queues
 from market_data_sidecar.logs import configure_logging
-from market_data_sidecar.server.app import create_app
 from market_data_sidecar.server.probes import MONITOR
 from market_data_sidecar.settings import ConfigError, Settings, load_settings
 from market_data_sidecar.views.command import Unreachable, fetch_view, local_url
 from market_data_sidecar.views.model import StatusView
 from market_data_sidecar.views.terminal import CLEAR_SCREEN, render_lines, render_table
+from market_data_sidecar.wiring import build_app
 
 #: The view redraws this often on a terminal; plain lines are printed less often.
 TERMINAL_REFRESH = 1.0
@@ -98,7 +98,7 @@ async def _run(
         base = local_url(sidecar.host, sidecar.port)
         screen.intro(sidecar, base, store_url, receiver_url, redis_url, redis_problem, stream)
         try:
-            app = create_app(sidecar)
+            app = build_app(sidecar)
             await stack.enter_async_context(
                 listening(app, sidecar.host, sidecar.port, shutdown_timeout=1.0)
             )

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.state import DEFAULT_LIMIT, RelayState, encode
 
 #: Bytes of `GET /feedback`; `GET /` renders the same state. Past it, fewer coordinators
@@ -67,6 +68,15 @@ class BoundedRelayView:
             state = self._view(limit)
             body = encode(state)
         return state, body
+
+
+def relay_view(relay: Relay) -> BoundedRelayView:
+    """`relay`'s state, rendered again when it changes visibly: a POST, or a target's
+    record (an event synthesized meanwhile shows within `RENDER_TTL`)."""
+    return BoundedRelayView(
+        relay.view,
+        lambda: (relay.last_store_event_at, relay.synthesizing, relay.router.states()),
+    )
 
 
 RELAY_VIEW = web.AppKey("relay_view", BoundedRelayView)
