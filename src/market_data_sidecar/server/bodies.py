@@ -21,8 +21,8 @@ class BodyBudget:
     shared out by peer as connections are: over the budget, a newcomer takes the oldest
     reservation of the peer holding the most bytes (its own when that is the one), whose
     connection is closed. A reservation that cannot be taken (`evict` None) is kept, and
-    the newcomer refused. (Refusing newcomers let eight slow 1 MiB bodies hold the budget
-    for their whole deadline, and every one of the store's POSTs got 503 meanwhile.)"""
+    the newcomer refused. (Refusing newcomers instead would let a few slow bodies hold
+    the budget for their whole deadline, and the store's POSTs be refused meanwhile.)"""
 
     def __init__(self, limit: int, *, max_body_bytes: int, metrics: Metrics) -> None:
         self.limit = limit

@@ -91,7 +91,7 @@ class BoundedHandler(RequestHandler):
         self.peer = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
         if hasattr(transport, "max_size"):
             # asyncio reads up to 256 KiB per socket per loop turn before aiohttp can pause
-            # it: 150 connections sending bodies at once were 37 MiB of reads in one turn.
+            # it: what one loop turn reads must not grow with the connections sending.
             transport.max_size = READ_SIZE
         super().connection_made(transport)
         self._server.admit(self)
@@ -109,8 +109,8 @@ class BoundedHandler(RequestHandler):
         super().data_received(data)
         if len(self._messages) > MAX_PIPELINED:
             # No client of the sidecar pipelines (the kubelet, Prometheus and the store wait
-            # for each answer); 600 connections pipelining 64 GETs each and never reading
-            # the answers made the sidecar write ~10,000 of them, and probes waited 250 ms.
+            # for each answer): a connection queueing more is closed, so a peer cannot make
+            # the sidecar write answers it never reads while probes wait.
             self.deadline_missed = "pipelining"
             self._server.faults.record("pipelining")
             self.abort()
@@ -129,7 +129,7 @@ class BoundedHandler(RequestHandler):
 
     # A client that sends requests and never reads the answers fills the socket's buffers;
     # aiohttp then waits in `drain()` with no deadline, and the connection is never idle,
-    # so nothing else would ever close it (600 of them once held every slot for minutes).
+    # so nothing else would ever close it: its answer gets a deadline of its own.
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._write_deadline is None:
@@ -236,8 +236,8 @@ class BoundedServer(web.Server):
     ever crowd out itself, so probes from the kubelet, or the store's POSTs, are never
     refused for want of a slot whatever another peer holds, idle, busy or blocked. Idle
     connections go first, then the least recently active (`_victim`). Refusing newcomers
-    instead let
-    600 connections that never read their answers lock every other peer out."""
+    instead would let connections that never read their answers lock every other peer
+    out."""
 
     def __init__(self, *args: Any, bounds: Bounds, faults: ClientFaults, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

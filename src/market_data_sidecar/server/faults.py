@@ -71,7 +71,7 @@ def install_accept_error_log(loop: asyncio.AbstractEventLoop, faults: ClientFaul
             faults.accept_error(exc)
         elif isinstance(exc, OSError) and exc.errno in _PEER_GONE:
             # A client that connected and closed at once, seen by a callback already queued
-            # for it: its doing, counted, and no traceback (there was one per connection).
+            # for it: its doing, counted, and no traceback (asyncio logs one a connection).
             faults.record("connection_lost", type(exc).__name__)
         elif previous is not None:
             previous(loop, context)

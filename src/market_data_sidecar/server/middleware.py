@@ -57,7 +57,7 @@ _TAKES_BODY = {("POST", "/feedback")}
 async def no_encoded_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
     """415 for any `Content-Encoding`, before a byte of the body is read: nothing the
     sidecar serves takes a compressed body, and inflating one (aiohttp would, as it
-    arrives) let 80 connections sending 10 MB gzip bombs take a core. The server does not
+    arrives) costs CPU for bytes nobody reads: gzip bombs. The server does not
     decompress at all (`BoundedRunner`); this answers the client plainly. A body sent to a
     route that takes none is not read either: the connection closes after the answer."""
     if "Content-Encoding" in request.headers:

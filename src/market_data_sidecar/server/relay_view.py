@@ -20,8 +20,8 @@ RENDER_TTL = 0.5
 
 class BoundedRelayView:
     """The relay's state fitted to `max_bytes` when encoded, rendered again only when
-    `fingerprint()` changes or after `ttl` seconds: four clients reading `GET /feedback`
-    in a loop must not keep the event loop from answering probes."""
+    `fingerprint()` changes or after `ttl` seconds: clients reading `GET /feedback` in a
+    loop must not keep the event loop from answering probes."""
 
     def __init__(
         self,
