@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from loguru import logger
 
-from market_data_sidecar.demo.fleet import fleet_lines
+from market_data_sidecar.demo.fleet import PIPELINE_SCALE, fleet_lines
 from market_data_sidecar.demo.listening import listening
 from market_data_sidecar.demo.orchestrators import HttpReceiver, StreamConsumer, redis_reachable
 from market_data_sidecar.demo.store import SimulatedStore, demo_queues
@@ -74,16 +74,23 @@ async def run_demo(
 async def _run(
     settings: Settings, duration: float | None, redis_url: str, screen: _Screen, stop: asyncio.Event
 ) -> int:
-    store = SimulatedStore(
-        demo_queues(),
-        low_watermark=settings.queue_low_watermark,
-        high_watermark=settings.queue_high_watermark,
-    )
     http = HttpReceiver()
     redis_problem = await redis_reachable(redis_url)
     stream = None
     if redis_problem is None:
         stream = StreamConsumer(redis_url, namespace=f"mds-demo-{secrets.token_hex(3)}")
+    # The producer follows the fleet's composite (the demo its one member) as the HTTP
+    # orchestrator hears it, the moment each event is delivered, with or without Redis.
+    # The same store with its producer at full rate runs beside it, so the end can say
+    # what feedback saved.
+    low, high = settings.queue_low_watermark, settings.queue_high_watermark
+    store = SimulatedStore(
+        demo_queues(),
+        low_watermark=low,
+        high_watermark=high,
+        rate=lambda: PIPELINE_SCALE.get(http.level, 1.0),
+    )
+    without_feedback = SimulatedStore(demo_queues(), low_watermark=low, high_watermark=high)
 
     async with AsyncExitStack() as stack:
         store_url = await stack.enter_async_context(store.serving())
@@ -111,6 +118,7 @@ async def _run(
             return 1
         token = sidecar.token.get_secret_value() if sidecar.token else None
         await stack.enter_async_context(store.running(f"{base}/feedback", token))
+        await stack.enter_async_context(without_feedback.running_alone())
 
         started = time.monotonic()
         deadline = started + duration if duration is not None else math.inf
@@ -128,7 +136,7 @@ async def _run(
             if stop.is_set() or remaining <= 0:
                 break  # the view just shown has the final numbers
             await _pause(stop, min(screen.refresh, remaining))
-    screen.summary(time.monotonic() - started, store, http, stream)
+    screen.summary(time.monotonic() - started, store, without_feedback, http, stream)
     return 0
 
 
@@ -218,6 +226,9 @@ class _Screen:
             f"  orchestrator:  {receiver_url}",
             f"  redis:         {redis}",
             f"  database:      {database}",
+            "  producer:      follows the fleet's composite as the orchestrator hears it",
+            "                 (ok 1.0, soft 0.5, hard 0.0 of its rate), beside the same",
+            "                 store with its producer at full rate",
         ]
         self._write("\n".join(self.header) + "\n")
 
@@ -241,6 +252,7 @@ class _Screen:
         self,
         elapsed: float,
         store: SimulatedStore,
+        without_feedback: SimulatedStore,
         http: HttpReceiver,
         stream: StreamConsumer | None,
     ) -> None:
@@ -251,6 +263,10 @@ class _Screen:
         if stream is not None:
             parts.append(f"{stream.name} received {stream.received.count}")
         self._write(f"demo finished after {elapsed:.1f}s: " + "; ".join(parts) + "\n")
+        self._write(
+            f"items dropped: {store.dropped} with feedback, {without_feedback.dropped} without "
+            "it (the same store, its producer at full rate)\n"
+        )
 
     def _write(self, text: str) -> None:
         self.out.write(text)
