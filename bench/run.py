@@ -86,10 +86,10 @@ def _has_module(name: str) -> bool:
 
 
 def _has_route(method: str, path: str) -> bool:
-    from market_data_sidecar.server import create_app
     from market_data_sidecar.settings import Settings
+    from market_data_sidecar.wiring import build_app
 
-    app = create_app(Settings(store_metrics_url="", database_url="", disk_paths=["/"]))
+    app = build_app(Settings(store_metrics_url="", database_url="", disk_paths=["/"]))
     return any(
         route.method == method and route.resource is not None
         and route.resource.canonical == path

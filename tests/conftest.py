@@ -9,8 +9,8 @@ from pytest_aiohttp import AiohttpClient
 
 from market_data_sidecar.checks import Check
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.server import create_app
 from market_data_sidecar.settings import Settings
+from market_data_sidecar.wiring import build_app
 from tests.support.helpers import SidecarProcess
 from tests.support.sidecar import SidecarClient, StartSidecar, make_settings
 
@@ -83,7 +83,7 @@ def sidecar_client(aiohttp_client: AiohttpClient) -> StartSidecar:
         checks: Sequence[Check] | None = None,
         metrics: Metrics | None = None,
     ) -> SidecarClient:
-        app = create_app(settings or make_settings(), checks=checks, metrics=metrics)
+        app = build_app(settings or make_settings(), checks=checks, metrics=metrics)
         return await aiohttp_client(app)
 
     return start

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.openapi import openapi_document
-from market_data_sidecar.server import create_app
+from market_data_sidecar.wiring import build_app, intake_from
 from tests.support.sidecar import make_settings
 
 #: What aiohttp adds beside each GET.
@@ -26,11 +27,11 @@ def routes_of(app: web.Application) -> set[tuple[str, str]]:
 
 
 def documented(settings_overrides: Mapping[str, object]) -> set[tuple[str, str]]:
-    document = openapi_document(make_settings(**settings_overrides))
+    document = openapi_document(intake_from(make_settings(**settings_overrides), Metrics()))
     return {(path, method) for path, item in document["paths"].items() for method in item}
 
 
 def test_documented_paths_are_the_apps_routes() -> None:
     for overrides in ({}, {"token": "a-token-for-the-intake"}):
-        app = create_app(make_settings(**overrides))
+        app = build_app(make_settings(**overrides))
         assert documented(overrides) == routes_of(app)

@@ -17,9 +17,10 @@ from loguru import logger
 from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar import __version__
-from market_data_sidecar.limits import FAULTS, BoundedRunner, install_accept_error_log
 from market_data_sidecar.logs import configure_logging
-from market_data_sidecar.server import MONITOR, create_app
+from market_data_sidecar.server.connections import BoundedRunner
+from market_data_sidecar.server.faults import FAULTS, install_accept_error_log
+from market_data_sidecar.server.probes import MONITOR
 from market_data_sidecar.settings import (
     ConfigError,
     Settings,
@@ -27,7 +28,7 @@ from market_data_sidecar.settings import (
     unknown_variables,
 )
 from market_data_sidecar.views.command import EXIT_CODES, local_url, show_status
-from market_data_sidecar.wiring import wire_checks
+from market_data_sidecar.wiring import build_app, wire_checks
 
 EXIT_CONFIG = 2
 
@@ -147,11 +148,11 @@ def _local_url() -> str:
 async def serve(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, then shut down in the order Kubernetes needs."""
     try:
-        app = create_app(settings)
+        app = build_app(settings)
     except ConfigError as exc:  # a target the installed extras cannot serve
         print(f"market-data-sidecar: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    # Bounded: connections, header and body deadlines, idle keep-alive (limits.py).
+    # Bounded: connections, header and body deadlines, idle keep-alive (server/connections.py).
     runner = BoundedRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout
     )

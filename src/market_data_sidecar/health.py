@@ -27,7 +27,7 @@ __all__ = ["Clock", "Damping", "HealthMonitor", "bound_details"]
 
 #: JSON bytes of all components' details together: the `/readyz` and `/healthz` bodies
 #: stay under 16 KiB whatever a check reports (the kubelet reads only 10 KiB of a probe's
-#: answer; 2,000 coordinators with 4 KB ids once made it 40 MB). Shared evenly by the
+#: answer, and a check's details grow with what the store reports). Shared evenly by the
 #: checks; what a component's share cannot hold is counted in `details_omitted`.
 DETAILS_BUDGET = 12 * 1024
 #: Longest detail value kept whole; longer ones are cut, marked with an ellipsis.

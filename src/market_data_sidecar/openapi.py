@@ -5,7 +5,7 @@ Schemas come from pydantic models, so the document cannot drift from the wire: C
 sidecar's own answers (`GET /feedback`, the 202 and error bodies). The intake event is
 Core's `FeedbackEvent` schema loosened the way the intake is (no `ts` needed, the store's
 `reason` and `utilization` allowed) and tightened where it is (id lengths). The document
-depends on the settings (token, limits), so it is built once per application.
+depends on the intake it documents (token, limits), so it is built once per application.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from market_data_sidecar.feedback.bounds import (
     MAX_TS,
     MAX_UTILIZATION,
 )
-from market_data_sidecar.feedback.intake import MAX_REASON_LENGTH
+from market_data_sidecar.feedback.intake import MAX_REASON_LENGTH, Intake
 from market_data_sidecar.feedback.state import RelayState
-from market_data_sidecar.settings import Settings
 from market_data_sidecar.views.history import DEFAULT_CHANGES, MAX_CHANGES, HistoryState
 
 PATH = "/openapi.json"
@@ -68,9 +67,9 @@ class ErrorBody(BaseModel):
 # -- the document ----------------------------------------------------------------------------
 
 
-def add_openapi_route(app: web.Application, settings: Settings) -> None:
-    """Serve the document at `GET /openapi.json`, rendered once from `settings`."""
-    app[_DOCUMENT] = json.dumps(openapi_document(settings), separators=(",", ":")).encode()
+def add_openapi_route(app: web.Application, intake: Intake) -> None:
+    """Serve the document at `GET /openapi.json`, rendered once for `intake`."""
+    app[_DOCUMENT] = json.dumps(openapi_document(intake), separators=(",", ":")).encode()
     app.router.add_get(PATH, openapi_endpoint)
 
 
@@ -78,9 +77,9 @@ async def openapi_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=request.app[_DOCUMENT], content_type="application/json")
 
 
-def openapi_document(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.1 document for a sidecar configured by `settings`."""
-    protected = settings.token is not None
+def openapi_document(intake: Intake) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for a sidecar whose intake is `intake`."""
+    protected = intake.protected
     document: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -95,7 +94,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/readyz": {"get": _health("readyz", "Readiness", _NOT_READY)},
             "/healthz": {"get": _health("healthz", "Full health", "Unhealthy.")},
             "/metrics": {"get": _metrics()},
-            "/feedback": {"get": _get_feedback(), "post": _post_feedback(settings, protected)},
+            "/feedback": {"get": _get_feedback(), "post": _post_feedback(intake, protected)},
             "/history": {"get": _get_history()},
             PATH: {"get": _openapi()},
         },
@@ -308,13 +307,13 @@ def _get_history() -> dict[str, Any]:
     }
 
 
-def _post_feedback(settings: Settings, protected: bool) -> dict[str, Any]:
-    limit = settings.max_events_per_request
+def _post_feedback(intake: Intake, protected: bool) -> dict[str, Any]:
+    limit = intake.max_events
     operation: dict[str, Any] = {
         "summary": "Feedback intake",
         "description": "One event or an array of events, validated and answered 202 before "
         "delivery; every target then receives each event. An array with any invalid "
-        f"element is rejected whole. Bodies over {settings.max_body_bytes} bytes are refused.",
+        f"element is rejected whole. Bodies over {intake.max_body_bytes} bytes are refused.",
         "operationId": "postFeedback",
         "requestBody": {
             "required": True,

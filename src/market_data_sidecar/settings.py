@@ -280,7 +280,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # What one client may make the sidecar hold (limits.py): the port is on the pod network.
+    # What one client may make the sidecar hold (server/): the port is on the pod network.
     max_connections: int = Field(default=256, ge=1)
     #: Seconds from a request's first byte to the end of its headers.
     header_timeout: PositiveSeconds = 5.0
@@ -291,7 +291,7 @@ class Settings(BaseSettings):
     #: Seconds an answer may wait on a client that does not read it; then it is closed.
     write_timeout: PositiveSeconds = 5.0
     #: Request body bytes in flight across all requests; beyond, the heaviest peer's oldest
-    #: body gives way (limits.BodyBudget).
+    #: body gives way (server.bodies.BodyBudget).
     body_bytes_in_flight: int = Field(default=8 * 1024 * 1024, gt=0)
     #: Seconds between two log lines about one kind of client fault (each is counted).
     fault_log_interval: PositiveSeconds = 10.0

@@ -1,8 +1,9 @@
 """The composition root: settings in, the sidecar's parts out, wired in one place.
 
-`run`, `check` and `demo` all build through `wire` (or `wire_checks`), so how settings
-become checks, publishers, the relay, the health monitor and the bounds on clients is
-written once; `feedback/` knows neither settings nor publishers, and `publishers/` knows
+`run`, `check` and `demo` all build through `build_app`, `wire` or `wire_checks`, so how
+settings become checks, publishers, the relay, the health monitor, the intake and the
+bounds on clients is written once, here: the HTTP layer (`server.app.create_app`) mounts
+what it is given; `feedback/` knows neither settings nor publishers, and `publishers/` knows
 the relay only through `feedback.delivery`. Publishers come from a map of target kind to
 factory; a factory imports its module when called, so redis-py is imported only for a
 Redis target (it is an optional extra).
@@ -17,20 +18,28 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from aiohttp import web
+
 from market_data_sidecar.checks import Check, Damping
 from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
 from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds
 from market_data_sidecar.checks.feedback import FeedbackCheck
 from market_data_sidecar.checks.queue import MAX_COORDINATORS, QueueCheck
 from market_data_sidecar.feedback.delivery import Publisher
+from market_data_sidecar.feedback.intake import Intake
+from market_data_sidecar.feedback.lane import RetryPolicy, Target
 from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
+from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.feedback.watermarks import QueueSampleSource, Watermarks
 from market_data_sidecar.health import HealthMonitor
-from market_data_sidecar.limits import Bounds
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.redaction import redact_url
+from market_data_sidecar.server.app import Served, create_app
+from market_data_sidecar.server.bodies import BodyBudget
+from market_data_sidecar.server.connections import Bounds
+from market_data_sidecar.server.faults import ClientFaults
+from market_data_sidecar.server.relay_view import relay_view
 from market_data_sidecar.settings import ConfigError, ScheduledCheck, Settings, TargetSettings
 from market_data_sidecar.views.history import History
 
@@ -76,6 +85,45 @@ def wire(
             )
             check.add_listener(history.observe_queues)
     return Parts(settings, metrics, relay, build_monitor(settings, checks, metrics), history)
+
+
+def build_app(
+    settings: Settings, *, checks: Sequence[Check] | None = None, metrics: Metrics | None = None
+) -> web.Application:
+    """The application the settings describe (`wire`'s parts, served). Checks default to
+    those the settings enable plus the relay's own `feedback` component; given `checks`
+    are taken as the complete list."""
+    return create_app(served_from(settings, wire(settings, checks=checks, metrics=metrics)))
+
+
+def served_from(settings: Settings, parts: Parts) -> Served:
+    """What the HTTP layer serves of `parts`, and bounds its clients with."""
+    bounds = bounds_from(settings)
+    metrics = parts.metrics
+    return Served(
+        metrics=metrics,
+        monitor=parts.monitor,
+        relay=parts.relay,
+        intake=intake_from(settings, metrics),
+        relay_view=relay_view(parts.relay),
+        bounds=bounds,
+        faults=ClientFaults(metrics, bounds.fault_log_interval),
+        body_budget=BodyBudget(
+            bounds.body_bytes_in_flight, max_body_bytes=bounds.max_body_bytes, metrics=metrics
+        ),
+        drain_timeout=settings.drain_timeout,
+        history=parts.history,
+    )
+
+
+def intake_from(settings: Settings, metrics: Metrics) -> Intake:
+    """The intake of `POST /feedback`: its token and its bounds."""
+    return Intake(
+        metrics,
+        token=settings.token.get_secret_value() if settings.token else None,
+        max_body_bytes=settings.max_body_bytes,
+        max_events=settings.max_events_per_request,
+    )
 
 
 def wire_checks(settings: Settings, metrics: Metrics | None = None) -> HealthMonitor:

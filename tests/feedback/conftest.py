@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from market_data_sidecar.feedback.lane import RetryPolicy, Target
 from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
+from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.settings import Settings
 from tests.checks.conftest import store_metrics  # noqa: F401 - the checks' store

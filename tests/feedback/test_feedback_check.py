@@ -10,10 +10,11 @@ import pytest
 
 from market_data_sidecar.checks.feedback import FeedbackCheck
 from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
+from market_data_sidecar.feedback.lane import RetryPolicy, Target
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
+from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.metrics import Metrics
 from tests.support.helpers import eventually, feedback
 

@@ -13,7 +13,7 @@ from loguru import logger
 
 from market_data_sidecar.feedback.intake import Intake, Rejected
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.server import RELAY
+from market_data_sidecar.server.feedback import RELAY
 from market_data_sidecar.settings import Settings
 from tests.feedback.conftest import http_target
 from tests.publishers.conftest import StartOrchestrator

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from market_data_sidecar.server import RELAY
+from market_data_sidecar.server.feedback import RELAY
 from market_data_sidecar.settings import Settings
 from tests.feedback.conftest import http_target
 from tests.support.helpers import eventually, free_port, store_payload

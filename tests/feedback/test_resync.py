@@ -14,8 +14,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from market_data_sidecar.feedback.delivery import Publisher
+from market_data_sidecar.feedback.lane import Target
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.feedback.router import Router, Target
+from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import HttpTargetSettings, RedisStreamTargetSettings

@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Sequence
 
 from market_data_sidecar.feedback.delivery import Publisher
+from market_data_sidecar.feedback.lane import RetryPolicy, Target
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
+from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.settings import HttpTargetSettings

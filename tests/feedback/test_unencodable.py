@@ -13,8 +13,9 @@ import pytest
 from loguru import logger
 
 from market_data_sidecar.feedback.delivery import EncodingError, Publisher, encoder
+from market_data_sidecar.feedback.lane import Target
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.feedback.router import Router, Target
+from market_data_sidecar.feedback.router import Router
 from tests.feedback.conftest import FAST, RouterFactory
 from tests.support.helpers import eventually, feedback
 

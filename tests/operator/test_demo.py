@@ -86,6 +86,13 @@ def last_count(pattern: str, text: str) -> int:
     return counts[-1]
 
 
+def dropped(out: str) -> tuple[int, int]:
+    """The demo's last line: items dropped with feedback, and by the same store without."""
+    found = re.search(r"items dropped: (\d+) with feedback, (\d+) without it", out)
+    assert found, out
+    return int(found[1]), int(found[2])
+
+
 def test_demo_runs_for_its_duration_and_shows_levels_and_deliveries(
     demo: Callable[..., Demo],
 ) -> None:
@@ -116,6 +123,9 @@ def test_demo_runs_for_its_duration_and_shows_levels_and_deliveries(
         assert all(rate == scale[level] for level, rate in fleet), fleet
         assert fleet[-1][0] in ("soft", "hard"), fleet
     assert re.search(r"demo finished after [5-9]\.\d+s: the store sent \d+ events", out), out
+    # The producer followed the composite: the same store without feedback dropped more.
+    with_feedback, without = dropped(out)
+    assert with_feedback < without, out
     # The store's feedback went through the sidecar's real intake.
     assert "store: feedback bars-coord soft" in run.stderr
 
@@ -140,6 +150,11 @@ async def test_demo_without_redis_goes_on_with_http_and_exits_0_on_ctrl_c(
     assert f"redis:         not reachable at {closed} (connection refused): HTTP only" in run.stdout
     assert "Traceback" not in run.stderr
     assert "demo finished after" in run.stdout
+    assert "producer:      follows the fleet's composite as the orchestrator hears it" in (
+        run.stdout
+    )
+    with_feedback, without = dropped(run.stdout)
+    assert with_feedback <= without, run.stdout
 
 
 async def test_demo_status_page_in_chromium(

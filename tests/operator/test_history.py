@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pytest_aiohttp import AiohttpServer
 
-from market_data_sidecar.server import MONITOR
+from market_data_sidecar.server.probes import MONITOR
 from market_data_sidecar.views.history import History, Reading
 from market_data_sidecar.views.sampler import HISTORY
 from market_data_sidecar.views.timeline import DRAWN, history_section

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from market_data_sidecar.server import MONITOR
+from market_data_sidecar.server.probes import MONITOR
 from market_data_sidecar.settings import Settings
 from tests.operator.conftest import FixedCheck
 from tests.support.helpers import SidecarProcess, eventually, free_port

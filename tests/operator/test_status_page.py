@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from market_data_sidecar.server import MONITOR
+from market_data_sidecar.server.probes import MONITOR
 from market_data_sidecar.views.model import StatusView
 from market_data_sidecar.views.page import render_page
 from tests.operator.conftest import Chromium, FixedCheck

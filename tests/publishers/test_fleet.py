@@ -21,9 +21,10 @@ from market_data_core.telemetry import FeedbackEvent
 from redis.exceptions import RedisError
 
 from market_data_sidecar.feedback.delivery import DeliveryError
+from market_data_sidecar.feedback.lane import RetryPolicy, Target
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import RetryPolicy, Router, Target
+from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.feedback.scope import composite_of
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher, member_state

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from market_data_core.events import JsonCodec
 from market_data_core.telemetry import FeedbackEvent
 
-from market_data_sidecar.server import METRICS
+from market_data_sidecar.server.probes import METRICS
 from tests.support.helpers import SidecarProcess, eventually, feedback, store_payload
 from tests.support.redis_servers import (
     SHARED_REDIS_URL,

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from market_data_sidecar.server import MONITOR
+from market_data_sidecar.server.probes import MONITOR
 from market_data_sidecar.views.model import StatusView
 from market_data_sidecar.views.page import render_page
 from market_data_sidecar.views.terminal import render_lines, render_table

@@ -29,9 +29,10 @@ from aiohttp import web
 from market_data_core.telemetry import HealthComponent
 
 from market_data_sidecar.checks import Check
-from market_data_sidecar.limits import BoundedRunner
-from market_data_sidecar.server import MONITOR, create_app
+from market_data_sidecar.server.connections import BoundedRunner
+from market_data_sidecar.server.probes import MONITOR
 from market_data_sidecar.settings import Settings
+from market_data_sidecar.wiring import build_app
 from tests.reliability.conftest import metric_value, scrape
 from tests.reliability.test_loopback_intake import Peer
 from tests.reliability.test_loopback_intake import peer as _netns_peer  # noqa: F401
@@ -447,7 +448,7 @@ class _SurrogateCheck(Check):
 
 async def test_a_lone_surrogate_in_a_detail_is_escaped_not_a_500(unused_tcp_port: int) -> None:
     settings = Settings(store_metrics_url="", disk_paths=[])
-    app = create_app(settings, checks=[_SurrogateCheck("odd", interval=0.1, timeout=1)])
+    app = build_app(settings, checks=[_SurrogateCheck("odd", interval=0.1, timeout=1)])
     runner = BoundedRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()

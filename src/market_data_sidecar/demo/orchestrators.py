@@ -19,6 +19,7 @@ from loguru import logger
 
 from market_data_sidecar.demo.listening import listening
 from market_data_sidecar.demo.webhooks import Attempt, WebhookReceiver
+from market_data_sidecar.feedback.scope import SEVERITY
 from market_data_sidecar.settings import consumers_stream
 from market_data_sidecar.views.model import ReceiverRow
 
@@ -39,6 +40,8 @@ class HttpReceiver:
     def __init__(self) -> None:
         self.received = Received()
         self._ids: set[str] = set()
+        #: Each coordinator's latest level, as this orchestrator heard it.
+        self._levels: dict[str, str] = {}
         self.url = ""
         # Counts, keeps nothing: the demo runs until the user stops it.
         self._receiver = WebhookReceiver(
@@ -58,8 +61,15 @@ class HttpReceiver:
         if event_id and event_id in self._ids:
             return  # a retried delivery: already acted on
         self._ids.add(event_id)
+        self._levels[str(event.get("coordinator_id"))] = str(event.get("level"))
         self.received.count += 1
         self.received.last = f"{event.get('coordinator_id')} {event.get('level')}"
+
+    @property
+    def level(self) -> str:
+        """The worst level heard of any coordinator: the fleet's composite while this
+        sidecar is its one member, as soon as each event is delivered."""
+        return max(self._levels.values(), key=lambda level: SEVERITY.get(level, 0), default="ok")
 
     def row(self) -> ReceiverRow:
         return ReceiverRow(self.name, "http", self.received.count, self.received.last)

@@ -1,6 +1,6 @@
 """Runs the demo: a real sidecar wired to the simulated store and the local orchestrators.
 
-The sidecar is the real application (`server.create_app`) on its configured port; the
+The sidecar is the real application (`wiring.build_app`) on its configured port; the
 demo only chooses its store metrics URL, its targets and a faster check interval. The
 live view is read over HTTP from the sidecar's `/healthz` and `/feedback`, exactly as
 `market-data-sidecar status` reads it.
@@ -22,16 +22,17 @@ from typing import Any, TextIO
 
 from loguru import logger
 
-from market_data_sidecar.demo.fleet import fleet_lines
+from market_data_sidecar.demo.fleet import PIPELINE_SCALE, fleet_lines
 from market_data_sidecar.demo.listening import listening
 from market_data_sidecar.demo.orchestrators import HttpReceiver, StreamConsumer, redis_reachable
 from market_data_sidecar.demo.store import SimulatedStore, demo_queues
 from market_data_sidecar.logs import configure_logging
-from market_data_sidecar.server import MONITOR, create_app
+from market_data_sidecar.server.probes import MONITOR
 from market_data_sidecar.settings import ConfigError, Settings, load_settings
 from market_data_sidecar.views.command import Unreachable, fetch_view, local_url
 from market_data_sidecar.views.model import StatusView
 from market_data_sidecar.views.terminal import CLEAR_SCREEN, render_lines, render_table
+from market_data_sidecar.wiring import build_app
 
 #: The view redraws this often on a terminal; plain lines are printed less often.
 TERMINAL_REFRESH = 1.0
@@ -73,16 +74,23 @@ async def run_demo(
 async def _run(
     settings: Settings, duration: float | None, redis_url: str, screen: _Screen, stop: asyncio.Event
 ) -> int:
-    store = SimulatedStore(
-        demo_queues(),
-        low_watermark=settings.queue_low_watermark,
-        high_watermark=settings.queue_high_watermark,
-    )
     http = HttpReceiver()
     redis_problem = await redis_reachable(redis_url)
     stream = None
     if redis_problem is None:
         stream = StreamConsumer(redis_url, namespace=f"mds-demo-{secrets.token_hex(3)}")
+    # The producer follows the fleet's composite (the demo its one member) as the HTTP
+    # orchestrator hears it, the moment each event is delivered, with or without Redis.
+    # The same store with its producer at full rate runs beside it, so the end can say
+    # what feedback saved.
+    low, high = settings.queue_low_watermark, settings.queue_high_watermark
+    store = SimulatedStore(
+        demo_queues(),
+        low_watermark=low,
+        high_watermark=high,
+        rate=lambda: PIPELINE_SCALE.get(http.level, 1.0),
+    )
+    without_feedback = SimulatedStore(demo_queues(), low_watermark=low, high_watermark=high)
 
     async with AsyncExitStack() as stack:
         store_url = await stack.enter_async_context(store.serving())
@@ -97,7 +105,7 @@ async def _run(
         base = local_url(sidecar.host, sidecar.port)
         screen.intro(sidecar, base, store_url, receiver_url, redis_url, redis_problem, stream)
         try:
-            app = create_app(sidecar)
+            app = build_app(sidecar)
             await stack.enter_async_context(
                 listening(app, sidecar.host, sidecar.port, shutdown_timeout=1.0)
             )
@@ -110,6 +118,7 @@ async def _run(
             return 1
         token = sidecar.token.get_secret_value() if sidecar.token else None
         await stack.enter_async_context(store.running(f"{base}/feedback", token))
+        await stack.enter_async_context(without_feedback.running_alone())
 
         started = time.monotonic()
         deadline = started + duration if duration is not None else math.inf
@@ -127,7 +136,7 @@ async def _run(
             if stop.is_set() or remaining <= 0:
                 break  # the view just shown has the final numbers
             await _pause(stop, min(screen.refresh, remaining))
-    screen.summary(time.monotonic() - started, store, http, stream)
+    screen.summary(time.monotonic() - started, store, without_feedback, http, stream)
     return 0
 
 
@@ -217,6 +226,9 @@ class _Screen:
             f"  orchestrator:  {receiver_url}",
             f"  redis:         {redis}",
             f"  database:      {database}",
+            "  producer:      follows the fleet's composite as the orchestrator hears it",
+            "                 (ok 1.0, soft 0.5, hard 0.0 of its rate), beside the same",
+            "                 store with its producer at full rate",
         ]
         self._write("\n".join(self.header) + "\n")
 
@@ -240,6 +252,7 @@ class _Screen:
         self,
         elapsed: float,
         store: SimulatedStore,
+        without_feedback: SimulatedStore,
         http: HttpReceiver,
         stream: StreamConsumer | None,
     ) -> None:
@@ -250,6 +263,10 @@ class _Screen:
         if stream is not None:
             parts.append(f"{stream.name} received {stream.received.count}")
         self._write(f"demo finished after {elapsed:.1f}s: " + "; ".join(parts) + "\n")
+        self._write(
+            f"items dropped: {store.dropped} with feedback, {without_feedback.dropped} without "
+            "it (the same store, its producer at full rate)\n"
+        )
 
     def _write(self, text: str) -> None:
         self.out.write(text)

@@ -5,6 +5,12 @@ Prometheus `/metrics` endpoint, and feedback POSTed in the store's exact payload
 queue crosses a watermark, with the store's hysteresis (`soft` once above the low
 watermark, `hard` once at the high one, `ok` with reason `queue_recovered` once back
 at or below the low watermark).
+
+Each queue is fed by a producer whose demand follows a slow wave, at the share of its
+rate that `rate()` gives (the demo's producer follows the composite the pipeline reads),
+and drained by the store's writers at a fixed rate; what does not fit is dropped. The
+same store with its producer always at full rate (`running_alone`) is the comparison:
+what the drops would be without feedback.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +34,11 @@ from market_data_sidecar.demo.listening import listening
 
 #: How often the simulated queues move.
 TICK = 0.1
+#: How fast a queue moves: the share of its capacity that one second of demand above
+#: (or below) its drain rate fills (or empties).
+SPEED = 1.5
+#: The noise's seed: a store and its comparison see the same demand.
+SEED = 28
 #: The store's HTTP broadcaster: 3 attempts, linear backoff, 2.5 s timeout.
 SEND_ATTEMPTS = 3
 SEND_BACKOFF = 0.5
@@ -36,27 +47,41 @@ SEND_TIMEOUT = 2.5
 
 @dataclass
 class SimulatedQueue:
-    """One write coordinator whose utilization follows a slow wave with a little noise."""
+    """One write coordinator: filled by a producer whose demand follows a slow wave with a
+    little noise, drained by the store's writers."""
 
     coordinator_id: str
     capacity: int
-    #: Utilization = centre + amplitude * sin(2π t / period + phase); above 1 overflows.
+    #: The producer's demand at full rate, as a share of the drain rate's scale:
+    #: centre + amplitude * sin(2π t / period + phase).
     centre: float
     amplitude: float
     period: float
     phase: float
+    #: What the writers drain, on the same scale: demand above it fills the queue.
+    drain: float
     workers: int = 4
     depth: int = 0
     dropped: int = 0
+    #: The depth before rounding, so slow changes accumulate.
+    _level: float | None = field(default=None, repr=False)
     _soft_fired: bool = field(default=False, repr=False)
     _hard_fired: bool = field(default=False, repr=False)
 
-    def advance(self, elapsed: float, noise: float) -> int:
-        """Move to time `elapsed`; returns the items that did not fit (dropped)."""
+    def demand(self, elapsed: float) -> float:
         angle = 2 * math.pi * elapsed / self.period + self.phase
-        wanted = (self.centre + self.amplitude * math.sin(angle) + noise) * self.capacity
+        return self.centre + self.amplitude * math.sin(angle)
+
+    def advance(self, elapsed: float, step: float, noise: float, rate: float = 1.0) -> int:
+        """Move on by `step` seconds to `elapsed`, the producer at `rate` of its own;
+        returns the items that did not fit (dropped)."""
+        if self._level is None:  # the queue starts where its demand is
+            self._level = self.demand(0.0) * self.capacity
+        change = (rate * (self.demand(elapsed) + noise) - self.drain) * SPEED * step
+        wanted = self._level + change * self.capacity
         overflow = max(0, round(wanted) - self.capacity)
-        self.depth = max(0, min(self.capacity, round(wanted)))
+        self._level = max(0.0, min(float(self.capacity), wanted))
+        self.depth = round(self._level)
         self.dropped += overflow
         return overflow
 
@@ -87,12 +112,15 @@ class SimulatedQueue:
 
 
 def demo_queues() -> list[SimulatedQueue]:
-    """Two coordinators: bars goes hard (and overflows) within seconds, quotes only soft."""
+    """Two coordinators: at full rate, bars overflows within seconds and quotes goes soft;
+    bars' demand stays above its drain at half rate, so it reaches hard with feedback too."""
     return [
-        # Starts at 45% and rising: soft after ~0.3 s, hard after ~1.7 s, full at ~4 s.
-        SimulatedQueue("bars-coord", 1000, centre=0.62, amplitude=0.42, period=12, phase=-0.42),
-        # Starts at 40% and rising: soft after ~1 s, peaks at 75%, recovers after ~8 s.
-        SimulatedQueue("quotes-coord", 5000, centre=0.45, amplitude=0.30, period=16, phase=-0.17),
+        SimulatedQueue(
+            "bars-coord", 1000, centre=0.62, amplitude=0.42, period=12, phase=-0.42, drain=0.3
+        ),
+        SimulatedQueue(
+            "quotes-coord", 5000, centre=0.45, amplitude=0.30, period=16, phase=-0.17, drain=0.6
+        ),
     ]
 
 
@@ -113,8 +141,12 @@ class SimulatedStore:
         low_watermark: float = 0.5,
         high_watermark: float = 0.8,
         noise: float = 0.01,
+        rate: Callable[[], float] = lambda: 1.0,
     ) -> None:
         self.queues = list(queues)
+        #: The share of its rate the producer runs at, asked at every tick.
+        self.rate = rate
+        self._random = random.Random(SEED)
         self.low = low_watermark
         self.high = high_watermark
         self.noise = noise
@@ -166,6 +198,21 @@ class SimulatedStore:
 
     # -- the simulation --------------------------------------------------------------------
 
+    @property
+    def dropped(self) -> int:
+        """Items dropped so far, over every queue."""
+        return sum(queue.dropped for queue in self.queues)
+
+    @asynccontextmanager
+    async def running_alone(self) -> AsyncIterator[None]:
+        """Move the queues, sending nothing, until the block exits: the comparison."""
+        task = asyncio.create_task(self._simulate(), name="demo-store:comparison")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     @asynccontextmanager
     async def running(self, feedback_url: str, token: str | None = None) -> AsyncIterator[None]:
         """Move the queues and send their feedback until the block exits."""
@@ -181,11 +228,14 @@ class SimulatedStore:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _simulate(self) -> None:
-        started = time.monotonic()
+        started = previous = time.monotonic()
         while True:
-            elapsed = time.monotonic() - started
+            now = time.monotonic()
+            elapsed, step, previous = now - started, now - previous, now
+            rate = self.rate()
             for queue in self.queues:
-                overflow = queue.advance(elapsed, random.uniform(-self.noise, self.noise))
+                noise = self._random.uniform(-self.noise, self.noise)
+                overflow = queue.advance(elapsed, step, noise, rate)
                 if overflow:
                     self._dropped.labels(queue.coordinator_id, "queue_full").inc(overflow)
                 signal = queue.crossing(self.low, self.high)

@@ -104,6 +104,11 @@ class Intake:
         self.max_events = max_events
         self._forbidden_log = ThrottledLog(FORBIDDEN_LOG_INTERVAL)
 
+    @property
+    def protected(self) -> bool:
+        """A bearer token is required."""
+        return self._token is not None
+
     def admit(self, headers: Mapping[str, str], *, peer: str | None) -> None:
         """Check what is known before reading the body: who may post (a loopback `peer`
         without a token, the token with one), declared size, media type. First, whether this

@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 
 from loguru import logger
 
+from market_data_sidecar.feedback.lane import TargetHealth
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.feedback.router import Router, TargetHealth
+from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.feedback.state import (
     DEFAULT_LIMIT,
     LEVEL_SEVERITY,
@@ -31,8 +32,8 @@ from market_data_sidecar.metrics import Metrics
 SYNTHESIZED_LOG_INTERVAL = 10.0
 #: Coordinators nobody has spoken of yet, announced per scrape; the rest at the following
 #: scrapes (the watermarks keep their levels meanwhile). What bounds the synthesized
-#: events, and so the POSTs to every webhook: ids that change every scrape once made
-#: 1,200 a second (the queue check keeps up to 2,000 a scrape); a store runs tens.
+#: events, and so the POSTs to every webhook, when ids change at every scrape (the queue
+#: check keeps up to 2,000 a scrape); a store runs tens.
 MAX_NEWS_PER_SCRAPE = 200
 
 
@@ -120,8 +121,8 @@ class Relay:
     def _synthesized(self, feedback: Feedback) -> None:
         event = feedback.event
         self._metrics.feedback_synthesized.labels(event.level.value).inc()
-        # One line per interval, not per event: ids that change every scrape once made
-        # 54,000 lines in 30 s. The counter has every one.
+        # One line per interval, not per event: ids that change every scrape would make
+        # a line each. The counter has every one.
         if count := self._synthesized_log.note("synthesized"):
             logger.info(
                 "synthesized feedback: {} {} ({} of {}){}",

@@ -138,9 +138,9 @@ class _RedisPublisher(Publisher):
         """redis-py's hook for each new connection: a Redis with a new `run_id` restarted,
         and may hold none of what was written before, so the router resyncs the target."""
         # Without a health check: a PING that fails here reconnects, which calls this
-        # hook again, and again - a few hundred connections deep per attempt against a
-        # peer that closes or answers `-LOADING`, until the stack ran out. The
-        # connection is new; redis-py's own hook skips the check the same way.
+        # hook again, and again, without bound against a peer that closes or answers
+        # `-LOADING`. The connection is new; redis-py's own hook skips the check the
+        # same way.
         await connection.on_connect_check_health(check_health=False)
         run_id = await _run_id(connection)
         if run_id is None:

@@ -15,6 +15,21 @@ trimmed to its MAXLEN.
 
 The parser speaks RESP2 and RESP3 (redis-py's RESP3 parser is its base, so push frames
 and maintenance notifications keep working); it is handed to redis-py as `parser_class`.
+
+Neither redis-py nor hiredis offers a bound on replies, so the parser leans on redis-py's
+private names, and `redis` is pinned below its next major version. The names, each
+checked for presence and shape by `tests/publishers/test_redis_private_names.py`, which
+fails naming the installed redis-py version:
+
+- `redis._parsers._AsyncRESP3Parser`: the base class, built with `socket_read_size`;
+- its `_read_response(disable_decoding, push_request)`, called by `read_response`;
+- its state: `_stream` (the connection's `asyncio.StreamReader`), `_buffer` (bytes read
+  for the reply being parsed), `_pos` (where parsing is in `_buffer`), `_chunks` (bytes
+  read since, joined to `_buffer` when a read resumes) and `_connected` (a bool);
+- its `_clear()` (forget the reply read) and `_read(length)` (a bulk body and its
+  `\\r\\n`);
+- `redis.asyncio.connection.AbstractConnection.on_connect_check_health(check_health)`,
+  the connect hook without its PING (used by `publishers/redis.py`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bounds on what a client can make the sidecar hold: connections, time, body bytes, log lines.
+"""Bounds on what a peer may hold: connections, time, and the bytes read at once.
 
 The sidecar's port is on the pod network, so every pod in the cluster is a possible
 hostile peer. aiohttp has no header deadline and keeps idle connections for an hour by
@@ -10,20 +10,15 @@ traceback with it; this module replaces those edges with bounded ones:
   headers from a request's first byte, one for the body from the end of the headers, one
   for an answer the client does not read, an idle keep-alive timeout, and protocol errors
   answered with a short JSON body of our own.
-- `BodyBudget` / `bounded_bodies`: body bytes in flight across all requests; beyond the
-  budget a request is answered 503 with `Retry-After` before its body is read.
-- `ClientFaults`: every client fault counted by kind, logged at most once per kind per
-  interval with the count since the last line (`logs.ThrottledLog`).
-- `BoundedRunner`: an `AppRunner` that serves through `BoundedServer`.
+- `BoundedRunner`: an `AppRunner` that serves through `BoundedServer`, answering the
+  kubelet's plain probe GETs from cached state (`FastProbe`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,21 +27,13 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
-from loguru import logger
 
-from market_data_sidecar.feedback.state import DEFAULT_LIMIT, RelayState, encode
-from market_data_sidecar.logs import ThrottledLog
-from market_data_sidecar.metrics import Metrics
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+from market_data_sidecar.server.faults import FAULTS, ClientFaults
+from market_data_sidecar.server.peers import crowded_out
 
 #: Seconds an answered request's unread body is read and dropped before the connection
 #: closes: closing at once resets it, and the client never sees its 503 (aiohttp: 10 s).
 LINGERING_TIME = 1.0
-#: The accept errors asyncio reports when the process has no file descriptor left.
-_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-#: The errors of a socket whose client has already gone.
-_PEER_GONE = {errno.ENOTCONN, errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
 
 
 @dataclass(frozen=True)
@@ -63,176 +50,7 @@ class Bounds:
     fault_log_interval: float = 10.0
 
 
-# -- logs --------------------------------------------------------------------------------------
-
-
-class ClientFaults:
-    """Client faults (bad framing, timeouts, aborts, 4xx), counted and logged sparingly.
-
-    `detail` is always text of the sidecar's own (an exception's type, a status): never
-    anything the client sent, which may be a token."""
-
-    def __init__(self, metrics: Metrics, interval: float) -> None:
-        self.metrics = metrics
-        self._log = ThrottledLog(interval)
-
-    def record(self, kind: str, detail: str = "") -> None:
-        self.metrics.client_faults.labels(kind).inc()
-        count = self._log.note(kind)
-        if count:
-            suffix = f" ({detail})" if detail else ""
-            logger.warning(
-                "client fault: {}{}; {} since the last line about it", kind, suffix, count
-            )
-
-    def server_error(self, what: str, exc: BaseException | None) -> None:
-        """An error below the application (aiohttp's own), logged without a traceback:
-        its frames may hold the request's headers."""
-        count = self._log.note(f"server:{what}")
-        if count:
-            name = type(exc).__name__ if exc is not None else "no exception"
-            logger.error("{}: {}; {} since the last line about it", what, name, count)
-
-    def accept_error(self, exc: BaseException | None) -> None:
-        """The listening socket could not accept (no file descriptor left)."""
-        self.metrics.accept_errors.inc()
-        count = self._log.note("accept")
-        if count:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            logger.error(
-                "cannot accept connections: {}; {} since the last line about it", reason, count
-            )
-
-
-def install_accept_error_log(loop: asyncio.AbstractEventLoop, faults: ClientFaults) -> None:
-    """Route asyncio's accept errors (a traceback per retry, every second, while out of
-    file descriptors) and a gone client's socket errors to one counted line per interval;
-    anything else as before."""
-    previous = loop.get_exception_handler()
-
-    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
-            faults.accept_error(exc)
-        elif isinstance(exc, OSError) and exc.errno in _PEER_GONE:
-            # A client that connected and closed at once, seen by a callback already queued
-            # for it: its doing, counted, and no traceback (there was one per connection).
-            faults.record("connection_lost", type(exc).__name__)
-        elif previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handle)
-
-
-# -- body bytes ------------------------------------------------------------------------------
-
-
-class BodyBudget:
-    """Body bytes in flight across all requests, reserved before a body is read, and
-    shared out by peer as connections are: over the budget, a newcomer takes the oldest
-    reservation of the peer holding the most bytes (its own when that is the one), whose
-    connection is closed. A reservation that cannot be taken (`evict` None) is kept, and
-    the newcomer refused. (Refusing newcomers let eight slow 1 MiB bodies hold the budget
-    for their whole deadline, and every one of the store's POSTs got 503 meanwhile.)"""
-
-    def __init__(self, limit: int, *, max_body_bytes: int, metrics: Metrics) -> None:
-        self.limit = limit
-        self.max_body_bytes = max_body_bytes
-        self.in_flight = 0
-        self._gauge = metrics.body_bytes_in_flight
-        #: Reservations, the oldest first: size, peer, and how to end the request.
-        self._held: OrderedDict[object, tuple[int, str, Callable[[], None] | None]] = OrderedDict()
-
-    def reserve(
-        self, size: int, *, peer: str = "", evict: Callable[[], None] | None = None
-    ) -> object | None:
-        """A token for `release`, or None when no room can be made."""
-        while self.in_flight + size > self.limit:
-            victim = self._victim(peer)
-            if victim is None:
-                return None
-            evict_victim = self._held[victim][2]
-            self.release(victim)
-            if evict_victim is not None:
-                evict_victim()
-        token = object()
-        self._held[token] = (size, peer, evict)
-        self.in_flight += size
-        self._gauge.set(self.in_flight)
-        return token
-
-    def release(self, token: object) -> None:
-        held = self._held.pop(token, None)
-        if held is not None:
-            self.in_flight -= held[0]
-            self._gauge.set(self.in_flight)
-
-    def _victim(self, peer: str) -> object | None:
-        per_peer: Counter[str] = Counter()
-        for size, holder, _ in self._held.values():
-            per_peer[holder] += size
-        heaviest = crowded_out(per_peer, peer)
-        for token, (_, holder, evict) in self._held.items():  # the oldest first
-            if holder in heaviest and evict is not None:
-                return token
-        return None
-
-
-def crowded_out(held: Mapping[str, int], peer: str) -> set[str]:
-    """The peers a newcomer from `peer` takes a connection or a body's bytes from, by what
-    each holds: its own peer when that holds the most, else those holding the most. A peer
-    can only ever crowd out itself, never the kubelet or the store."""
-    top = max(held.values(), default=0)
-    own = held.get(peer, 0)
-    if own and own >= top:
-        return {peer}
-    return {name for name, amount in held.items() if amount == top}
-
-
-BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
-FAULTS = web.AppKey("client_faults", ClientFaults)
 BOUNDS = web.AppKey("bounds", Bounds)
-
-
-@web.middleware
-async def bounded_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Reserve a request's body bytes (its declared length, or the most a body may be
-    when it is chunked) for as long as the handler holds them; 503 when over budget and
-    no reservation can be taken (`BodyBudget`)."""
-    if not request.body_exists or request.method in ("GET", "HEAD"):
-        return await handler(request)  # no route of these reads a body (server.py)
-    budget = request.app[BODY_BUDGET]
-    declared = request.content_length
-    size = min(declared if declared is not None else budget.max_body_bytes, budget.max_body_bytes)
-    faults = request.app[FAULTS]
-    evict = getattr(request.protocol, "evict", None)  # BoundedHandler's; None in tests
-
-    def preempted() -> None:
-        faults.record("preempted")
-        if evict is not None:
-            evict()
-
-    token = budget.reserve(
-        size, peer=request.remote or "", evict=preempted if evict is not None else None
-    )
-    if token is None:
-        faults.record("over_budget")
-        response = web.json_response(
-            {"error": "too many request bodies in flight; retry later"},
-            status=503,
-            headers={"Retry-After": "1"},
-        )
-        response.force_close()  # the body is not read: the connection cannot be reused
-        return response
-    try:
-        return await handler(request)
-    finally:
-        budget.release(token)
-
-
-# -- connections -----------------------------------------------------------------------------
 
 
 #: Requests a connection may have queued behind the one being answered.
@@ -273,7 +91,7 @@ class BoundedHandler(RequestHandler):
         self.peer = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
         if hasattr(transport, "max_size"):
             # asyncio reads up to 256 KiB per socket per loop turn before aiohttp can pause
-            # it: 150 connections sending bodies at once were 37 MiB of reads in one turn.
+            # it: what one loop turn reads must not grow with the connections sending.
             transport.max_size = READ_SIZE
         super().connection_made(transport)
         self._server.admit(self)
@@ -291,8 +109,8 @@ class BoundedHandler(RequestHandler):
         super().data_received(data)
         if len(self._messages) > MAX_PIPELINED:
             # No client of the sidecar pipelines (the kubelet, Prometheus and the store wait
-            # for each answer); 600 connections pipelining 64 GETs each and never reading
-            # the answers made the sidecar write ~10,000 of them, and probes waited 250 ms.
+            # for each answer): a connection queueing more is closed, so a peer cannot make
+            # the sidecar write answers it never reads while probes wait.
             self.deadline_missed = "pipelining"
             self._server.faults.record("pipelining")
             self.abort()
@@ -311,7 +129,7 @@ class BoundedHandler(RequestHandler):
 
     # A client that sends requests and never reads the answers fills the socket's buffers;
     # aiohttp then waits in `drain()` with no deadline, and the connection is never idle,
-    # so nothing else would ever close it (600 of them once held every slot for minutes).
+    # so nothing else would ever close it: its answer gets a deadline of its own.
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._write_deadline is None:
@@ -418,8 +236,8 @@ class BoundedServer(web.Server):
     ever crowd out itself, so probes from the kubelet, or the store's POSTs, are never
     refused for want of a slot whatever another peer holds, idle, busy or blocked. Idle
     connections go first, then the least recently active (`_victim`). Refusing newcomers
-    instead let
-    600 connections that never read their answers lock every other peer out."""
+    instead would let connections that never read their answers lock every other peer
+    out."""
 
     def __init__(self, *args: Any, bounds: Bounds, faults: ClientFaults, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -502,7 +320,7 @@ class BoundedRunner(web.AppRunner):
         bounds = app[BOUNDS]
         kwargs = dict(plain._kwargs)
         # auto_decompress=False: aiohttp inflates a `Content-Encoding` body as it arrives,
-        # whether or not anyone reads it; nothing here takes one (415, server.py).
+        # whether or not anyone reads it; nothing here takes one (415, middleware.py).
         kwargs.update(
             keepalive_timeout=bounds.idle_timeout,
             lingering_time=LINGERING_TIME,
@@ -533,64 +351,3 @@ def _with_fast_probes(
         return await routed(request)
 
     return handle
-
-
-# -- responses -------------------------------------------------------------------------------
-
-#: Bytes of `GET /feedback`; `GET /` renders the same state. Past it, fewer coordinators
-#: are listed (and counted as omitted): every answer, and the work to render it, is bounded.
-MAX_RELAY_STATE_BYTES = 128 * 1024
-#: Seconds a rendered answer is reused while what it shows has not visibly changed.
-RENDER_TTL = 0.5
-
-
-class BoundedRelayView:
-    """The relay's state fitted to `max_bytes` when encoded, rendered again only when
-    `fingerprint()` changes or after `ttl` seconds: four clients reading `GET /feedback`
-    in a loop must not keep the event loop from answering probes."""
-
-    def __init__(
-        self,
-        view: Callable[[int], RelayState],
-        fingerprint: Callable[[], object],
-        *,
-        max_bytes: int = MAX_RELAY_STATE_BYTES,
-        ttl: float = RENDER_TTL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._view = view
-        self._fingerprint = fingerprint
-        self.max_bytes = max_bytes
-        self.ttl = ttl
-        self._clock = clock
-        self._rendered: tuple[float, object, RelayState, bytes] | None = None
-        #: Incremented at every render, so answers built from the state can be cached too.
-        self.generation = 0
-
-    def state(self) -> RelayState:
-        return self._current()[0]
-
-    def body(self) -> bytes:
-        return self._current()[1]
-
-    def _current(self) -> tuple[RelayState, bytes]:
-        now = self._clock()
-        fingerprint = self._fingerprint()
-        rendered = self._rendered
-        if rendered is not None and now < rendered[0] and rendered[1] == fingerprint:
-            return rendered[2], rendered[3]
-        state, body = self._fit()
-        self._rendered = (now + self.ttl, fingerprint, state, body)
-        self.generation += 1
-        return state, body
-
-    def _fit(self) -> tuple[RelayState, bytes]:
-        limit = DEFAULT_LIMIT
-        state = self._view(limit)
-        body = encode(state)
-        while len(body) > self.max_bytes and limit > 1:
-            # Coordinators dominate the size: scale the count down, with a margin.
-            limit = max(1, min(limit - 1, limit * self.max_bytes * 9 // (10 * len(body))))
-            state = self._view(limit)
-            body = encode(state)
-        return state, body
