@@ -144,17 +144,8 @@ def build_monitor(settings: Settings, checks: Sequence[Check], metrics: Metrics)
 
 
 def bounds_from(settings: Settings) -> Bounds:
-    """What one client may hold, from the settings."""
-    return Bounds(
-        max_connections=settings.max_connections,
-        header_timeout=settings.header_timeout,
-        body_timeout=settings.body_timeout,
-        idle_timeout=settings.idle_timeout,
-        write_timeout=settings.write_timeout,
-        body_bytes_in_flight=settings.body_bytes_in_flight,
-        max_body_bytes=settings.max_body_bytes,
-        fault_log_interval=settings.fault_log_interval,
-    )
+    """What one client may hold, from the settings of the same names."""
+    return thresholds_from(Bounds, settings, "")
 
 
 def feedback_check(relay: Relay, settings: Settings) -> FeedbackCheck:

@@ -13,12 +13,13 @@ import pytest
 from loguru import logger
 from pydantic import SecretStr
 
-from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
+from market_data_sidecar.checks.database import DatabaseCheck
 from market_data_sidecar.metrics import Metrics
 from tests.support.helpers import eventually
 from tests.support.postgres import MAX_CONNECTIONS, PostgresInstance
 from tests.support.probes import probing
 from tests.support.sidecar import StartSidecar, make_settings
+from tests.support.thresholds import database_thresholds
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ PROBE_BUDGET = 0.1
 
 def database_check(dsn: str, metrics: Metrics | None = None, **overrides: Any) -> DatabaseCheck:
     options: dict[str, Any] = {
-        "thresholds": DatabaseThresholds(),
+        "thresholds": database_thresholds(),
         "metrics": metrics or Metrics(),
         "interval": INTERVAL,
         "timeout": TIMEOUT,
@@ -180,7 +181,7 @@ async def test_connections_near_the_limit_degrade_then_fail(
 
 
 async def test_old_transaction_degrades(pg: PostgresInstance) -> None:
-    check = database_check(pg.dsn(), thresholds=DatabaseThresholds(transaction_age_degraded=0.3))
+    check = database_check(pg.dsn(), thresholds=database_thresholds(transaction_age_degraded=0.3))
     try:
         assert (await check.run()).state == "healthy"
         with pg.connect(autocommit=False) as idle:
@@ -301,7 +302,7 @@ async def test_replica_lag_degrades_then_fails_then_recovers(
     )
     check = database_check(
         replica.dsn(),
-        thresholds=DatabaseThresholds(replication_lag_degraded=0.5, replication_lag_unhealthy=1.5),
+        thresholds=database_thresholds(replication_lag_degraded=0.5, replication_lag_unhealthy=1.5),
         role="replica",
     )
     try:

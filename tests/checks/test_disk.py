@@ -10,6 +10,7 @@ from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds, measure
 from market_data_sidecar.metrics import Metrics
 from tests.support.helpers import eventually
 from tests.support.sidecar import StartSidecar, make_settings
+from tests.support.thresholds import disk_thresholds
 
 MiB = 1024 * 1024
 
@@ -48,7 +49,7 @@ async def test_running_out_of_inodes_is_unhealthy(small_filesystem: Path) -> Non
     """Space is plentiful; 64 inodes are not."""
     check = disk_check(
         [str(small_filesystem)],
-        DiskThresholds(inodes_free_degraded=0.5, inodes_free_unhealthy=0.25),
+        disk_thresholds(inodes_free_degraded=0.5, inodes_free_unhealthy=0.25),
     )
     assert (await check.run()).state == "healthy"
     for index in range(48):

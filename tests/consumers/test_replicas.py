@@ -37,7 +37,7 @@ OBSERVERS = 2
 #: What the issue asks of every replica after a crossing.
 APPLIED_WITHIN = 1.0
 #: The first change after start: the estimate of the readers is learnt on the way.
-FIRST_WITHIN = 2.5
+FIRST_WITHIN = 4.0
 #: ... and of a replica that starts after the last crossing.
 LATE_WITHIN = 5.0
 

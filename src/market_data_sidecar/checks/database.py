@@ -80,14 +80,15 @@ SELECT count(*) FILTER (WHERE last_run_status = 'Failed') AS failed, count(*) AS
 
 @dataclass(frozen=True)
 class DatabaseThresholds:
-    """Where the database stops being healthy."""
+    """Where the database stops being healthy. No defaults: each is the setting
+    `SIDECAR_DATABASE_<NAME>` (`wiring.thresholds_from`), whose default is the only one."""
 
-    latency_degraded: float = 0.5
-    connections_degraded: float = 0.80
-    connections_unhealthy: float = 0.95
-    replication_lag_degraded: float = 30.0
-    replication_lag_unhealthy: float = 300.0
-    transaction_age_degraded: float = 300.0
+    latency_degraded: float
+    connections_degraded: float
+    connections_unhealthy: float
+    replication_lag_degraded: float
+    replication_lag_unhealthy: float
+    transaction_age_degraded: float
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,13 @@ from market_data_sidecar.metrics import Metrics
 
 @dataclass(frozen=True)
 class DiskThresholds:
-    """Free ratios below which a path is degraded / unhealthy."""
+    """Free ratios below which a path is degraded / unhealthy. No defaults: each is the
+    setting `SIDECAR_DISK_<NAME>` (`wiring.thresholds_from`), whose default is the only one."""
 
-    free_degraded: float = 0.10
-    free_unhealthy: float = 0.05
-    inodes_free_degraded: float = 0.10
-    inodes_free_unhealthy: float = 0.05
+    free_degraded: float
+    free_unhealthy: float
+    inodes_free_degraded: float
+    inodes_free_unhealthy: float
 
 
 @dataclass(frozen=True)

@@ -38,16 +38,17 @@ LINGERING_TIME = 1.0
 
 @dataclass(frozen=True)
 class Bounds:
-    """What one client may hold; every figure is from the settings (see docs/configuration.md)."""
+    """What one client may hold. No defaults: every figure is a setting of the same name
+    (`wiring.bounds_from`), whose default is the only one."""
 
-    max_connections: int = 256
-    header_timeout: float = 5.0
-    body_timeout: float = 10.0
-    idle_timeout: float = 30.0
-    write_timeout: float = 5.0
-    body_bytes_in_flight: int = 8 * 1024 * 1024
-    max_body_bytes: int = 1024 * 1024
-    fault_log_interval: float = 10.0
+    max_connections: int
+    header_timeout: float
+    body_timeout: float
+    idle_timeout: float
+    write_timeout: float
+    body_bytes_in_flight: int
+    max_body_bytes: int
+    fault_log_interval: float
 
 
 BOUNDS = web.AppKey("bounds", Bounds)
