@@ -23,8 +23,9 @@ from aiohttp import web
 from market_data_sidecar.checks import Check, Damping
 from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
 from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds
+from market_data_sidecar.checks.exposition import MAX_COORDINATORS
 from market_data_sidecar.checks.feedback import FeedbackCheck
-from market_data_sidecar.checks.queue import MAX_COORDINATORS, QueueCheck
+from market_data_sidecar.checks.queue import QueueCheck
 from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.feedback.intake import Intake
 from market_data_sidecar.feedback.lane import RetryPolicy, Target

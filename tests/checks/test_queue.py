@@ -10,7 +10,8 @@ import pytest
 from loguru import logger
 from market_data_core.telemetry import BackpressureLevel
 
-from market_data_sidecar.checks.queue import CoordinatorSample, QueueCheck, parse
+from market_data_sidecar.checks.exposition import parse
+from market_data_sidecar.checks.queue import CoordinatorSample, QueueCheck
 from market_data_sidecar.feedback.watermarks import QueueSample, level_for
 from market_data_sidecar.metrics import Metrics
 from tests.support.helpers import eventually, free_port

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from market_data_core.telemetry import BackpressureLevel
 
-from market_data_sidecar.checks.queue import CoordinatorSeries, QueueCheck
+from market_data_sidecar.checks.exposition import CoordinatorSeries
+from market_data_sidecar.checks.queue import QueueCheck
 from market_data_sidecar.feedback.watermarks import Marks, Watermarks, level_for
 from market_data_sidecar.metrics import Metrics
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from market_data_sidecar.checks.queue import MAX_COORDINATORS, parse
+from market_data_sidecar.checks.exposition import MAX_COORDINATORS, parse
 from market_data_sidecar.server.relay_view import MAX_RELAY_STATE_BYTES
 from tests.reliability.conftest import metric_value, scrape
 from tests.support.helpers import SidecarProcess, eventually

@@ -6,29 +6,29 @@ can be synthesized from polled depths for stores that do not push it.
 
 from __future__ import annotations
 
-import math
 import os
-import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 from loguru import logger
 from market_data_core.telemetry import BackpressureLevel, HealthComponent, HealthState
-from prometheus_client.parser import text_string_to_metric_families
 
 from market_data_sidecar.checks import STATE_RANK, Check, Damping, worst
+from market_data_sidecar.checks.exposition import (
+    DEPTH,
+    MAX_COORDINATORS,
+    REJECTED_WHY,
+    CoordinatorSeries,
+    ScrapeError,
+    parse,
+)
 from market_data_sidecar.feedback import bounds
 from market_data_sidecar.feedback.watermarks import SampleListener, level_for
 from market_data_sidecar.logs import ThrottledLog
 from market_data_sidecar.metrics import CoordinatorRow, Metrics
 from market_data_sidecar.redaction import redact_url
-
-DEPTH = "mds_coord_queue_depth"
-WORKERS_ALIVE = "mds_coord_workers_alive"
-CIRCUIT_STATE = "mds_coord_circuit_state"
-ITEMS_DROPPED = "mds_coord_items_dropped_total"
 
 CIRCUIT_NAMES = {0: "closed", 1: "open", 2: "half-open"}
 CIRCUIT_OPEN = 1
@@ -36,22 +36,12 @@ CIRCUIT_HALF_OPEN = 2
 
 #: A store's exposition is a few kilobytes; anything near this is not one.
 MAX_BODY_BYTES = 8 * 1024 * 1024
-#: Coordinators kept from one scrape (judged, detailed, exported, fed to the watermarks).
-#: A store runs tens; those beyond are counted, not kept: 30,000 listed once drove the
-#: sidecar's RSS to 322 MiB through per-coordinator details and gauges.
-MAX_COORDINATORS = 2_000
 #: Reasons spelled out in the component's `reason`; the rest are counted.
 MAX_REASONS = 5
 #: Coordinators detailed in the component (the worst first): probes read the component,
 #: and the kubelet only 10 KiB of it. The full list is on `/metrics` (the gauges of every
 #: kept coordinator) and `GET /feedback`.
 MAX_DETAILED = 3
-#: Longest series line parsed: a coordinator id is at most 256 characters (twice that
-#: escaped). A 2.3 MB line of 200,000 labels once took the parser 29 s.
-MAX_LINE = 1024
-#: Most bytes of coordinator series handed to the parser per scrape (2,000 coordinators
-#: take about 0.6 MB): the parser's CPU is bounded by its input.
-MAX_PARSED_BYTES = 2 * 1024 * 1024
 #: Lines about what the check leaves out, at most one per kind per this many seconds.
 REJECTED_LOG_INTERVAL = 60.0
 
@@ -67,10 +57,6 @@ class CoordinatorSample:
     level: BackpressureLevel
     workers_alive: int | None
     circuit_state: int | None
-
-
-class ScrapeError(Exception):
-    """The store's metrics could not be read; the message is the component's `error`."""
 
 
 class QueueCheck(Check):
@@ -120,7 +106,7 @@ class QueueCheck(Check):
     async def run(self) -> HealthComponent:
         try:
             text = await self._scrape()
-            # Parsing and judging up to `MAX_COORDINATORS` (about 45 ms of CPU for 2,000)
+            # Parsing and judging up to `MAX_COORDINATORS`
             # would hold up probes: not on the loop, and in the check's own thread (a run
             # abandoned at its timeout holds only it).
             samples, component = await self.in_thread(self._evaluate, text)
@@ -149,7 +135,7 @@ class QueueCheck(Check):
                 logger.warning(
                     "queue check: {} series of the store's metrics not kept ({}){}",
                     folded,
-                    _REJECTED_WHY[reason],
+                    REJECTED_WHY[reason],
                     f", e.g. coordinator {example[:80]}" if example else "",
                 )
 
@@ -318,62 +304,6 @@ class QueueCheck(Check):
         return total - previous if total >= previous else total  # a reset: the store restarted
 
 
-@dataclass
-class CoordinatorSeries:
-    """The store's `mds_coord_*` series, by coordinator id."""
-
-    depth: dict[str, int]
-    workers_alive: dict[str, int]
-    circuit_state: dict[str, int]
-    dropped: dict[str, float]
-    #: Coordinators listed beyond `MAX_COORDINATORS`, counted by their depth series.
-    omitted: int = 0
-    #: Series or coordinators not kept, by reason (`_REJECTED_WHY`), and one id of each.
-    rejected: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, str] = field(default_factory=dict)
-    #: Coordinators whose depth no event can carry (`bounds`): judged, never relayed.
-    out_of_range: set[str] = field(default_factory=set)
-
-    @property
-    def coordinators(self) -> set[str]:
-        return set(self.depth) | set(self.workers_alive) | set(self.circuit_state)
-
-
-def parse(text: str) -> CoordinatorSeries:
-    """Read the coordinator series out of a Prometheus text exposition: those of the
-    first `MAX_COORDINATORS` coordinators listed whose ids an event can carry; the others
-    are only counted."""
-    lines = _coordinator_lines(text)
-    series = CoordinatorSeries({}, {}, {}, {}, omitted=lines.omitted)
-    series.rejected.update(lines.rejected)
-    dropped: dict[str, float] = defaultdict(float)
-    gauges = {
-        DEPTH: series.depth,
-        WORKERS_ALIVE: series.workers_alive,
-        CIRCUIT_STATE: series.circuit_state,
-    }
-    invalid: set[str] = set()
-    try:
-        for family in text_string_to_metric_families(lines.text):
-            for sample in family.samples:
-                coordinator = sample.labels.get("coord_id")
-                if coordinator is None or not math.isfinite(sample.value):
-                    continue
-                if sample.name not in _COORDINATOR_SERIES or coordinator in invalid:
-                    continue
-                if _invalid_id(coordinator, series):
-                    invalid.add(coordinator)
-                elif sample.name in gauges:
-                    gauges[sample.name][coordinator] = int(sample.value)
-                elif sample.name == ITEMS_DROPPED:
-                    dropped[coordinator] += sample.value  # summed over reasons
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise ScrapeError(f"store metrics are not a Prometheus exposition: {reason}") from None
-    series.dropped = dict(dropped)
-    return series
-
-
 def _row(c: str, series: CoordinatorSeries, sample: CoordinatorSample | None) -> CoordinatorRow:
     """What `/metrics` shows of coordinator `c`: no depth when no event can carry it."""
     return CoordinatorRow(
@@ -385,90 +315,7 @@ def _row(c: str, series: CoordinatorSeries, sample: CoordinatorSample | None) ->
     )
 
 
-def _invalid_id(coordinator: str, series: CoordinatorSeries) -> bool:
-    """Whether `coordinator` is no id an event can carry (`bounds.check_id`); counted once."""
-    try:
-        bounds.check_id("coordinator_id", coordinator)
-    except bounds.OutOfBounds:
-        series.rejected["invalid_id"] += 1
-        series.examples.setdefault("invalid_id", coordinator)
-        return True
-    return False
-
-
-_COORDINATOR_SERIES = (DEPTH, WORKERS_ALIVE, CIRCUIT_STATE, ITEMS_DROPPED)
-_COORDINATOR_LINES = tuple(f"{name}{sep}" for name in _COORDINATOR_SERIES for sep in "{ ")
-_DEPTH_LINES = (DEPTH + "{", DEPTH + " ")
-_COORDINATOR_LABEL = 'coord_id="'
-#: How a sample line starts: a metric name, then labels or the value.
-_SAMPLE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*[{ \t]")
 _LEVELS = (BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok)
-_REJECTED_WHY = {
-    "line_too_long": f"lines longer than {MAX_LINE} characters",
-    "over_budget": f"beyond {MAX_PARSED_BYTES} bytes of coordinator series",
-    "invalid_id": "coordinator ids over 256 characters, empty or with control characters",
-    "out_of_range": "depths no event can carry",
-}
-
-
-@dataclass
-class _Lines:
-    """What of an exposition the parser gets, and what it does not."""
-
-    text: str
-    omitted: int
-    rejected: Counter[str]
-
-
-def _coordinator_lines(text: str) -> _Lines:
-    """Only the coordinator series of the first `MAX_COORDINATORS` coordinators, each
-    line at most `MAX_LINE` characters, `MAX_PARSED_BYTES` in all: the parser's CPU is
-    bounded by its input (it took a second for 30,000 coordinators, 29 s for one line of
-    200,000 labels, in a thread but holding the GIL the event loop needs).
-
-    Lines are only looked at, the label value taken as written (escapes and all). Lines
-    are split at `\n` alone, as the parser does (`str.splitlines` also splits at `\x85`
-    and U+2028, which a label value may hold)."""
-    kept: set[str] = set()
-    omitted, size = 0, 0
-    rejected: Counter[str] = Counter()
-    lines = []
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.startswith(_COORDINATOR_LINES):
-            # Other families and comments: the sidecar reads none of them, but a body
-            # that is no exposition at all (an HTML error page) is a failed scrape.
-            if line and not line.startswith("#") and _SAMPLE.match(line) is None:
-                raise ScrapeError(
-                    f"store metrics are not a Prometheus exposition: line {number} is no sample"
-                )
-            continue
-        if len(line) > MAX_LINE:
-            rejected["line_too_long"] += 1
-            continue
-        coordinator = _label_as_written(line)
-        if coordinator is not None and coordinator not in kept:
-            if len(kept) >= MAX_COORDINATORS:
-                omitted += line.startswith(_DEPTH_LINES)
-                continue
-            kept.add(coordinator)
-        size += len(line) + 1
-        if size > MAX_PARSED_BYTES:
-            rejected["over_budget"] += 1
-            continue
-        lines.append(line)
-    lines.append("")
-    return _Lines("\n".join(lines), omitted, rejected)
-
-
-def _label_as_written(line: str) -> str | None:
-    start = line.find(_COORDINATOR_LABEL)
-    if start < 0:
-        return None
-    start += len(_COORDINATOR_LABEL)
-    end = line.find('"', start)
-    while end > 0 and line[end - 1] == "\\":
-        end = line.find('"', end + 1)
-    return line[start:end]
 
 
 def _client_error(exc: aiohttp.ClientError) -> str:
