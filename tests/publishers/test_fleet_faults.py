@@ -248,15 +248,23 @@ async def test_a_member_that_left_cannot_be_brought_back_by_a_late_step(
 # -- unknown state ----------------------------------------------------------------------------
 
 
-async def test_a_deleted_members_hash_holds_milder_composites_until_the_members_wrote(
-    member: MakeMember, namespace: str, shared_redis: aioredis.Redis
-) -> None:
+async def hard_and_soft(
+    member: MakeMember, namespace: str
+) -> tuple[FleetStreamPublisher, FleetStreamPublisher]:
+    """Two started members (lease 3 s, renewal 1 s): pod-a at `hard`, pod-b at `soft`."""
     a = member("pod-a", namespace, lease=3.0, renewal=1.0)
     b = member("pod-b", namespace, lease=3.0, renewal=1.0)
     await a.start()
     await b.start()
     await a.deliver([pod("pod-a", "bars", "hard", 900)])
     await b.deliver([pod("pod-b", "bars", "soft", 600)])
+    return a, b
+
+
+async def test_a_deleted_members_hash_holds_milder_composites_until_the_members_wrote(
+    member: MakeMember, namespace: str, shared_redis: aioredis.Redis
+) -> None:
+    a, b = await hard_and_soft(member, namespace)
     before = len(await entries(namespace))
 
     await shared_redis.delete(a.members_key)  # as volatile-ttl eviction would
@@ -538,12 +546,7 @@ async def test_the_fleets_keys_share_the_streams_slot(
 async def test_a_sequence_or_record_that_does_not_parse_is_unknown_state_not_a_crash(
     member: MakeMember, namespace: str, shared_redis: aioredis.Redis, field: str, garbage: str
 ) -> None:
-    a = member("pod-a", namespace, lease=3.0, renewal=1.0)
-    b = member("pod-b", namespace, lease=3.0, renewal=1.0)
-    await a.start()
-    await b.start()
-    await a.deliver([pod("pod-a", "bars", "hard", 900)])
-    await b.deliver([pod("pod-b", "bars", "soft", 600)])
+    a, b = await hard_and_soft(member, namespace)
     before = len(await entries(namespace))
     if field == "member":
         await shared_redis.hset(a.members_key, b.fleet.member_id, garbage)
