@@ -8,6 +8,7 @@ import pytest
 
 from market_data_sidecar.checks.database import DatabaseThresholds
 from market_data_sidecar.checks.disk import DiskThresholds
+from market_data_sidecar.server.connections import Bounds
 from market_data_sidecar.settings import Settings
 from market_data_sidecar.wiring import thresholds_from
 from tests.support.sidecar import make_settings
@@ -31,10 +32,12 @@ def test_every_threshold_comes_from_its_setting(
 
 
 @pytest.mark.parametrize(
-    ("kind", "prefix"), [(DatabaseThresholds, "database_"), (DiskThresholds, "disk_")]
+    ("kind", "prefix"),
+    [(DatabaseThresholds, "database_"), (DiskThresholds, "disk_"), (Bounds, "")],
 )
-def test_dataclass_defaults_match_the_settings_defaults(kind: type, prefix: str) -> None:
-    defaults = {
-        f.name: Settings.model_fields[prefix + f.name].default for f in dataclasses.fields(kind)
-    }
-    assert dataclasses.asdict(kind()) == defaults
+def test_thresholds_have_no_default_but_the_settings(kind: type, prefix: str) -> None:
+    """Each default is written once, in `Settings`: the dataclasses have none of their own,
+    and every field is a setting of the same name."""
+    fields = dataclasses.fields(kind)
+    assert all(f.default is dataclasses.MISSING for f in fields)
+    assert {prefix + f.name for f in fields} <= set(Settings.model_fields)
