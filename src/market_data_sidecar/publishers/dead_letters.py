@@ -15,7 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from loguru import logger
 
-from market_data_sidecar.feedback.state import DeadLetterState, clip
+from market_data_sidecar.feedback.state import DeadLetterState, clip, shown_name
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis_protocol import reply_text
 
@@ -102,5 +102,4 @@ def _newest(reply: Any) -> tuple[int | None, str | None]:
     reason = fields.get(b"reason", fields.get("reason")) if isinstance(fields, Mapping) else None
     if reason is None:
         return entry_ms, None
-    text = clip(reply_text(reason), MAX_REASON) or ""
-    return entry_ms, text if text.isprintable() else ascii(text)[1:-1]
+    return entry_ms, shown_name(reply_text(reason), MAX_REASON)

@@ -44,6 +44,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from market_data_sidecar.feedback.state import shown_name
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis_protocol import reply_text
+from market_data_sidecar.publishers.stream_readers import StreamId, group_name, stream_id
 from market_data_sidecar.tasks import cancelled
 
 #: Append the stream's newest entry again, if it carries event id ARGV[2] (it is the
@@ -70,15 +71,12 @@ RETRY_DELAY = 0.5
 MAX_RETRIES = 4
 #: Groups whose estimates are kept and shown (the rest count as unknown).
 MAX_GROUPS = 100
-MAX_NAME = 100
 #: A group's last-delivered id beyond this many milliseconds past the server's clock is
 #: nonsense (or a hand-made group): its take is unknown.
 _FUTURE_MS = 86_400_000
 
 #: Seconds a shared estimate lives without being written again.
 SHARED_TTL = 60
-
-StreamId = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -141,14 +139,18 @@ class Copies:
 
     def estimates(self) -> dict[str, int]:
         """Each known group's estimate, under the name the views show."""
-        return {_name(name): max(taken) for name, taken in self._taken.items()}
+        return {group_name(name): max(taken) for name, taken in self._taken.items()}
 
     def known(self) -> int | None:
         """Readers behind the busiest group, as this writer learnt or another shared."""
-        local = max((max(taken) for taken in self._taken.values()), default=None)
+        local = self._learnt()
         if local is None:
             return self._shared
         return max(local, self._shared or 0)
+
+    def _learnt(self) -> int | None:
+        """Readers behind the busiest group, as this writer learnt them (None: nothing)."""
+        return max((max(taken) for taken in self._taken.values()), default=None)
 
     def entries(self) -> int:
         """Entries per change: the original and its copies."""
@@ -211,7 +213,7 @@ class Copies:
         self._fault("xinfo", None)
         if not appended or not isinstance(groups, list):
             return
-        ids = sorted(_stream_id(entry) for entry in appended)
+        ids = sorted(stream_id(entry) for entry in appended)
         self._learn(groups[:MAX_GROUPS], ids, change=bool(originals))
         logger.debug(
             "stream target {}: {} entries appended, groups took {}",
@@ -234,7 +236,7 @@ class Copies:
             if not isinstance(raw, Mapping):
                 continue
             name = reply_text(raw.get("name"))
-            last = _stream_id(raw.get("last-delivered-id"))
+            last = stream_id(raw.get("last-delivered-id"))
             if not name or last == (0, 0) or last[0] > ids[-1][0] + _FUTURE_MS:
                 continue  # nonsense: unknown, never a storm of copies
             took = sum(1 for entry in ids if entry <= last)
@@ -248,7 +250,9 @@ class Copies:
             retry = retry or took == len(ids) or (before is not None and took < before)
             self._shared_name(name, raw)
             if self._metrics is not None:
-                self._metrics.stream_group_readers.labels(self.target, _name(name)).set(max(taken))
+                self._metrics.stream_group_readers.labels(self.target, group_name(name)).set(
+                    max(taken)
+                )
         self._spare = min(2 * self._spare, self.max_copies) if saturated else 1
         self._schedule_retry(retry, change=change and learnt)
 
@@ -280,7 +284,7 @@ class Copies:
             "would need one)",
             self.target,
             self.key,
-            _name(name),
+            group_name(name),
             estimate,
             consumers,
             self.entries(),
@@ -320,8 +324,8 @@ class Copies:
 
     async def announce(self, client: aioredis.Redis, *, retrying: bool) -> bool:
         """One re-announcement of the stream's newest state, if it is due; whether done."""
+        newest = await self._newest(client)  # reads the shared estimate on the way
         await self.prepare(client)
-        newest = await self._newest(client)
         if newest is None or self._sha is None or not self.known():
             return False  # nobody is known to read: nobody to announce to
         due = newest.age >= RETRY_DELAY / 2 if retrying else newest.age >= 0.9 * self.reannounce
@@ -350,11 +354,11 @@ class Copies:
             return None
         entry_id, fields = newest[0]
         server_ms = int(now[0]) * 1000 + int(now[1]) // 1000
-        return _parse_newest(fields, (server_ms - _stream_id(entry_id)[0]) / 1000)
+        return _parse_newest(fields, (server_ms - stream_id(entry_id)[0]) / 1000)
 
     def _share(self, pipe: Pipeline) -> None:
         """Write what this writer learnt, when it changed or is about to expire."""
-        local = max((max(taken) for taken in self._taken.values()), default=None)
+        local = self._learnt()
         if local is None:
             return
         written = self._shared_written
@@ -409,17 +413,3 @@ def _count(value: Any) -> int | None:
     except (TypeError, ValueError):
         return None
     return count if 0 < count <= 1000 else None
-
-
-def _name(name: str) -> str:
-    """A group's name as every view, label and log line shows it."""
-    return shown_name(name, MAX_NAME) or ""
-
-
-def _stream_id(value: Any) -> StreamId:
-    milliseconds, _, sequence = reply_text(value).partition("-")
-    try:
-        ms, seq = int(milliseconds), int(sequence or 0)
-    except ValueError:
-        return 0, 0
-    return (ms, seq) if ms >= 0 and seq >= 0 else (0, 0)

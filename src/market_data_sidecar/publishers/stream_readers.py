@@ -584,24 +584,25 @@ def _arrived(
     idle_now: Mapping[tuple[str, str], float],
 ) -> list[str]:
     """What arrived between two readings, in words for the log (names clipped)."""
-    arrived = [f"group {_name(name)} appeared" for name in now if name not in before]
+    arrived = [f"group {group_name(name)} appeared" for name in now if name not in before]
     arrived += [
-        f"group {_name(name)} went back"
+        f"group {group_name(name)} went back"
         for name, last in now.items()
         if last < before.get(name, last)
     ]
     for (group, consumer), idle in idle_now.items():
         previous = idle_before.get((group, consumer))
         if group in before and previous is None:
-            arrived.append(f"consumer {_name(consumer)} joined group {_name(group)}")
+            arrived.append(f"consumer {group_name(consumer)} joined group {group_name(group)}")
         elif previous is not None and previous >= ABSENT_AFTER and idle < previous:
             # Only where `idle` counts every read (see `_arrivals`): before Redis 7.2 it
             # counts from the last entry received, and would drop at every entry.
-            arrived.append(f"consumer {_name(consumer)} of group {_name(group)} is back")
+            arrived.append(f"consumer {group_name(consumer)} of group {group_name(group)} is back")
     return arrived
 
 
-def _name(text: str) -> str:
+def group_name(text: str) -> str:
+    """A group or consumer name as every view, label and log line shows it."""
     return shown_name(text, MAX_NAME) or ""
 
 
@@ -616,7 +617,7 @@ def _reading(text: str) -> Reading:
     rows = document.get("groups") or []  # Lua's cjson writes an empty list as {}
     groups = [_group(row) for row in rows if isinstance(row, list) and len(row) >= 7]
     last = document.get("last")
-    last_entry = _stream_id(last) if isinstance(last, str) else (0, 0)
+    last_entry = stream_id(last) if isinstance(last, str) else (0, 0)
     return Reading(kind, groups, last_entry, int(document.get("total") or len(groups)))
 
 
@@ -627,7 +628,7 @@ def _group(row: Sequence[Any]) -> Group:
         consumers=_count(consumers),
         pending=_count(pending),
         lag=int(lag) if isinstance(lag, int | float) and not isinstance(lag, bool) else None,
-        last_delivered=_stream_id(last_delivered),
+        last_delivered=stream_id(last_delivered),
         listed=members is not False,
         whole=whole is not False,
     )
@@ -657,7 +658,9 @@ def _summary(groups: list[Group], total: int) -> str:
             seen = "no consumer" if idle is None else f"seen {idle:.1f}s ago"
         lag = "?" if group.lag is None else str(group.lag)
         unread = f", unread {group.unread_for:.0f}s" if group.unread_for >= 1 else ""
-        parts.append(f"{_name(group.name)} (lag {lag}, pending {group.pending}, {seen}{unread})")
+        parts.append(
+            f"{group_name(group.name)} (lag {lag}, pending {group.pending}, {seen}{unread})"
+        )
     more = max(total, len(groups)) - DETAIL_GROUPS
     if more > 0:
         parts.append(f"+{more} more")
@@ -672,7 +675,8 @@ def _set_or_remove(family: Any, target: str, group: str, value: float | None) ->
             family.remove(target, group)
 
 
-def _stream_id(value: Any) -> StreamId:
+def stream_id(value: Any) -> StreamId:
+    """`1700000000000-3` as (1700000000000, 3); (0, 0) for anything else."""
     milliseconds, _, sequence = reply_text(value).partition("-")
     try:
         return int(milliseconds), int(sequence or 0)
