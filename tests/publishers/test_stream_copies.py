@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,35 +14,23 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.publishers.stream_copies import Copies
-from market_data_sidecar.settings import ConfigError, RedisStreamTargetSettings, load_settings
+from market_data_sidecar.settings import ConfigError, load_settings
 from tests.support.helpers import eventually, feedback
-from tests.support.redis_servers import SHARED_REDIS_URL, CoreConsumer, RedisServer, feedback_key
+from tests.support.redis_servers import (
+    SHARED_REDIS_URL,
+    CoreConsumer,
+    RedisServer,
+    feedback_key,
+    limited_user,
+)
 
 pytest_plugins = ["tests.support.redis_fixtures"]
 pytestmark = pytest.mark.timeout(60, func_only=True)
 
 Publish = Callable[..., RedisStreamPublisher]
 LEVELS = ("soft", "hard", "ok", "hard", "soft")
-
-
-@pytest.fixture
-async def publisher_factory() -> AsyncIterator[Publish]:
-    made: list[RedisStreamPublisher] = []
-
-    def make(url: str, namespace: str, **options: object) -> RedisStreamPublisher:
-        target = RedisStreamTargetSettings.model_validate(
-            {"kind": "redis-stream", "url": url, "namespace": namespace, "scope": "pod", **options}
-        )
-        publisher = RedisStreamPublisher(target, metrics=Metrics())
-        made.append(publisher)
-        return publisher
-
-    yield make
-    for publisher in made:
-        await publisher.close()
 
 
 @contextlib.asynccontextmanager
@@ -82,7 +69,7 @@ def metric(publisher: RedisStreamPublisher, name: str, **labels: str) -> float |
 async def test_every_waiting_reader_of_every_group_gets_one_copy_of_each_change(
     publisher_factory: Publish, namespace: str
 ) -> None:
-    publisher = publisher_factory(SHARED_REDIS_URL, namespace, reannounce=0)
+    publisher = publisher_factory(SHARED_REDIS_URL, namespace, scope="pod", reannounce=0)
     await publisher.start()
     async with readers(namespace, pipeline=3, orchestrator=2) as groups:
         for level in LEVELS:
@@ -124,7 +111,7 @@ async def test_a_copy_never_follows_a_newer_state(namespace: str) -> None:
 async def test_a_reader_busy_at_the_change_hears_it_soon_after(
     publisher_factory: Publish, namespace: str
 ) -> None:
-    publisher = publisher_factory(SHARED_REDIS_URL, namespace, reannounce=0)
+    publisher = publisher_factory(SHARED_REDIS_URL, namespace, scope="pod", reannounce=0)
     await publisher.start()
     async with readers(namespace, pipeline=3) as groups:
         warm = feedback("bars", level="soft")
@@ -147,7 +134,7 @@ async def test_a_reader_busy_at_the_change_hears_it_soon_after(
 async def test_a_state_that_is_not_ok_is_announced_again_for_a_reader_that_joins_late(
     publisher_factory: Publish, namespace: str
 ) -> None:
-    publisher = publisher_factory(SHARED_REDIS_URL, namespace, reannounce=0.5)
+    publisher = publisher_factory(SHARED_REDIS_URL, namespace, scope="pod", reannounce=0.5)
     await publisher.start()
     async with readers(namespace, pipeline=1) as groups:
         change = feedback("bars", level="hard")
@@ -183,21 +170,13 @@ def test_groups_redis_reports_with_nonsense_fields_are_unknown_and_cost_nothing(
 async def test_without_xinfo_each_change_is_appended_once_and_said_once(
     publisher_factory: Publish, redis_server: RedisServer
 ) -> None:
+    url = await limited_user(redis_server, "xinfo")
     admin = aioredis.Redis.from_url(redis_server.url)
-    password = uuid.uuid4().hex
-    await admin.acl_setuser(
-        "sidecar",
-        enabled=True,
-        passwords=[f"+{password}"],
-        keys=["~*"],
-        commands=["+@all", "-xinfo"],
-    )
     lines: list[str] = []
     sink = logger.add(lambda message: lines.append(str(message)), level="INFO", format="{message}")
     namespace = "mdp"
-    url = redis_server.url.replace("redis://", f"redis://sidecar:{password}@")
     try:
-        publisher = publisher_factory(url, namespace, reannounce=0)
+        publisher = publisher_factory(url, namespace, scope="pod", reannounce=0)
         await publisher.start()
         async with readers(namespace, redis_server.url, pipeline=2) as groups:
             for level in LEVELS:
@@ -219,7 +198,7 @@ async def test_without_xinfo_each_change_is_appended_once_and_said_once(
 async def test_dead_letters_degrade_feedback_naming_the_readers_reason(
     publisher_factory: Publish, namespace: str, shared_redis: aioredis.Redis
 ) -> None:
-    publisher = publisher_factory(SHARED_REDIS_URL, namespace)
+    publisher = publisher_factory(SHARED_REDIS_URL, namespace, scope="pod")
     await publisher.start()
     key = feedback_key(namespace)
     async with CoreConsumer(SHARED_REDIS_URL, namespace, "pipeline") as consumer:

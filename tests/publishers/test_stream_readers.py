@@ -5,19 +5,23 @@ consumers (which never acknowledge)."""
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
 from loguru import logger
 
-from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.publishers.stream_readers import MAX_SWEEPS, StreamReaders
-from market_data_sidecar.settings import RedisStreamTargetSettings
 from tests.support.helpers import eventually, feedback
-from tests.support.redis_servers import SHARED_REDIS_URL, CoreConsumer, RedisServer, feedback_key
+from tests.support.redis_servers import (
+    SHARED_REDIS_URL,
+    CoreConsumer,
+    RedisServer,
+    feedback_key,
+    limited_user,
+)
 
 pytest_plugins = ["tests.support.redis_fixtures"]
 pytestmark = pytest.mark.timeout(60, func_only=True)
@@ -27,24 +31,6 @@ pytestmark = pytest.mark.timeout(60, func_only=True)
 NODE_ENTRIES = 100
 
 Publish = Callable[..., RedisStreamPublisher]
-
-
-@pytest.fixture
-async def publisher_factory() -> AsyncIterator[Publish]:
-    """`publisher_factory(url, namespace, **options)`: started; every one is closed."""
-    made: list[RedisStreamPublisher] = []
-
-    def make(url: str, namespace: str, **options: object) -> RedisStreamPublisher:
-        target = RedisStreamTargetSettings.model_validate(
-            {"kind": "redis-stream", "url": url, "namespace": namespace, **options}
-        )
-        publisher = RedisStreamPublisher(target, metrics=Metrics())
-        made.append(publisher)
-        return publisher
-
-    yield make
-    for publisher in made:
-        await publisher.close()
 
 
 async def readings(publisher: RedisStreamPublisher, count: int = 3) -> None:
@@ -232,21 +218,13 @@ async def _no_pending(client: aioredis.Redis, key: str) -> bool:
 async def test_a_user_denied_xinfo_or_xack_delivers_and_says_so_once(
     publisher_factory: Publish, redis_server: RedisServer, denied: str, detail: str
 ) -> None:
+    url = await limited_user(redis_server, denied)
     admin = aioredis.Redis.from_url(redis_server.url)
-    password = uuid.uuid4().hex
-    await admin.acl_setuser(
-        "sidecar",
-        enabled=True,
-        passwords=[f"+{password}"],
-        keys=["~*"],
-        commands=["+@all", f"-{denied}"],
-    )
     namespace = "mdp"
     await admin.xgroup_create(feedback_key(namespace), "pipeline", id="$", mkstream=True)
     lines: list[str] = []
     sink = logger.add(lambda message: lines.append(str(message)), level="INFO", format="{message}")
     try:
-        url = redis_server.url.replace("redis://", f"redis://sidecar:{password}@")
         publisher = publisher_factory(url, namespace, maxlen=10)
         await publisher.start()
         key = feedback_key(namespace)
@@ -268,6 +246,8 @@ async def test_a_user_denied_xinfo_or_xack_delivers_and_says_so_once(
     assert len(said) == (2 if denied == "xinfo" else 1), said
     if denied == "xinfo":
         assert sum("each change is appended once" in line for line in said) == 1, said
+    password = urlsplit(url).password
+    assert password
     assert password not in "".join(lines) + str(details)
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import uuid
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from types import TracebackType
@@ -198,3 +199,17 @@ class CoreConsumer:
 async def dead_letters(client: aioredis.Redis, namespace: str) -> int:
     """Entries Core's subscriber dead-lettered (could not decode)."""
     return int(await client.xlen(f"{feedback_key(namespace)}.dlq"))
+
+
+async def limited_user(server: RedisServer, *denied: str) -> str:
+    """A URL of `server` for a user `sidecar` allowed every command but `denied`."""
+    password = uuid.uuid4().hex
+    async with aioredis.Redis.from_url(server.url) as admin:
+        await admin.acl_setuser(
+            "sidecar",
+            enabled=True,
+            passwords=[f"+{password}"],
+            keys=["~*"],
+            commands=["+@all", *(f"-{command}" for command in denied)],
+        )
+    return server.url.replace("redis://", f"redis://sidecar:{password}@")
