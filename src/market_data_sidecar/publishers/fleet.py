@@ -48,6 +48,7 @@ from market_data_sidecar.publishers.redis import (
     classify,
 )
 from market_data_sidecar.publishers.redis_protocol import reply_text
+from market_data_sidecar.publishers.stream_copies import Original
 from market_data_sidecar.publishers.stream_readers import wrong_type
 from market_data_sidecar.settings import (
     FLEET_GRACE_MAX,
@@ -354,28 +355,24 @@ class FleetStreamPublisher(RedisStreamPublisher):
         """The step, then its copies and the groups' reading in the same round trip: a
         composite it appends (a leave's too) reaches every waiting reader (see
         stream_copies.py)."""
-        assert self._script is not None
+        script = self._script
+        assert script is not None
         if not self._script_loaded:  # so the first step carries its copies too
             await client.script_load(_SCRIPT)
             self._script_loaded = True
-        await self.copies.prepare(client)
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self._script.sha, len(self.keys), *self.keys, *args)
-            self.copies.queue(pipe, event_id, self.copies.entries() - 1)
-            reading = self.copies.reading
-            if reading:
-                self.copies.queue_reading(pipe)
-            step, *rest = await pipe.execute(raise_on_error=False)
-        if isinstance(step, NoScriptError):
+        step = Original(
+            lambda pipe: pipe.evalsha(script.sha, len(self.keys), *self.keys, *args), event_id
+        )
+        sent = await self.copies.round(client, [step])
+        reply = sent.originals[0]
+        if isinstance(reply, NoScriptError):
             # Redis forgot the script (restarted empty): redis-py loads it and steps again;
             # the copies found nothing of this step to copy.
-            step = await self._script(keys=self.keys, args=args, client=client)
-        elif isinstance(step, Exception):
-            raise step
-        result = StepResult.parse(step)
-        if reading:
-            originals = [result.entry_id] if result.entry_id else []
-            self.copies.observe(rest[:-1], rest[-1], originals)
+            reply = await script(keys=self.keys, args=args, client=client)
+        elif isinstance(reply, Exception):
+            raise reply
+        result = StepResult.parse(reply)
+        self.copies.learn_from(sent, [result.entry_id] if result.entry_id else [])
         return result
 
     def _refused(self, exc: RedisError) -> None:

@@ -50,7 +50,7 @@ from market_data_sidecar.feedback.state import DeadLetterState, ReaderGroup, cli
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.dead_letters import DeadLetters
 from market_data_sidecar.publishers.redis_protocol import BoundedParser, reply_text
-from market_data_sidecar.publishers.stream_copies import Copies
+from market_data_sidecar.publishers.stream_copies import Copies, Original
 from market_data_sidecar.publishers.stream_readers import StreamReaders
 from market_data_sidecar.redaction import Redactor, redact_url, url_secrets
 from market_data_sidecar.settings import (
@@ -311,33 +311,22 @@ class RedisStreamPublisher(_RedisPublisher):
         await super().close()
 
     async def _send(self, client: aioredis.Redis, batch: Sequence[Feedback]) -> None:
-        # No MULTI: entries are independent, a transaction would hold the server for the
-        # whole batch, and blocked readers are served only between commands (the copies).
-        await self.copies.prepare(client)
-        copies = self.copies.entries() - 1
-        async with client.pipeline(transaction=False) as pipe:
-            queued = []
-            for feedback in batch:
-                pipe.xadd(
-                    self.stream,
-                    {"data": self.envelope(feedback)},
-                    maxlen=self._maxlen,
-                    approximate=True,
-                )
-                queued.append(self.copies.queue(pipe, feedback.id, self._copies(feedback, copies)))
-            reading = self.copies.reading
-            if reading:
-                self.copies.queue_reading(pipe)
-            replies = await pipe.execute(raise_on_error=False)
-        originals, copied = _split(replies[: len(replies) - reading], queued)
-        _replies(originals)
-        if reading:
-            self.copies.observe(copied, replies[-1], [reply_text(entry) for entry in originals])
+        sent = await self.copies.round(client, [self._original(feedback) for feedback in batch])
+        self.copies.learn_from(sent, [reply_text(entry) for entry in _replies(sent.originals)])
 
-    def _copies(self, feedback: Feedback, copies: int) -> int:
-        """Copies of `feedback`: a resync round in `coordinator` scope is one entry per
-        coordinator already (thousands); copied, it would outrun `maxlen`."""
-        return 0 if feedback.resync and self.target.scope == "coordinator" else copies
+    def _original(self, feedback: Feedback) -> Original:
+        """The XADD of `feedback`. A resync round in `coordinator` scope is not copied: it
+        is one entry per coordinator already (thousands); copied, it would outrun `maxlen`."""
+        return Original(
+            lambda pipe: pipe.xadd(
+                self.stream,
+                {"data": self.envelope(feedback)},
+                maxlen=self._maxlen,
+                approximate=True,
+            ),
+            feedback.id,
+            copied=not (feedback.resync and self.target.scope == "coordinator"),
+        )
 
     async def health_details(self) -> dict[str, str]:
         details = await super().health_details()
@@ -410,18 +399,6 @@ def _printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-
-
-def _split(replies: Sequence[Any], queued: Sequence[int]) -> tuple[list[Any], list[Any]]:
-    """A pipeline's replies to each original (XADD) and to the copies queued after it."""
-    originals: list[Any] = []
-    copies: list[Any] = []
-    position = 0
-    for count in queued:
-        originals.append(replies[position])
-        copies.extend(replies[position + 1 : position + 1 + count])
-        position += 1 + count
-    return originals, copies
 
 
 def _replies(replies: list[Any]) -> list[Any]:

@@ -32,7 +32,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,29 @@ class Newest:
     event_id: str
     level: str
     age: float
+
+
+@dataclass(frozen=True)
+class Original:
+    """A command that appends a state, as a round queues it: its copies right after it."""
+
+    #: Queues the command on the round's pipeline (so it is encoded as it is queued).
+    queue: Callable[[Pipeline], object]
+    event_id: str
+    #: Whether copies follow it (a round of thousands of originals would outrun `maxlen`).
+    copied: bool = True
+
+
+@dataclass(frozen=True)
+class Round:
+    """A round's replies: the originals' for the caller, who alone can read the entry ids
+    in them; the copies' and the groups' for `Copies.learn_from`, once it has."""
+
+    originals: list[Any]
+    copies: list[Any]
+    #: Whether the round read the groups, and what XINFO GROUPS replied.
+    reading: bool
+    groups: Any
 
 
 class Copies:
@@ -187,6 +210,33 @@ class Copies:
             self._sha = await client.script_load(COPY)
         except ResponseError as exc:
             self._fault("script", f"cannot append copies to {self.key} (SCRIPT LOAD): {exc}")
+
+    async def round(self, client: aioredis.Redis, originals: Sequence[Original]) -> Round:
+        """Append the originals, each followed by its copies, then read the groups, in one
+        round trip. No MULTI: a transaction would hold the server for the whole round, and
+        blocked readers are served only between commands (the copies)."""
+        await self.prepare(client)
+        copies = self.entries() - 1
+        async with client.pipeline(transaction=False) as pipe:
+            queued = [self._queue_original(pipe, original, copies) for original in originals]
+            reading = self.reading
+            if reading:
+                self.queue_reading(pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        groups = replies.pop() if reading else None
+        answered, copied = _split(replies, queued)
+        return Round(answered, copied, reading, groups)
+
+    def _queue_original(self, pipe: Pipeline, original: Original, copies: int) -> int:
+        """Queue `original` and its copies; how many copies were queued."""
+        original.queue(pipe)
+        return self.queue(pipe, original.event_id, copies if original.copied else 0)
+
+    def learn_from(self, sent: Round, appended: Sequence[str]) -> None:
+        """Learn from a round, given the entry ids its originals appended (the caller reads
+        them from its replies, raising their errors first)."""
+        if sent.reading:
+            self.observe(sent.copies, sent.groups, appended)
 
     def queue(self, pipe: Pipeline, event_id: str, copies: int) -> int:
         """Queue `copies` conditional copies of the state `event_id`; how many were queued."""
@@ -385,6 +435,18 @@ class Copies:
         if self._faults:
             details["copies_error"] = "; ".join(self._faults.values())
         return details
+
+
+def _split(replies: Sequence[Any], queued: Sequence[int]) -> tuple[list[Any], list[Any]]:
+    """A round's replies to each original and to the copies queued after it."""
+    originals: list[Any] = []
+    copies: list[Any] = []
+    position = 0
+    for count in queued:
+        originals.append(replies[position])
+        copies.extend(replies[position + 1 : position + 1 + count])
+        position += 1 + count
+    return originals, copies
 
 
 def _marker(event_id: str) -> str:
