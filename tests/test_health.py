@@ -10,9 +10,8 @@ from typing import Any
 from market_data_core.telemetry import HealthComponent, HealthState, HealthStatus
 
 from market_data_sidecar.checks import Check
-from market_data_sidecar.health import Damping, HealthMonitor
-from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.settings import Settings
+from tests.support import parts
 from tests.support.helpers import eventually
 from tests.support.sidecar import StartSidecar
 
@@ -168,9 +167,7 @@ async def test_flap_damping_needs_consecutive_results() -> None:
     script: list[HealthState] = ["healthy", "unhealthy", "healthy"]
     script += ["unhealthy", "unhealthy", "unhealthy", "healthy", "healthy", "healthy", "healthy"]
     check = ScriptedCheck("flappy", script)
-    monitor = HealthMonitor(
-        [check], service="store", metrics=Metrics(), damping=Damping(rise=3, fall=2)
-    )
+    monitor = parts.health_monitor([check], service_name="store", rise=3, fall=2)
     reported = [(await monitor.run_once()).components[0] for _ in script]
 
     assert [c.state for c in reported] == [
@@ -245,7 +242,7 @@ async def test_unknown_route_is_a_json_404(sidecar_client: StartSidecar) -> None
 
 async def test_probe_bodies_are_serialized_once_per_change() -> None:
     check = ScriptedCheck("steady", ["healthy", "degraded"])
-    monitor = HealthMonitor([check], service="store", metrics=Metrics())
+    monitor = parts.health_monitor([check], service_name="store")
     first = await monitor.run_once()
     body = monitor.status_json(monitor.snapshot())
     assert monitor.status_json(monitor.snapshot()) is body, "unchanged status: cached bytes"

@@ -107,9 +107,9 @@ class HealthMonitor:
         *,
         service: str,
         metrics: Metrics,
-        damping: Damping | None = None,
-        liveness_intervals: float = 3.0,
-        ready_when_degraded: bool = True,
+        damping: Damping,
+        liveness_intervals: float,
+        ready_when_degraded: bool,
         clock: Clock | None = None,
     ) -> None:
         names = [check.name for check in checks]
@@ -121,7 +121,7 @@ class HealthMonitor:
         }
         self._service = service
         self._metrics = metrics
-        self._damping = damping or Damping()
+        self._damping = damping
         self._liveness_intervals = liveness_intervals
         self._ready_when_degraded = ready_when_degraded
         self._shutting_down = False

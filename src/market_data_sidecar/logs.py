@@ -51,7 +51,7 @@ def escape_record(record: Record) -> None:
     record["message"] = escape(record["message"])
 
 
-def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
+def configure_logging(fmt: str, level: str) -> None:
     logger.remove()
     logger.configure(patcher=escape_record)
     if fmt == "json":

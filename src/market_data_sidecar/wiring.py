@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from market_data_sidecar.checks import Check, Damping
 from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
@@ -33,7 +35,7 @@ from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.feedback.watermarks import QueueSampleSource, Watermarks
-from market_data_sidecar.health import HealthMonitor
+from market_data_sidecar.health import Clock, HealthMonitor
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.redaction import redact_url
 from market_data_sidecar.server.app import Served, create_app
@@ -133,7 +135,9 @@ def wire_checks(settings: Settings, metrics: Metrics | None = None) -> HealthMon
     return build_monitor(settings, build_checks(settings, metrics), metrics)
 
 
-def build_monitor(settings: Settings, checks: Sequence[Check], metrics: Metrics) -> HealthMonitor:
+def build_monitor(
+    settings: Settings, checks: Sequence[Check], metrics: Metrics, *, clock: Clock | None = None
+) -> HealthMonitor:
     return HealthMonitor(
         checks,
         service=settings.service_name,
@@ -141,6 +145,7 @@ def build_monitor(settings: Settings, checks: Sequence[Check], metrics: Metrics)
         damping=Damping(rise=settings.rise, fall=settings.fall),
         liveness_intervals=settings.liveness_intervals,
         ready_when_degraded=settings.ready_when_degraded,
+        clock=clock,
     )
 
 
@@ -149,12 +154,15 @@ def bounds_from(settings: Settings) -> Bounds:
     return thresholds_from(Bounds, settings, "")
 
 
-def feedback_check(relay: Relay, settings: Settings) -> FeedbackCheck:
+def feedback_check(
+    relay: Relay, settings: Settings, *, clock: Callable[[], float] = time.time
+) -> FeedbackCheck:
     return FeedbackCheck(
         relay,
         interval=settings.check_interval,
         timeout=settings.check_timeout,
         ttl=settings.feedback_ttl,
+        clock=clock,
     )
 
 
@@ -185,18 +193,7 @@ def build_checks(settings: Settings, metrics: Metrics) -> list[Check]:
     """The store's dependencies, as configured: disk always, database and queue when set."""
     checks: list[Check] = []
     if settings.database_url is not None:
-        checks.append(
-            DatabaseCheck(
-                settings.database_url,
-                thresholds=thresholds_from(DatabaseThresholds, settings, "database_"),
-                metrics=metrics,
-                connect_timeout=settings.database_connect_timeout,
-                statement_timeout=settings.database_statement_timeout,
-                probe_query=settings.database_probe_query,
-                role=settings.database_role,
-                **timing_of(settings, "database"),
-            )
-        )
+        checks.append(database_check(settings.database_url, settings, metrics))
     checks.append(
         DiskCheck(
             settings.disk_paths,
@@ -218,6 +215,20 @@ def build_checks(settings: Settings, metrics: Metrics) -> list[Check]:
             )
         )
     return checks
+
+
+def database_check(dsn: SecretStr, settings: Settings, metrics: Metrics) -> DatabaseCheck:
+    """The check of the database at `dsn`, as the `database_` settings describe it."""
+    return DatabaseCheck(
+        dsn,
+        thresholds=thresholds_from(DatabaseThresholds, settings, "database_"),
+        metrics=metrics,
+        connect_timeout=settings.database_connect_timeout,
+        statement_timeout=settings.database_statement_timeout,
+        probe_query=settings.database_probe_query,
+        role=settings.database_role,
+        **timing_of(settings, "database"),
+    )
 
 
 # -- publishers and relay -------------------------------------------------------------------
@@ -304,22 +315,49 @@ def build_relay(
         )
         for publisher, target in zip(publishers, settings.targets, strict=True)
     ]
-    policy = RetryPolicy(
+    return relay_from(
+        settings,
+        build_router(settings, targets, metrics),
+        metrics,
+        watermarks=Watermarks(settings.queue_low_watermark, settings.queue_high_watermark),
+    )
+
+
+def build_router(settings: Settings, targets: Sequence[Target], metrics: Metrics) -> Router:
+    """The router of `targets`: paced, resynced and named as the settings say."""
+    return Router(
+        targets,
+        metrics=metrics,
+        policy=retry_policy_from(settings),
+        resync_interval=settings.resync_interval,
+        instance=settings.instance,
+    )
+
+
+def retry_policy_from(settings: Settings) -> RetryPolicy:
+    """How a failing target is retried, when its circuit opens and when it is failing."""
+    return RetryPolicy(
         backoff=Backoff(settings.retry_initial, settings.retry_max, settings.retry_after_max),
         circuit_failures=settings.circuit_failures,
         circuit_cooldown=settings.circuit_cooldown,
         failing_after=settings.target_failing_after,
     )
+
+
+def relay_from(
+    settings: Settings,
+    router: Router,
+    metrics: Metrics,
+    *,
+    watermarks: Watermarks | None,
+    clock: Callable[[], float] = time.time,
+) -> Relay:
+    """The relay over `router`; without `watermarks` it synthesizes no event."""
     return Relay(
-        Router(
-            targets,
-            metrics=metrics,
-            policy=policy,
-            resync_interval=settings.resync_interval,
-            instance=settings.instance,
-        ),
+        router,
         metrics=metrics,
-        watermarks=Watermarks(settings.queue_low_watermark, settings.queue_high_watermark),
+        watermarks=watermarks,
         synthesize=settings.synthesize_feedback,
         synthesize_after=settings.synthesize_after,
+        clock=clock,
     )

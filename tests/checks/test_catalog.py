@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Callable
 
 import pytest
 
-from market_data_sidecar.checks.database import DatabaseThresholds
-from market_data_sidecar.checks.disk import DiskThresholds
+from market_data_sidecar.checks import Damping
+from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
+from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds
+from market_data_sidecar.checks.feedback import FeedbackCheck
+from market_data_sidecar.checks.queue import QueueCheck
+from market_data_sidecar.demo.store import SimulatedStore
+from market_data_sidecar.feedback.intake import Intake
+from market_data_sidecar.feedback.lane import RetryPolicy
+from market_data_sidecar.feedback.relay import Relay
+from market_data_sidecar.feedback.retry import Backoff
+from market_data_sidecar.feedback.router import Router
+from market_data_sidecar.feedback.watermarks import Watermarks
+from market_data_sidecar.health import HealthMonitor
+from market_data_sidecar.logs import configure_logging
+from market_data_sidecar.publishers.fleet import Fleet
 from market_data_sidecar.server.connections import Bounds
 from market_data_sidecar.settings import Settings
 from market_data_sidecar.wiring import thresholds_from
@@ -33,7 +48,7 @@ def test_every_threshold_comes_from_its_setting(
 
 @pytest.mark.parametrize(
     ("kind", "prefix"),
-    [(DatabaseThresholds, "database_"), (DiskThresholds, "disk_"), (Bounds, "")],
+    [(DatabaseThresholds, "database_"), (DiskThresholds, "disk_"), (Bounds, ""), (Damping, "")],
 )
 def test_thresholds_have_no_default_but_the_settings(kind: type, prefix: str) -> None:
     """Each default is written once, in `Settings`: the dataclasses have none of their own,
@@ -41,3 +56,37 @@ def test_thresholds_have_no_default_but_the_settings(kind: type, prefix: str) ->
     fields = dataclasses.fields(kind)
     assert all(f.default is dataclasses.MISSING for f in fields)
     assert {prefix + f.name for f in fields} <= set(Settings.model_fields)
+
+
+#: What the settings configure, and the arguments of each that are no setting and keep a
+#: default: a clock or a check's own damping a test injects, watermarks "not given", a
+#: module's constant, the process's token, the demo's noise.
+CONFIGURED: list[tuple[Callable[..., object], set[str]]] = [
+    (Intake, set()),
+    (HealthMonitor, {"clock"}),
+    (DatabaseCheck, {"damping"}),
+    (DiskCheck, {"damping"}),
+    (QueueCheck, {"damping"}),
+    (FeedbackCheck, {"clock"}),
+    (Backoff, set()),
+    (RetryPolicy, set()),
+    (Router, {"max_coordinators"}),
+    (Watermarks, {"clock"}),
+    (Relay, {"watermarks", "clock"}),
+    (Fleet, {"token"}),
+    (configure_logging, set()),
+    (SimulatedStore, {"noise", "rate"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("configured", "not_settings"), CONFIGURED, ids=[c.__name__ for c, _ in CONFIGURED]
+)
+def test_what_the_settings_configure_has_no_default_of_its_own(
+    configured: Callable[..., object], not_settings: set[str]
+) -> None:
+    """A setting's default lives in `Settings` alone: what wiring passes it to requires it,
+    so a constructor cannot keep a second default that drifts from the first."""
+    parameters = inspect.signature(configured).parameters.values()
+    defaulted = {p.name for p in parameters if p.default is not inspect.Parameter.empty}
+    assert defaulted == not_settings

@@ -11,15 +11,14 @@ from typing import Any
 import psycopg
 import pytest
 from loguru import logger
-from pydantic import SecretStr
 
 from market_data_sidecar.checks.database import DatabaseCheck
 from market_data_sidecar.metrics import Metrics
+from tests.support import parts
 from tests.support.helpers import eventually
 from tests.support.postgres import MAX_CONNECTIONS, PostgresInstance
 from tests.support.probes import probing
 from tests.support.sidecar import StartSidecar, make_settings
-from tests.support.thresholds import database_thresholds
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +34,15 @@ PROBE_BUDGET = 0.1
 
 
 def database_check(dsn: str, metrics: Metrics | None = None, **overrides: Any) -> DatabaseCheck:
+    """The check as the sidecar builds it, on this module's schedule; `overrides` are
+    settings."""
     options: dict[str, Any] = {
-        "thresholds": database_thresholds(),
-        "metrics": metrics or Metrics(),
-        "interval": INTERVAL,
-        "timeout": TIMEOUT,
-        "statement_timeout": 0.5,
+        "check_interval": INTERVAL,
+        "check_timeout": TIMEOUT,
+        "database_statement_timeout": 0.5,
         **overrides,
     }
-    return DatabaseCheck(SecretStr(dsn), **options)
+    return parts.database_check(dsn, metrics, **options)
 
 
 def sidecar_settings(dsn: str, **overrides: Any) -> Any:
@@ -181,7 +180,7 @@ async def test_connections_near_the_limit_degrade_then_fail(
 
 
 async def test_old_transaction_degrades(pg: PostgresInstance) -> None:
-    check = database_check(pg.dsn(), thresholds=database_thresholds(transaction_age_degraded=0.3))
+    check = database_check(pg.dsn(), database_transaction_age_degraded=0.3)
     try:
         assert (await check.run()).state == "healthy"
         with pg.connect(autocommit=False) as idle:
@@ -302,8 +301,9 @@ async def test_replica_lag_degrades_then_fails_then_recovers(
     )
     check = database_check(
         replica.dsn(),
-        thresholds=database_thresholds(replication_lag_degraded=0.5, replication_lag_unhealthy=1.5),
-        role="replica",
+        database_replication_lag_degraded=0.5,
+        database_replication_lag_unhealthy=1.5,
+        database_role="replica",
     )
     try:
         # Caught up: what the replica received is replayed (the catalog row of `ticks`

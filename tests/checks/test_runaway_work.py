@@ -10,8 +10,9 @@ from market_data_core.telemetry import HealthComponent
 
 from market_data_sidecar.checks import Check
 from market_data_sidecar.checks.disk import DiskCheck, DiskThresholds
-from market_data_sidecar.health import DETAILS_BUDGET, HealthMonitor
+from market_data_sidecar.health import DETAILS_BUDGET
 from market_data_sidecar.metrics import Metrics
+from tests.support import parts
 from tests.support.helpers import eventually
 
 #: What a probe answer must fit in (the kubelet reads 10 KiB of it).
@@ -60,7 +61,7 @@ def _disk(metrics: Metrics) -> DiskCheck:
 async def test_a_stuck_parse_holds_one_thread_and_times_out_no_other_check() -> None:
     metrics = Metrics()
     stuck = StuckParse()
-    monitor = HealthMonitor([stuck, _disk(metrics)], service="t", metrics=metrics)
+    monitor = parts.health_monitor([stuck, _disk(metrics)], metrics=metrics, service_name="t")
     monitor.start()
     try:
 
@@ -86,7 +87,7 @@ async def test_a_stuck_parse_holds_one_thread_and_times_out_no_other_check() -> 
 
 async def test_no_component_exceeds_its_share_of_the_answer() -> None:
     metrics = Metrics()
-    monitor = HealthMonitor([Verbose(), _disk(metrics)], service="t", metrics=metrics)
+    monitor = parts.health_monitor([Verbose(), _disk(metrics)], metrics=metrics, service_name="t")
     await monitor.run_once()
 
     body = monitor.status_json(monitor.snapshot())

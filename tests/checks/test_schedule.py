@@ -17,10 +17,11 @@ from market_data_sidecar.checks import Check, Damping
 from market_data_sidecar.checks.database import DatabaseCheck
 from market_data_sidecar.checks.disk import DiskCheck
 from market_data_sidecar.checks.queue import QueueCheck
-from market_data_sidecar.health import Clock, HealthMonitor
+from market_data_sidecar.health import Clock
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.settings import ConfigError, load_settings
 from market_data_sidecar.wiring import build_checks
+from tests.support import parts
 from tests.support.helpers import run_cli
 
 #: How long a test waits, in real time, for the check loops to settle after a tick.
@@ -108,7 +109,7 @@ async def test_a_1s_queue_and_a_30s_disk_check_keep_their_own_pace() -> None:
     clock = ManualClock()
     queue = CountingCheck("queue", clock, interval=1.0)
     disk = CountingCheck("disk", clock, interval=30.0)
-    monitor = HealthMonitor([queue, disk], service="store", metrics=Metrics(), clock=clock)
+    monitor = parts.health_monitor([queue, disk], clock=clock, service_name="store")
     monitor.start()
     try:
         await clock.settle(2)
@@ -128,8 +129,8 @@ async def test_liveness_judges_each_check_by_its_own_interval() -> None:
     clock = ManualClock()
     queue = CountingCheck("queue", clock, interval=1.0, timeout=0.5)
     disk = CountingCheck("disk", clock, interval=30.0, timeout=5.0)
-    monitor = HealthMonitor(
-        [queue, disk], service="store", metrics=Metrics(), clock=clock, liveness_intervals=3
+    monitor = parts.health_monitor(
+        [queue, disk], clock=clock, service_name="store", liveness_intervals=3
     )
     monitor.start()
     try:
@@ -155,7 +156,7 @@ async def test_readiness_waits_for_the_slow_checks_first_result() -> None:
     queue = CountingCheck("queue", clock, interval=1.0)
     disk = CountingCheck("disk", clock, interval=30.0)
     disk.hang_from = 0  # its first run never ends
-    monitor = HealthMonitor([queue, disk], service="store", metrics=Metrics(), clock=clock)
+    monitor = parts.health_monitor([queue, disk], clock=clock, service_name="store")
     monitor.start()
     try:
         await clock.settle(1)
@@ -173,9 +174,7 @@ async def test_each_check_damps_with_its_own_rise_and_fall() -> None:
     outage: list[HealthState] = ["healthy", "unhealthy", "unhealthy", "unhealthy"]
     patient = ScriptedCheck("database", outage, Damping(rise=1, fall=3))
     quick = ScriptedCheck("queue", outage, Damping(rise=1, fall=1))
-    monitor = HealthMonitor(
-        [patient, quick], service="store", metrics=Metrics(), damping=Damping(fall=2)
-    )
+    monitor = parts.health_monitor([patient, quick], service_name="store", fall=2)
     rounds = [await monitor.run_once() for _ in outage]
     states = [{c.name: c.state for c in status.components} for status in rounds]
     assert [s["queue"] for s in states] == ["healthy", "unhealthy", "unhealthy", "unhealthy"]

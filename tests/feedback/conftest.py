@@ -8,13 +8,12 @@ from typing import Any
 
 import pytest
 
-from market_data_sidecar.feedback.lane import RetryPolicy, Target
-from market_data_sidecar.feedback.retry import Backoff
+from market_data_sidecar.feedback.lane import Target
 from market_data_sidecar.feedback.router import Router
-from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.settings import Settings
 from tests.checks.conftest import store_metrics  # noqa: F401 - the checks' store
 from tests.publishers.conftest import orchestrator  # noqa: F401 - the same real receivers
+from tests.support import parts
 from tests.support.sidecar import make_settings
 
 #: Fast pacing so fault tests finish in seconds; behaviour is the same as the defaults'.
@@ -42,21 +41,24 @@ def relay_settings() -> Callable[..., Settings]:
 
 
 #: Router pacing for fault tests: retries within milliseconds, circuits that reopen fast.
-FAST = RetryPolicy(Backoff(0.01, 0.05), circuit_failures=5, circuit_cooldown=0.3)
+FAST: dict[str, Any] = {
+    "retry_initial": 0.01,
+    "retry_max": 0.05,
+    "circuit_failures": 5,
+    "circuit_cooldown": 0.3,
+}
 
 RouterFactory = Callable[..., Awaitable[Router]]
 
 
 @pytest.fixture
 async def router() -> AsyncIterator[RouterFactory]:
-    """`await router(*targets, policy=FAST, resync_interval=0)`: a started router, stopped
-    after the test."""
+    """`await router(*targets, **settings)`: a started router, paced as `FAST` unless the
+    settings say otherwise, stopped after the test."""
     started: list[Router] = []
 
-    async def start(
-        *targets: Target, policy: RetryPolicy = FAST, resync_interval: float = 0.0
-    ) -> Router:
-        routed = Router(targets, metrics=Metrics(), policy=policy, resync_interval=resync_interval)
+    async def start(*targets: Target, **settings: Any) -> Router:
+        routed = parts.router(targets, **{**FAST, **settings})
         await routed.start()
         started.append(routed)
         return routed

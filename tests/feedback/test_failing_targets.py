@@ -9,15 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from market_data_sidecar.checks.feedback import FeedbackCheck
-from market_data_sidecar.feedback.lane import RetryPolicy, Target
+from market_data_sidecar.feedback.lane import Target
 from market_data_sidecar.feedback.relay import Relay
-from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import Router
-from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import HttpTargetSettings, RedisStreamTargetSettings
+from tests.support import parts
 from tests.support.helpers import eventually, feedback
 from tests.support.receivers import StartOrchestrator
 from tests.support.redis_servers import RedisServer
@@ -25,7 +22,12 @@ from tests.support.redis_servers import RedisServer
 pytest_plugins = ["tests.support.redis_fixtures"]
 
 FAILING_AFTER = 0.3
-POLICY = RetryPolicy(Backoff(0.01, 0.02), failing_after=FAILING_AFTER)
+#: Fast retries; a target is failing after `FAILING_AFTER` without a delivery.
+PACING: dict[str, Any] = {
+    "retry_initial": 0.01,
+    "retry_max": 0.02,
+    "target_failing_after": FAILING_AFTER,
+}
 
 
 def http(url: str) -> Target:
@@ -39,7 +41,7 @@ def stream(url: str) -> Target:
 
 
 async def component_of(relay: Relay) -> tuple[str, str]:
-    component = await FeedbackCheck(relay, interval=1, timeout=1).run()
+    component = await parts.feedback_check(relay).run()
     return component.state, component.details.get("reason", "")
 
 
@@ -51,10 +53,7 @@ async def test_404_and_a_wrong_password_degrade_feedback_until_deliveries_succee
     receiver.status = 404
     redis = redis_server_factory("--requirepass", "right")
     wrong = redis.url.replace("redis://", "redis://:wrong@")
-    relay = Relay(
-        Router([http(receiver.url), stream(wrong)], metrics=Metrics(), policy=POLICY),
-        metrics=Metrics(),
-    )
+    relay = parts.relay(parts.router([http(receiver.url), stream(wrong)], **PACING))
     await relay.start()
     try:
         relay.accept([feedback("bars", 900, level="hard")])

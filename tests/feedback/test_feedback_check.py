@@ -8,17 +8,20 @@ from typing import Any
 
 import pytest
 
-from market_data_sidecar.checks.feedback import FeedbackCheck
 from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
-from market_data_sidecar.feedback.lane import RetryPolicy, Target
+from market_data_sidecar.feedback.lane import Target
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.relay import Relay
-from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import Router
-from market_data_sidecar.metrics import Metrics
+from tests.support import parts
 from tests.support.helpers import eventually, feedback
 
-POLICY = RetryPolicy(Backoff(0.01, 0.02), circuit_failures=2, circuit_cooldown=30)
+#: Fast retries; a circuit opens after two failures and stays open for the test.
+PACING: dict[str, Any] = {
+    "retry_initial": 0.01,
+    "retry_max": 0.02,
+    "circuit_failures": 2,
+    "circuit_cooldown": 30,
+}
 
 
 class Clock:
@@ -56,8 +59,7 @@ async def relay_of() -> AsyncIterator[Any]:
 
     async def make(*publishers: Publisher, clock: Clock | None = None) -> Relay:
         targets = [Target(p, kind="memory", endpoint="") for p in publishers]
-        router = Router(targets, metrics=Metrics(), policy=POLICY)
-        relay = Relay(router, metrics=Metrics(), clock=clock or Clock())
+        relay = parts.relay(parts.router(targets, **PACING), clock=clock or Clock())
         await relay.start()
         relays.append(relay)
         return relay
@@ -73,7 +75,7 @@ async def test_healthy_with_per_target_details(relay_of: Any) -> None:
     relay.accept([feedback()])
     await eventually(lambda: target.delivered, message="delivered")
 
-    component = await FeedbackCheck(relay, interval=1, timeout=1).run()
+    component = await parts.feedback_check(relay).run()
 
     assert component.state == "healthy"
     assert component.details["targets"] == "1"
@@ -92,7 +94,7 @@ async def test_degraded_while_a_circuit_is_open_or_a_target_is_disabled(relay_of
     await eventually(lambda: relay.router.lane("failing").circuit.state == "open")
     await eventually(lambda: relay.router.lane("retired").disabled)
 
-    component = await FeedbackCheck(relay, interval=1, timeout=1).run()
+    component = await parts.feedback_check(relay).run()
 
     assert component.state == "degraded"
     assert "target failing circuit open" in component.details["reason"]
@@ -105,8 +107,8 @@ async def test_degraded_while_a_circuit_is_open_or_a_target_is_disabled(relay_of
 async def test_store_silence_degrades_only_when_a_ttl_is_set(relay_of: Any) -> None:
     clock = Clock()
     relay = await relay_of(clock=clock)
-    with_ttl = FeedbackCheck(relay, interval=1, timeout=1, ttl=60, clock=clock)
-    without_ttl = FeedbackCheck(relay, interval=1, timeout=1, clock=clock)
+    with_ttl = parts.feedback_check(relay, clock=clock, feedback_ttl=60)
+    without_ttl = parts.feedback_check(relay, clock=clock)
 
     clock.now += 59
     assert (await with_ttl.run()).state == "healthy"
@@ -125,7 +127,7 @@ async def test_a_hanging_publisher_probe_is_a_detail_not_a_timeout(relay_of: Any
     target.probe_hangs = True
     relay = await relay_of(target)
 
-    component = await FeedbackCheck(relay, interval=1, timeout=0.2).run()
+    component = await parts.feedback_check(relay, check_timeout=0.2).run()
 
     assert component.state == "healthy"
     assert component.details["redis-a.probe"] == "timed out"

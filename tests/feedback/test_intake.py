@@ -11,12 +11,13 @@ import pytest
 from aiohttp import ClientSession
 from loguru import logger
 
-from market_data_sidecar.feedback.intake import Intake, Rejected
+from market_data_sidecar.feedback.intake import Rejected
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.server.feedback import RELAY
 from market_data_sidecar.settings import Settings
 from tests.feedback.conftest import http_target
 from tests.publishers.conftest import StartOrchestrator
+from tests.support import parts
 from tests.support.helpers import eventually, store_payload
 
 #: Byte for byte what the store's HttpFeedbackBroadcaster sends (DESIGN.md).
@@ -276,7 +277,7 @@ async def test_the_edges_of_every_range_are_accepted(
     ],
 )
 def test_without_a_token_only_loopback_peers_are_admitted(peer: str | None, admitted: bool) -> None:
-    intake = Intake(Metrics())
+    intake = parts.intake()
     headers = {"Content-Type": "application/json"}
     if admitted:
         intake.admit(headers, peer=peer)
@@ -288,7 +289,7 @@ def test_without_a_token_only_loopback_peers_are_admitted(peer: str | None, admi
 
 
 def test_with_a_token_any_peer_that_presents_it_is_admitted() -> None:
-    intake = Intake(Metrics(), token="intake-token-123")
+    intake = parts.intake(token="intake-token-123")
     good = {"Content-Type": "application/json", "Authorization": "Bearer intake-token-123"}
     intake.admit(good, peer="10.1.2.3")
     with pytest.raises(Rejected) as refused:
@@ -300,7 +301,7 @@ def test_refused_peers_are_counted_each_time_but_logged_once_per_interval(
     logs: list[str],
 ) -> None:
     metrics = Metrics()
-    intake = Intake(metrics)
+    intake = parts.intake(metrics)
     for _ in range(50):
         with pytest.raises(Rejected):
             intake.admit({}, peer="10.9.9.9")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from market_data_sidecar.feedback.retry import Backoff, CircuitBreaker, CircuitState
+from market_data_sidecar.feedback.retry import CircuitBreaker, CircuitState
+from tests.support import parts
 
 
 def test_backoff_grows_exponentially_with_full_jitter_up_to_the_cap() -> None:
-    backoff = Backoff(initial=0.1, cap=1.0)
+    backoff = parts.retry_policy(retry_initial=0.1, retry_max=1.0).backoff
     for failures, ceiling in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (80, 1.0)]:
         delays = [backoff.delay(failures) for _ in range(300)]
         assert all(0 <= d <= ceiling for d in delays)
@@ -16,7 +17,7 @@ def test_backoff_grows_exponentially_with_full_jitter_up_to_the_cap() -> None:
 
 
 def test_retry_after_is_a_floor_capped_by_retry_after_max() -> None:
-    backoff = Backoff(initial=0.1, cap=1.0, retry_after_max=30.0)
+    backoff = parts.retry_policy(retry_initial=0.1, retry_max=1.0, retry_after_max=30.0).backoff
     assert all(backoff.delay(1, retry_after=5.0) == 5.0 for _ in range(50))
     assert backoff.delay(1, retry_after=3600.0) == 30.0
     assert 0 <= backoff.delay(3, retry_after=-4) <= 0.4

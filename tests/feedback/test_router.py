@@ -6,14 +6,13 @@ import asyncio
 from collections.abc import Sequence
 
 from market_data_sidecar.feedback.delivery import Publisher
-from market_data_sidecar.feedback.lane import RetryPolicy, Target
+from market_data_sidecar.feedback.lane import Target
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import Router
-from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.settings import HttpTargetSettings
 from tests.feedback.conftest import FAST, RouterFactory
+from tests.support import parts
 from tests.support.helpers import eventually, feedback
 from tests.support.receivers import StartOrchestrator, closed_port_url
 
@@ -89,8 +88,13 @@ async def test_the_circuit_opens_then_lets_one_trial_through_after_the_cooldown(
 ) -> None:
     receiver = await orchestrator()
     receiver.status = 503
-    policy = RetryPolicy(Backoff(0.01, 0.02), circuit_failures=3, circuit_cooldown=0.5)
-    routed = await router(http("orch", receiver.url), policy=policy)
+    routed = await router(
+        http("orch", receiver.url),
+        retry_initial=0.01,
+        retry_max=0.02,
+        circuit_failures=3,
+        circuit_cooldown=0.5,
+    )
     lane = routed.lane("orch")
 
     routed.submit(feedback())
@@ -115,8 +119,13 @@ async def test_a_hanging_target_times_out_and_opens_its_circuit(
 ) -> None:
     receiver = await orchestrator()
     receiver.hang()
-    policy = RetryPolicy(Backoff(0.01, 0.02), circuit_failures=2, circuit_cooldown=0.3)
-    routed = await router(http("slow", receiver.url, timeout=0.2), policy=policy)
+    routed = await router(
+        http("slow", receiver.url, timeout=0.2),
+        retry_initial=0.01,
+        retry_max=0.02,
+        circuit_failures=2,
+        circuit_cooldown=0.3,
+    )
     lane = routed.lane("slow")
 
     routed.submit(feedback())
@@ -242,11 +251,7 @@ async def test_stop_drains_within_the_deadline_then_counts_the_rest_as_shutdown(
     slow, stuck = await orchestrator(), await orchestrator()
     slow.delay = 0.05
     stuck.hang()
-    routed = Router(
-        [http("slow", slow.url), http("stuck", stuck.url, timeout=5)],
-        metrics=Metrics(),
-        policy=FAST,
-    )
+    routed = parts.router([http("slow", slow.url), http("stuck", stuck.url, timeout=5)], **FAST)
     await routed.start()
     for n in range(4):
         routed.submit(feedback(f"coord-{n}", n))

@@ -61,7 +61,7 @@ async def test_an_exception_outside_encoding_is_a_retried_target_failure(
         routed.submit(feedback("bars", 900, level="hard"))
         lane = routed.lane("pulse")
         await eventually(lambda: lane.circuit.state == "open", message="circuit open")
-        await eventually(lambda: lane.retried > FAST.circuit_failures, message="retried")
+        await eventually(lambda: lane.retried > FAST["circuit_failures"], message="retried")
     finally:
         logger.remove(sink)
     [state] = routed.states()

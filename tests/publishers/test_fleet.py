@@ -21,14 +21,13 @@ from market_data_core.telemetry import FeedbackEvent
 from redis.exceptions import RedisError
 
 from market_data_sidecar.feedback.delivery import DeliveryError
-from market_data_sidecar.feedback.lane import RetryPolicy, Target
+from market_data_sidecar.feedback.lane import Target
 from market_data_sidecar.feedback.model import Feedback
-from market_data_sidecar.feedback.retry import Backoff
-from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.feedback.scope import composite_of
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher, member_state
 from market_data_sidecar.settings import ConfigError, RedisStreamTargetSettings, load_settings
+from tests.support import parts
 from tests.support.helpers import SidecarProcess, eventually, feedback, run_cli, store_payload
 from tests.support.redis_servers import SHARED_REDIS_URL, RedisServer, feedback_key, stream_fields
 
@@ -543,10 +542,10 @@ async def test_a_recovered_target_force_appends_the_current_composite(
     """`on_recovered` (Redis restarted, a new consumer group) makes the router resync the
     target: in fleet scope, one forced entry of the fleet's current composite."""
     publisher = member("pod-a", namespace)
-    router = Router(
+    router = parts.router(
         [Target(publisher, kind="redis-stream", endpoint="", scope="fleet")],
-        metrics=Metrics(),
-        policy=RetryPolicy(Backoff(0.01, 0.05)),
+        retry_initial=0.01,
+        retry_max=0.05,
         resync_interval=3600.0,
         instance="pod-a",
     )

@@ -23,7 +23,11 @@ from market_data_sidecar.feedback.scope import composite_of
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.fleet import Fleet, FleetStreamPublisher
 from market_data_sidecar.publishers.redis import RedisPubSubPublisher, RedisStreamPublisher
-from market_data_sidecar.settings import RedisPubSubTargetSettings, RedisStreamTargetSettings
+from market_data_sidecar.settings import (
+    RedisPubSubTargetSettings,
+    RedisStreamTargetSettings,
+    Settings,
+)
 from tests.support.helpers import eventually, feedback, free_port, run_cli
 from tests.support.redis_servers import (
     CoreConsumer,
@@ -253,7 +257,8 @@ async def test_pubsub_and_the_fleet_over_tls_with_the_minimal_acl(tls_redis: Ser
     target = RedisStreamTargetSettings.model_validate(
         {"kind": "redis-stream", "url": url, "namespace": FLEET_NAMESPACE, "timeout": 2.0}
     )
-    member = FleetStreamPublisher(target, Fleet("pod-a", 3.0, 0.5, token="t1"), metrics=Metrics())
+    fleet = Fleet("pod-a", 3.0, 0.5, grace=Settings().fleet_grace, token="t1")
+    member = FleetStreamPublisher(target, fleet, metrics=Metrics())
     try:
         await pubsub.start()
         await pubsub.deliver([feedback("bars-coord", level="hard")])

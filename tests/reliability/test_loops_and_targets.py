@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from loguru import logger
 
-from market_data_sidecar.feedback.intake import Intake, Rejected
+from market_data_sidecar.feedback.intake import Rejected
 from market_data_sidecar.feedback.model import new_event_id
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.settings import ConfigError, load_settings
@@ -25,6 +25,7 @@ from tests.reliability.conftest import (
     scrape,
     targets_env,
 )
+from tests.support import parts
 from tests.support.helpers import SidecarProcess, eventually, free_port, run_cli, store_payload
 
 pytestmark = pytest.mark.timeout(60, func_only=True)
@@ -47,7 +48,7 @@ def test_an_event_this_process_sent_is_refused_508_counted_and_logged_once(
     lines: list[str],
 ) -> None:
     metrics = Metrics()
-    intake = Intake(metrics)
+    intake = parts.intake(metrics)
     for _ in range(3):
         with pytest.raises(Rejected) as refused:
             intake.admit({**JSON, "webhook-id": new_event_id()}, peer="127.0.0.1")

@@ -6,15 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from market_data_sidecar.checks.database import DatabaseThresholds
 from market_data_sidecar.checks.disk import DiskThresholds
 from market_data_sidecar.settings import Settings
 from market_data_sidecar.wiring import thresholds_from
-
-
-def database_thresholds(**overrides: Any) -> DatabaseThresholds:
-    defaults = thresholds_from(DatabaseThresholds, Settings(), "database_")
-    return dataclasses.replace(defaults, **overrides)
 
 
 def disk_thresholds(**overrides: Any) -> DiskThresholds:

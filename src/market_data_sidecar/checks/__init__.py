@@ -36,8 +36,8 @@ class Damping:
     to healthy, `fall` to leave it (or to move between degraded and unhealthy).
     """
 
-    rise: int = 1
-    fall: int = 1
+    rise: int
+    fall: int
 
 
 class Check(ABC):

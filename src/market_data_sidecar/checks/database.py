@@ -137,10 +137,10 @@ class DatabaseCheck(Check):
         interval: float,
         timeout: float,
         damping: Damping | None = None,
-        connect_timeout: float = 3.0,
-        statement_timeout: float = 1.0,
-        probe_query: str = "SELECT 1",
-        role: Role = "primary",
+        connect_timeout: float,
+        statement_timeout: float,
+        probe_query: str,
+        role: Role,
     ) -> None:
         super().__init__("database", interval=interval, timeout=timeout, damping=damping)
         self._dsn = dsn

@@ -27,7 +27,7 @@ class FeedbackCheck(Check):
         *,
         interval: float,
         timeout: float,
-        ttl: float = 0.0,
+        ttl: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__("feedback", interval=interval, timeout=timeout)

@@ -138,8 +138,8 @@ class SimulatedStore:
         self,
         queues: Sequence[SimulatedQueue],
         *,
-        low_watermark: float = 0.5,
-        high_watermark: float = 0.8,
+        low_watermark: float,
+        high_watermark: float,
         noise: float = 0.01,
         rate: Callable[[], float] = lambda: 1.0,
     ) -> None:

@@ -94,9 +94,9 @@ class Intake:
         self,
         metrics: Metrics,
         *,
-        token: str | None = None,
-        max_body_bytes: int = 1024 * 1024,
-        max_events: int = 1000,
+        token: str | None,
+        max_body_bytes: int,
+        max_events: int,
     ) -> None:
         self._metrics = metrics
         self._token = token.encode() if token else None

@@ -56,11 +56,11 @@ class Target:
 @dataclass(frozen=True)
 class RetryPolicy:
     backoff: Backoff
-    circuit_failures: int = 5
-    circuit_cooldown: float = 10.0
+    circuit_failures: int
+    circuit_cooldown: float
     #: Seconds without a delivery, while attempts fail or are refused, after which the
     #: target is reported as failing (the `feedback` component turns degraded).
-    failing_after: float = 30.0
+    failing_after: float
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,8 @@ class Relay:
         *,
         metrics: Metrics,
         watermarks: Watermarks | None = None,
-        synthesize: bool = True,
-        synthesize_after: float = 30.0,
+        synthesize: bool,
+        synthesize_after: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.router = router

@@ -30,7 +30,7 @@ class Backoff:
 
     initial: float
     cap: float
-    retry_after_max: float = 60.0
+    retry_after_max: float
 
     def delay(self, failures: int, retry_after: float | None = None) -> float:
         ceiling = min(self.cap, self.initial * 2 ** min(max(failures - 1, 0), 62))

@@ -48,9 +48,9 @@ class Router:
         *,
         metrics: Metrics,
         policy: RetryPolicy,
-        resync_interval: float = 0.0,
+        resync_interval: float,
         max_coordinators: int = MAX_COORDINATORS,
-        instance: str = "",
+        instance: str,
     ) -> None:
         names = [target.publisher.name for target in targets]
         if len(names) != len(set(names)):

@@ -76,7 +76,6 @@ UNPARSABLE_LOG_INTERVAL = 60.0
 MAX_CHANGES_LOGGED = 5
 #: A failed renewal is retried after this, doubling up to half a renewal.
 RETRY_INITIAL = 0.1
-DEFAULT_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -86,11 +85,11 @@ class Fleet:
     instance: str
     lease: float
     renewal: float
+    #: Seconds a member that stopped renewing stays suspect, counting at its last level.
+    grace: float
     #: Random per process (its incarnation): a member is a process under a name, so two
     #: live processes under one name both count, and a restarted one replaces its past.
     token: str = PROCESS_TOKEN
-    #: Seconds a member that stopped renewing stays suspect, counting at its last level.
-    grace: float = DEFAULT_GRACE
 
     @property
     def member_id(self) -> str:
