@@ -121,7 +121,9 @@ def test_demo_runs_for_its_duration_and_shows_levels_and_deliveries(
         assert fleet, out
         scale = {"ok": "1.0", "soft": "0.5", "hard": "0.0"}
         assert all(rate == scale[level] for level, rate in fleet), fleet
-        assert fleet[-1][0] in ("soft", "hard"), fleet
+        # The producer slows at `soft`, so the queue may drain back to `ok` by the end: the
+        # composite must have risen at least once, not be high at the last line.
+        assert any(level in ("soft", "hard") for level, _ in fleet), fleet
     assert re.search(r"demo finished after [5-9]\.\d+s: the store sent \d+ events", out), out
     # The producer followed the composite: the same store without feedback dropped more.
     with_feedback, without = dropped(out)
