@@ -23,7 +23,7 @@ NOT_A_REPLICA = "a primary, not a replica"
 
 
 async def judged(dsn: str, role: Role) -> HealthComponent:
-    check = database_check(dsn, role=role)
+    check = database_check(dsn, database_role=role)
     try:
         return await check.run()
     finally:
