@@ -16,6 +16,8 @@ from tests.support.sidecar import SidecarClient, StartSidecar, make_settings
 
 __all__ = ["make_settings"]  # still imported from here by some tests
 
+pytest_plugins = ["tests.support.exclusive"]
+
 #: Fixtures that start a server or a process of the test's own: their tests are marked
 #: `servers`, and `pytest -m "not servers"` is the quick subset (the shared PostgreSQL and
 #: Redis are still used there, but nothing is started).

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from market_data_core.telemetry import HealthComponent, HealthState, HealthStatus
 
 from market_data_sidecar.checks import Check
@@ -88,6 +89,7 @@ async def component_state(client: Any, name: str) -> str | None:
     return next((c.state for c in status.components if c.name == name), None)
 
 
+@pytest.mark.exclusive
 async def test_hanging_check_never_delays_probes(sidecar_client: StartSidecar) -> None:
     hanging = BlockingCheck("hangs", seconds=30.0, timeout=0.5)
     client = await sidecar_client(checks=[hanging, ScriptedCheck("steady", ["healthy"])])

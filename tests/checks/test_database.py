@@ -142,6 +142,7 @@ async def test_check_command_prints_database_details() -> None:
 # -- verdicts on the tests' own server ---------------------------------------------------------
 
 
+@pytest.mark.exclusive
 async def test_connections_near_the_limit_degrade_then_fail(
     pg: PostgresInstance, sidecar_client: StartSidecar
 ) -> None:
@@ -193,6 +194,7 @@ async def test_old_transaction_degrades(pg: PostgresInstance) -> None:
         await check.close()
 
 
+@pytest.mark.exclusive
 async def test_probe_query_blocked_past_statement_timeout(
     pg: PostgresInstance, sidecar_client: StartSidecar
 ) -> None:
@@ -223,6 +225,7 @@ async def test_probe_query_blocked_past_statement_timeout(
     assert pg.sidecar_connections() == 1  # the connection survived the timeouts
 
 
+@pytest.mark.exclusive
 async def test_server_stopped_then_started(
     pg: PostgresInstance, sidecar_client: StartSidecar
 ) -> None:
@@ -260,6 +263,7 @@ async def test_reconnects_at_once_after_a_restart_between_runs(pg: PostgresInsta
         await check.close()
 
 
+@pytest.mark.exclusive
 async def test_frozen_server_then_resumed(
     pg: PostgresInstance, sidecar_client: StartSidecar
 ) -> None:

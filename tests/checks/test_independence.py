@@ -16,7 +16,7 @@ from tests.support.probes import probing
 from tests.support.sidecar import StartSidecar, make_settings
 from tests.support.store import StoreMetrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]
 
 INTERVAL = 0.2
 TIMEOUT = 1.0

@@ -302,6 +302,7 @@ async def test_session_is_reused_and_closed(store_metrics: StoreMetrics) -> None
 # -- through the sidecar ------------------------------------------------------------------------
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("fault", ["error", "garbage", "hang", "open-circuit", "no-workers"])
 async def test_store_faults_make_the_sidecar_unready_then_recover(
     store_metrics: StoreMetrics, sidecar_client: StartSidecar, fault: str

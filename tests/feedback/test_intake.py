@@ -128,6 +128,7 @@ async def test_the_stores_utilization_is_relayed_as_it_sent_it(
     assert relayed == {"given": 0.851234, "absent": 850 / 1000}
 
 
+@pytest.mark.exclusive
 async def test_202_is_answered_before_delivery(
     orchestrator: StartOrchestrator,
     sidecar_client: Callable[..., Any],

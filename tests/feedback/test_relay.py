@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from market_data_sidecar.server.feedback import RELAY
 from market_data_sidecar.settings import Settings
 from tests.feedback.conftest import http_target
@@ -33,6 +35,7 @@ def metric(client: Any, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
 
+@pytest.mark.exclusive
 async def test_a_hanging_and_a_refusing_target_do_not_slow_a_healthy_one(
     orchestrator: StartOrchestrator,
     sidecar_client: StartSidecar,

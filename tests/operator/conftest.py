@@ -103,13 +103,13 @@ def install_chromium() -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The first test that needs Chromium installs it: give it the time to."""
+    """The first test that needs Chromium installs it: give it the time to. Which test is
+    first depends on the worker that runs it, so each may be."""
     if installed_chromium() is not None:
         return
     for item in items:
         if "chromium" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.timeout(CHROMIUM_INSTALL_TIMEOUT + CHROMIUM_TIMEOUT + 60))
-            return
 
 
 @pytest.fixture(scope="session")

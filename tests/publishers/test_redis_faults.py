@@ -101,6 +101,7 @@ async def test_restarted_redis_is_used_again_at_the_next_attempt(
     assert await stream_length(redis_server) == 1
 
 
+@pytest.mark.exclusive
 async def test_frozen_redis_times_out_within_the_target_timeout(
     redis_server: RedisServer, stream_publisher: Callable[..., RedisStreamPublisher]
 ) -> None:

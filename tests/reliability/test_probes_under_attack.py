@@ -172,6 +172,7 @@ def in_namespace(peer: Peer, script: str) -> list[str]:
 # -- slow readers ------------------------------------------------------------------------------
 
 
+@pytest.mark.exclusive
 async def test_600_remote_slow_readers_neither_slow_nor_refuse_probes_and_sigterm_is_bounded(
     remote: Peer, sidecar_process: StartSidecar
 ) -> None:
@@ -233,6 +234,7 @@ HELD_BODY_HEAD = (
 )
 
 
+@pytest.mark.exclusive
 async def test_300_loopback_clients_trickling_bodies_starve_neither_probes_nor_the_store(
     remote: Peer, sidecar_process: StartSidecar
 ) -> None:

@@ -4,13 +4,27 @@ fresh machine pass without ever running it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CI = REPO_ROOT / ".ci"
+#: Held while an installer runs: parallel workers that need the same tool wait for the
+#: first to install it, then find it installed (the installers are idempotent).
+LOCK = REPO_ROOT / ".cache" / "installers.lock"
+
+
+@contextlib.contextmanager
+def _one_at_a_time() -> Iterator[None]:
+    LOCK.parent.mkdir(exist_ok=True)
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def run_installer(script: str, *args: str, timeout: float, what: str) -> str:
@@ -18,13 +32,14 @@ def run_installer(script: str, *args: str, timeout: float, what: str) -> str:
     what they installed there), or a failed test naming `what` is missing."""
     command = f".ci/{script}" + "".join(f" {arg}" for arg in args)
     try:
-        result = subprocess.run(
-            ["bash", str(CI / script), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        with _one_at_a_time():
+            result = subprocess.run(
+                ["bash", str(CI / script), *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
     except subprocess.TimeoutExpired:
         pytest.fail(f"{what} is missing and `{command}` took over {timeout:g}s", pytrace=False)
     lines = result.stdout.strip().splitlines()
