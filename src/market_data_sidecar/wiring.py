@@ -306,13 +306,7 @@ def build_relay(
         publishers = build_publishers(settings, metrics)
     # build_publishers makes one publisher per configured target, in order.
     targets = [
-        Target(
-            publisher=publisher,
-            kind=target.kind,
-            endpoint=redact_url(target.endpoint),
-            buffer=target.buffer,
-            scope=target.scope,
-        )
+        target_from(publisher, target)
         for publisher, target in zip(publishers, settings.targets, strict=True)
     ]
     return relay_from(
@@ -320,6 +314,17 @@ def build_relay(
         build_router(settings, targets, metrics),
         metrics,
         watermarks=Watermarks(settings.queue_low_watermark, settings.queue_high_watermark),
+    )
+
+
+def target_from(publisher: Publisher, target: TargetSettings) -> Target:
+    """The router's view of a configured target: its options as its settings give them."""
+    return Target(
+        publisher,
+        kind=target.kind,
+        endpoint=redact_url(target.endpoint),
+        buffer=target.buffer,
+        scope=target.scope,
     )
 
 

@@ -1,4 +1,5 @@
-"""The catalog hands every threshold setting to its check."""
+"""The catalog hands every threshold setting to its check, and every target setting to
+what carries it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import inspect
 from collections.abc import Callable
 
 import pytest
+from pydantic import BaseModel
 
 from market_data_sidecar.checks import Damping
 from market_data_sidecar.checks.database import DatabaseCheck, DatabaseThresholds
@@ -15,17 +17,26 @@ from market_data_sidecar.checks.feedback import FeedbackCheck
 from market_data_sidecar.checks.queue import QueueCheck
 from market_data_sidecar.demo.store import SimulatedStore
 from market_data_sidecar.feedback.intake import Intake
-from market_data_sidecar.feedback.lane import RetryPolicy
+from market_data_sidecar.feedback.lane import RetryPolicy, Target
 from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.retry import Backoff
 from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.feedback.watermarks import Watermarks
 from market_data_sidecar.health import HealthMonitor
 from market_data_sidecar.logs import configure_logging
+from market_data_sidecar.publishers.dead_letters import DeadLetters
 from market_data_sidecar.publishers.fleet import Fleet
+from market_data_sidecar.publishers.redis import RedisStreamPublisher
+from market_data_sidecar.publishers.stream_copies import Copies
+from market_data_sidecar.publishers.stream_readers import StreamReaders
 from market_data_sidecar.server.connections import Bounds
-from market_data_sidecar.settings import Settings
-from market_data_sidecar.wiring import thresholds_from
+from market_data_sidecar.settings import (
+    HttpTargetSettings,
+    RedisPubSubTargetSettings,
+    RedisStreamTargetSettings,
+    Settings,
+)
+from market_data_sidecar.wiring import target_from, thresholds_from
 from tests.support.sidecar import make_settings
 
 
@@ -90,3 +101,66 @@ def test_what_the_settings_configure_has_no_default_of_its_own(
     parameters = inspect.signature(configured).parameters.values()
     defaulted = {p.name for p in parameters if p.default is not inspect.Parameter.empty}
     assert defaulted == not_settings
+
+
+#: What a target's settings configure, the settings it takes its options from, and its
+#: arguments that are no setting and keep a default: the registry of metrics (a test may
+#: have none) and a module's constants.
+TARGET_CONFIGURED: list[tuple[Callable[..., object], type[BaseModel], set[str]]] = [
+    (Target, HttpTargetSettings, set()),
+    (Target, RedisPubSubTargetSettings, set()),
+    (Target, RedisStreamTargetSettings, set()),
+    (Copies, RedisStreamTargetSettings, {"metrics"}),
+    (
+        StreamReaders,
+        RedisStreamTargetSettings,
+        {"metrics", "interval", "stale_after", "failing_after"},
+    ),
+    (DeadLetters, RedisStreamTargetSettings, {"metrics"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("configured", "model", "not_settings"),
+    TARGET_CONFIGURED,
+    ids=[f"{c.__name__}-{m.__name__}" for c, m, _ in TARGET_CONFIGURED],
+)
+def test_what_a_targets_settings_configure_has_no_default_of_its_own(
+    configured: Callable[..., object], model: type[BaseModel], not_settings: set[str]
+) -> None:
+    """A target option's default lives in its target's settings alone: what takes the
+    option requires it, so no second default can drift from the settings'."""
+    parameters = inspect.signature(configured).parameters.values()
+    defaulted = {p.name for p in parameters if p.default is not inspect.Parameter.empty}
+    assert defaulted == not_settings
+    assert not defaulted & set(model.model_fields)
+
+
+def stream_settings(**options: object) -> RedisStreamTargetSettings:
+    """A stream target with `options` beside its URL."""
+    return RedisStreamTargetSettings.model_validate(
+        {"kind": "redis-stream", "url": "redis://127.0.0.1:6379/0", **options}
+    )
+
+
+def test_every_option_of_a_router_target_comes_from_its_settings() -> None:
+    settings = stream_settings(buffer=7, scope="pod")
+    target = target_from(RedisStreamPublisher(settings), settings)
+
+    options = [
+        f.name
+        for f in dataclasses.fields(Target)
+        if f.name in RedisStreamTargetSettings.model_fields
+    ]
+    assert sorted(options) == ["buffer", "kind", "scope"]
+    assert {name: getattr(target, name) for name in options} == {
+        name: getattr(settings, name) for name in options
+    }
+
+
+def test_every_option_of_a_streams_copies_comes_from_its_settings() -> None:
+    settings = stream_settings(max_copies=3, readers=2, reannounce=0.5, maxlen=50)
+    copies = RedisStreamPublisher(settings).copies
+
+    taken = (copies.max_copies, copies.readers_override, copies.reannounce, copies.maxlen)
+    assert taken == (3, 2, 0.5, 50)

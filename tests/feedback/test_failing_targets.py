@@ -32,12 +32,14 @@ PACING: dict[str, Any] = {
 
 def http(url: str) -> Target:
     settings = HttpTargetSettings(kind="http", name="hook", url=url, timeout=0.5)
-    return Target(HttpPublisher(settings), kind="http", endpoint=url)
+    return parts.target_of(HttpPublisher(settings), settings)
 
 
 def stream(url: str) -> Target:
-    settings = RedisStreamTargetSettings(kind="redis-stream", name="pulse", url=url, timeout=0.5)
-    return Target(RedisStreamPublisher(settings), kind="redis-stream", endpoint="")
+    settings = RedisStreamTargetSettings(
+        kind="redis-stream", name="pulse", url=url, timeout=0.5, scope="coordinator"
+    )
+    return parts.target_of(RedisStreamPublisher(settings), settings)
 
 
 async def component_of(relay: Relay) -> tuple[str, str]:

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from market_data_sidecar.feedback.delivery import DeliveryError, Publisher
-from market_data_sidecar.feedback.lane import Target
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.relay import Relay
 from tests.support import parts
@@ -58,7 +57,7 @@ async def relay_of() -> AsyncIterator[Any]:
     relays: list[Relay] = []
 
     async def make(*publishers: Publisher, clock: Clock | None = None) -> Relay:
-        targets = [Target(p, kind="memory", endpoint="") for p in publishers]
+        targets = [parts.target(p) for p in publishers]
         relay = parts.relay(parts.router(targets, **PACING), clock=clock or Clock())
         await relay.start()
         relays.append(relay)

@@ -21,6 +21,7 @@ from market_data_sidecar.publishers.http import HttpPublisher
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.settings import HttpTargetSettings, RedisStreamTargetSettings
 from tests.feedback.conftest import RouterFactory
+from tests.support import parts
 from tests.support.helpers import eventually, feedback
 from tests.support.receivers import StartOrchestrator
 from tests.support.redis_servers import RedisServer, stream_fields
@@ -45,20 +46,20 @@ class RecordingPublisher(Publisher):
         return [f for f in self.delivered if f.resync]
 
 
-def target(publisher: Publisher, kind: str = "memory") -> Target:
-    return Target(publisher, kind=kind, endpoint=publisher.name)
+def target(publisher: Publisher) -> Target:
+    return parts.target(publisher, endpoint=publisher.name)
 
 
 def http(name: str, url: str) -> Target:
     settings = HttpTargetSettings(kind="http", name=name, url=url, timeout=0.5)
-    return Target(HttpPublisher(settings), kind="http", endpoint=url)
+    return parts.target_of(HttpPublisher(settings), settings)
 
 
 def stream(url: str, **options: Any) -> tuple[Target, str]:
     settings = RedisStreamTargetSettings(
         kind="redis-stream", name="pulse", url=url, timeout=0.5, scope="coordinator", **options
     )
-    return Target(RedisStreamPublisher(settings), kind="redis-stream", endpoint=url), settings.key
+    return parts.target_of(RedisStreamPublisher(settings), settings), settings.key
 
 
 def metric(routed: Router, name: str, **labels: str) -> float:

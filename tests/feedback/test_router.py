@@ -17,9 +17,9 @@ from tests.support.helpers import eventually, feedback
 from tests.support.receivers import StartOrchestrator, closed_port_url
 
 
-def http(name: str, url: str, *, timeout: float = 0.5, buffer: int = 10_000) -> Target:
+def http(name: str, url: str, *, timeout: float = 0.5) -> Target:
     settings = HttpTargetSettings(kind="http", name=name, url=url, timeout=timeout)
-    return Target(HttpPublisher(settings), kind="http", endpoint=url, buffer=buffer)
+    return parts.target_of(HttpPublisher(settings), settings)
 
 
 class GatedPublisher(Publisher):
@@ -220,7 +220,7 @@ async def test_a_target_in_mode_all_keeps_every_event_up_to_its_bound(
     router: RouterFactory,
 ) -> None:
     stream = GatedPublisher("stream")
-    routed = await router(Target(stream, kind="redis-stream", endpoint="", buffer=20))
+    routed = await router(parts.target(stream, kind="redis-stream", buffer=20))
     lane = routed.lane("stream")
     events = [feedback(f"coord-{n % 2}", n) for n in range(50)]
 

@@ -13,10 +13,10 @@ import pytest
 from loguru import logger
 
 from market_data_sidecar.feedback.delivery import EncodingError, Publisher, encoder
-from market_data_sidecar.feedback.lane import Target
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.router import Router
 from tests.feedback.conftest import FAST, RouterFactory
+from tests.support import parts
 from tests.support.helpers import eventually, feedback
 
 
@@ -57,7 +57,7 @@ async def test_an_exception_outside_encoding_is_a_retried_target_failure(
     lines: list[str] = []
     sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
     try:
-        routed = await router(Target(publisher, kind="memory", endpoint="pulse"))
+        routed = await router(parts.target(publisher, endpoint="pulse"))
         routed.submit(feedback("bars", 900, level="hard"))
         lane = routed.lane("pulse")
         await eventually(lambda: lane.circuit.state == "open", message="circuit open")
@@ -81,7 +81,7 @@ async def test_only_the_event_whose_encoding_failed_is_dropped(router: RouterFac
     publisher = FailingPublisher(RuntimeError("unused"))
     publisher.failing = False
     publisher.poison = {"quotes"}
-    routed = await router(Target(publisher, kind="memory", endpoint="pulse"))
+    routed = await router(parts.target(publisher, endpoint="pulse"))
     for coordinator in ("bars", "quotes", "trades"):
         routed.submit(feedback(coordinator))
 

@@ -21,7 +21,6 @@ from market_data_core.telemetry import FeedbackEvent
 from redis.exceptions import RedisError
 
 from market_data_sidecar.feedback.delivery import DeliveryError
-from market_data_sidecar.feedback.lane import Target
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.feedback.scope import composite_of
 from market_data_sidecar.metrics import Metrics
@@ -543,7 +542,7 @@ async def test_a_recovered_target_force_appends_the_current_composite(
     target: in fleet scope, one forced entry of the fleet's current composite."""
     publisher = member("pod-a", namespace)
     router = parts.router(
-        [Target(publisher, kind="redis-stream", endpoint="", scope="fleet")],
+        [parts.target_of(publisher, publisher.target)],
         retry_initial=0.01,
         retry_max=0.05,
         resync_interval=3600.0,

@@ -16,7 +16,8 @@ from loguru import logger
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
 from market_data_sidecar.publishers.stream_copies import Copies
-from market_data_sidecar.settings import ConfigError, load_settings
+from market_data_sidecar.settings import ConfigError, RedisStreamTargetSettings, load_settings
+from tests.support import parts
 from tests.support.helpers import eventually, feedback
 from tests.support.redis_servers import (
     SHARED_REDIS_URL,
@@ -31,6 +32,13 @@ pytestmark = pytest.mark.timeout(60, func_only=True)
 
 Publish = Callable[..., RedisStreamPublisher]
 LEVELS = ("soft", "hard", "ok", "hard", "soft")
+
+
+def copies_of(key: str, **overrides: Any) -> Copies:
+    """The copies of target `pulse` writing `key`, its options (`max_copies`, `maxlen`, ...
+    as overrides) defaulting as a stream target's settings do."""
+    options = parts.target_defaults(RedisStreamTargetSettings, Copies) | overrides
+    return Copies("pulse", key, **options)
 
 
 @contextlib.asynccontextmanager
@@ -90,7 +98,7 @@ async def test_a_copy_never_follows_a_newer_state(namespace: str) -> None:
     """A copy of state A queued after another writer appended B is not appended."""
     key = feedback_key(namespace)
     client = aioredis.Redis.from_url(SHARED_REDIS_URL)
-    copies = Copies("pulse", key, max_copies=8, maxlen=100)
+    copies = copies_of(key, max_copies=8, maxlen=100)
     try:
         await copies.prepare(client)
         old = '{"meta":{"headers":{"event_id":"evt_a"}},"payload":{"level":"hard"}}'
@@ -152,7 +160,7 @@ async def test_a_state_that_is_not_ok_is_announced_again_for_a_reader_that_joins
 
 
 def test_groups_redis_reports_with_nonsense_fields_are_unknown_and_cost_nothing() -> None:
-    copies = Copies("pulse", "k", max_copies=8, maxlen=100)
+    copies = copies_of("k", max_copies=8, maxlen=100)
     nonsense: list[Any] = [
         {"name": "missing-id"},
         {"name": "negative", "last-delivered-id": "-5-1"},

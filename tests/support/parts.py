@@ -4,22 +4,25 @@ default again."""
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from market_data_sidecar import wiring
 from market_data_sidecar.checks import Check
 from market_data_sidecar.checks.database import DatabaseCheck
 from market_data_sidecar.checks.feedback import FeedbackCheck
+from market_data_sidecar.feedback.delivery import Publisher
 from market_data_sidecar.feedback.intake import Intake
 from market_data_sidecar.feedback.lane import RetryPolicy, Target
 from market_data_sidecar.feedback.relay import Relay
 from market_data_sidecar.feedback.router import Router
 from market_data_sidecar.health import Clock, HealthMonitor
 from market_data_sidecar.metrics import Metrics
+from market_data_sidecar.settings import HttpTargetSettings, TargetSettings
 from tests.support.sidecar import make_settings
 
 
@@ -78,3 +81,29 @@ def database_check(dsn: str, metrics: Metrics | None = None, **overrides: Any) -
     """The check of the database at `dsn` (`database_role`, its thresholds, ... as
     overrides)."""
     return wiring.database_check(SecretStr(dsn), make_settings(**overrides), metrics or Metrics())
+
+
+def target_of(publisher: Publisher, settings: TargetSettings) -> Target:
+    """The router's target of `publisher`, as wiring makes it of a configured target."""
+    return wiring.target_from(publisher, settings)
+
+
+def target(
+    publisher: Publisher, *, kind: str = "memory", endpoint: str = "", **overrides: Any
+) -> Target:
+    """The router's target of an in-memory `publisher` (`buffer`, `scope` as overrides), its
+    options defaulting as a webhook's settings do: a stream's scope defaults to `fleet`,
+    which only the fleet's publisher carries."""
+    options = target_defaults(HttpTargetSettings, Target) | overrides
+    return Target(publisher, kind=kind, endpoint=endpoint, **options)
+
+
+def target_defaults(model: type[BaseModel], taking: Callable[..., object]) -> dict[str, Any]:
+    """The defaults of the target settings `model` that `taking` takes by the same names:
+    what the settings would give it where a test says nothing."""
+    parameters = inspect.signature(taking).parameters
+    return {
+        name: field.get_default(call_default_factory=True)
+        for name, field in model.model_fields.items()
+        if name in parameters and not field.is_required()
+    }

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 from loguru import logger
 
@@ -40,17 +40,19 @@ RESYNC_ORDER = tuple(reversed(LEVEL_SEVERITY))
 
 @dataclass(frozen=True)
 class Target:
-    """A publisher, and what the router needs to know about its target."""
+    """A publisher, and what the router needs to know about its target. The options have
+    no default: a target's settings hold them, and wiring passes every one."""
 
     publisher: Publisher
+    _: KW_ONLY
     kind: str
     #: The target's address fit to show: no user, password or query.
     endpoint: str
     #: Most undelivered events held; `latest` targets hold one per coordinator anyway.
-    buffer: int = 10_000
+    buffer: int
     #: `coordinator`: every coordinator's events; `pod` and `fleet`: the pod's composite
     #: (the fleet's publisher combines it with the other replicas' in Redis).
-    scope: Scope = "coordinator"
+    scope: Scope
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,8 @@ class Round:
 
 
 class Copies:
-    """Plans, appends and learns from the copies of one stream target."""
+    """Plans, appends and learns from the copies of one stream target. Its options are the
+    target's settings of the same names, with no default of their own."""
 
     def __init__(
         self,
@@ -120,8 +121,8 @@ class Copies:
         key: str,
         *,
         max_copies: int,
-        readers: int | None = None,
-        reannounce: float = 2.0,
+        readers: int | None,
+        reannounce: float,
         maxlen: int,
         metrics: Metrics | None = None,
     ) -> None:
