@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import pytest
 from pytest_aiohttp import AiohttpClient
@@ -13,6 +13,7 @@ from market_data_sidecar.settings import Settings
 from market_data_sidecar.wiring import build_app
 from tests.support.helpers import SidecarProcess
 from tests.support.sidecar import SidecarClient, StartSidecar, make_settings
+from tests.support.tcp_proxy import StartProxy, TcpProxy
 
 __all__ = ["make_settings"]  # still imported from here by some tests
 
@@ -110,3 +111,18 @@ def sidecar_process() -> Iterator[Callable[..., SidecarProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+async def proxies() -> AsyncIterator[StartProxy]:
+    """`await proxies(port)`: a TCP proxy to 127.0.0.1:port; all stopped at the end."""
+    made: list[TcpProxy] = []
+
+    async def start(port: int) -> TcpProxy:
+        proxy = await TcpProxy(port).start()
+        made.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in made:
+        await proxy.stop()

@@ -37,6 +37,8 @@ def load_pulse_observer() -> types.ModuleType:
 
 
 observer_module = load_pulse_observer()
+#: Known only at run time (loaded above), so untyped here.
+PulseObserver: Any = observer_module.PulseObserver
 config_module = importlib.import_module("market_data_orchestrator.pulse.config")
 FEEDBACK = "telemetry.feedback"
 
@@ -45,7 +47,7 @@ def emit(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
 
 
-class CountingObserver(observer_module.PulseObserver):  # type: ignore[misc]
+class CountingObserver(PulseObserver):  # type: ignore[misc]
     """The real observer; also tallies each feedback event by coordinator and level."""
 
     def __init__(self, cfg: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,25 +30,11 @@ from tests.consumers.test_fleet_pipeline import (
 )
 from tests.support.helpers import SidecarProcess, eventually, run_cli
 from tests.support.redis_servers import RedisServer
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import StartProxy, TcpProxy
 
 pytestmark = pytest.mark.timeout(120, func_only=True)
 
 LEASE, RENEWAL, GRACE = 2.0, 0.5, 10.0
-
-
-@pytest.fixture
-async def proxies() -> AsyncIterator[Callable[[int], Any]]:
-    made: list[TcpProxy] = []
-
-    async def start(port: int) -> TcpProxy:
-        proxy = await TcpProxy(port).start()
-        made.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in made:
-        await proxy.stop()
 
 
 async def start_fleet_via(
@@ -98,7 +84,7 @@ async def test_a_partitioned_replica_at_hard_keeps_the_pipeline_at_hard(
     start_driver: StartDriver,
     redis_url: str,
     module_redis: RedisServer,
-    proxies: Callable[[int], Any],
+    proxies: StartProxy,
     fault: str,
 ) -> None:
     """Cut off for twice the lease: the survivor counts it as suspect (and says so), the
@@ -202,7 +188,7 @@ async def test_a_late_step_after_a_partition_does_not_lift_the_pipeline(
     start_driver: StartDriver,
     redis_url: str,
     module_redis: RedisServer,
-    proxies: Callable[[int], Any],
+    proxies: StartProxy,
 ) -> None:
     """During a partition the store posts `soft`, then `hard`; at the heal the newer state
     reaches Redis first and what was held arrives 1.5 s later: fenced, the pipeline stays
@@ -244,7 +230,7 @@ async def test_an_outage_of_every_link_longer_than_the_lease_never_lifts_the_pip
     start_driver: StartDriver,
     redis_url: str,
     module_redis: RedisServer,
-    proxies: Callable[[int], Any],
+    proxies: StartProxy,
 ) -> None:
     """A failover as the sidecars see it: no member can step for longer than the lease.
     Both `feedback` components say they cannot renew; after it, nothing milder than the

@@ -19,6 +19,8 @@ from tests.feedback.conftest import http_target
 from tests.publishers.conftest import StartOrchestrator
 from tests.support import parts
 from tests.support.helpers import eventually, store_payload
+from tests.support.receivers import WebhookReceiver
+from tests.support.sidecar import SidecarClient, StartSidecar
 
 #: Byte for byte what the store's HttpFeedbackBroadcaster sends (DESIGN.md).
 STORE_BODY = (
@@ -26,6 +28,22 @@ STORE_BODY = (
     b' "level": "soft", "reason": null, "utilization": 0.85}'
 )
 JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+Relayed = tuple[WebhookReceiver, SidecarClient]
+
+
+@pytest.fixture
+async def relayed(
+    orchestrator: StartOrchestrator,
+    sidecar_client: StartSidecar,
+    relay_settings: Callable[..., Settings],
+) -> Relayed:
+    """An orchestrator, and a sidecar relaying to it."""
+    receiver = await orchestrator()
+    return receiver, await sidecar_client(
+        relay_settings(targets=[http_target("orch", receiver.url)])
+    )
 
 
 @pytest.fixture
@@ -42,12 +60,9 @@ def received(client: Any, outcome: str) -> float:
 
 
 async def test_the_stores_exact_payload_is_accepted_and_relayed_with_its_reason(
-    orchestrator: StartOrchestrator,
-    sidecar_client: Callable[..., Any],
-    relay_settings: Callable[..., Settings],
+    relayed: Relayed,
 ) -> None:
-    receiver = await orchestrator()
-    client = await sidecar_client(relay_settings(targets=[http_target("orch", receiver.url)]))
+    receiver, client = relayed
     before = time.time()
 
     response = await client.post("/feedback", data=STORE_BODY, headers=JSON_HEADERS)
@@ -80,12 +95,9 @@ async def test_the_stores_exact_payload_is_accepted_and_relayed_with_its_reason(
 
 
 async def test_core_events_keep_ts_and_source_and_arrays_keep_their_order(
-    orchestrator: StartOrchestrator,
-    sidecar_client: Callable[..., Any],
-    relay_settings: Callable[..., Settings],
+    relayed: Relayed,
 ) -> None:
-    receiver = await orchestrator()
-    client = await sidecar_client(relay_settings(targets=[http_target("orch", receiver.url)]))
+    receiver, client = relayed
     events: list[dict[str, Any]] = [
         {
             "coordinator_id": f"coord-{n}",
@@ -110,12 +122,9 @@ async def test_core_events_keep_ts_and_source_and_arrays_keep_their_order(
 
 
 async def test_the_stores_utilization_is_relayed_as_it_sent_it(
-    orchestrator: StartOrchestrator,
-    sidecar_client: Callable[..., Any],
-    relay_settings: Callable[..., Settings],
+    relayed: Relayed,
 ) -> None:
-    receiver = await orchestrator()
-    client = await sidecar_client(relay_settings(targets=[http_target("orch", receiver.url)]))
+    receiver, client = relayed
     given = {**store_payload("given", queue_size=850), "utilization": 0.851234}
     absent = store_payload("absent", queue_size=850)
     del absent["utilization"]
@@ -124,8 +133,8 @@ async def test_the_stores_utilization_is_relayed_as_it_sent_it(
 
     assert response.status == 202
     await eventually(lambda: len(receiver.delivered) == 2, message="both relayed")
-    relayed = {event["coordinator_id"]: event["utilization"] for event in receiver.events()}
-    assert relayed == {"given": 0.851234, "absent": 850 / 1000}
+    utilizations = {event["coordinator_id"]: event["utilization"] for event in receiver.events()}
+    assert utilizations == {"given": 0.851234, "absent": 850 / 1000}
 
 
 @pytest.mark.exclusive
@@ -315,13 +324,13 @@ def test_refused_peers_are_counted_each_time_but_logged_once_per_interval(
 
 
 async def test_an_array_with_one_bad_element_is_rejected_whole(
-    orchestrator: StartOrchestrator,
-    sidecar_client: Callable[..., Any],
-    relay_settings: Callable[..., Settings],
+    relayed: Relayed,
 ) -> None:
-    receiver = await orchestrator()
-    client = await sidecar_client(relay_settings(targets=[http_target("orch", receiver.url)]))
+    receiver, client = relayed
     batch = [store_payload("a"), store_payload("b"), {**store_payload("c"), "queue_size": "lots"}]
+    valid = await client.post("/feedback", json=store_payload("before"))
+    assert valid.status == 202
+    await eventually(lambda: len(receiver.delivered) == 1, message="the valid one relayed")
 
     response = await client.post("/feedback", json=batch)
 
@@ -330,11 +339,11 @@ async def test_an_array_with_one_bad_element_is_rejected_whole(
     assert (body["index"], body["field"]) == (2, "queue_size")
     assert "index 2" in body["error"]
     state = await (await client.get("/feedback")).json()
-    assert state["coordinators"] == {}
-    assert state["last_store_event_at"] is None
+    assert set(state["coordinators"]) == {"before"}  # nothing of the rejected array
     assert client.app[RELAY].router.lane("orch").depth == 0
+    assert len(receiver.delivered) == 1
     assert received(client, "invalid") == 3
-    assert received(client, "accepted") == 0
+    assert received(client, "accepted") == 1
 
 
 async def test_size_limits(

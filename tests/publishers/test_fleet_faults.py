@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -30,27 +30,11 @@ from tests.publishers.test_fleet import (  # noqa: F401 - fixtures
 )
 from tests.support.helpers import eventually
 from tests.support.redis_servers import SHARED_REDIS_URL, RedisServer
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import StartProxy
 
 pytest_plugins = ["tests.support.redis_fixtures"]
 
 LEASE, RENEWAL = 1.5, 0.3
-StartProxy = Callable[[int], Awaitable[TcpProxy]]
-
-
-@pytest.fixture
-async def proxies() -> AsyncIterator[StartProxy]:
-    """`await proxies(port)`: a TCP proxy to 127.0.0.1:port; all stopped at the end."""
-    made: list[TcpProxy] = []
-
-    async def start(port: int) -> TcpProxy:
-        proxy = await TcpProxy(port).start()
-        made.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in made:
-        await proxy.stop()
 
 
 @pytest.fixture

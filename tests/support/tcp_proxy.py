@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 Mode = Literal["pass", "blackhole", "reset", "hold"]
@@ -172,3 +173,6 @@ class TcpProxy:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+
+
+StartProxy = Callable[[int], Awaitable[TcpProxy]]
