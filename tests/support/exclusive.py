@@ -1,16 +1,17 @@
 """Parallel workers, and tests that bound latency running alone.
 
-The suite runs in parallel workers (`-n 4 --dist loadgroup` in `pyproject.toml`): most tests
+The suite runs in parallel workers (`-n 4 --dist loadfile` in `pyproject.toml`): most tests
 wait on servers and processes, not on the CPU. A module's tests stay on one worker, so
-they share its module fixtures and its fixed names (a database, a role).
+they share its module and session fixtures (its own PostgreSQL, a replica) and its fixed
+names (a database, a role).
 
 Tests marked `exclusive` bound how long something takes (a probe under 50 ms while a check
-hangs); on two cores a neighbour's work would be measured with them. They form one group,
-run on one worker, and hold a lock that every other test holds shared: the group waits
-for the tests running beside it to end, and no other test starts until the group is done.
-A turnstile, which every test passes before taking the lock, keeps a waiting group from
-being overtaken. The lock is taken outside pytest-timeout's clock, so waiting for it does
-not count toward a test's timeout.
+hangs); on two cores a neighbour's work would be measured with them. They hold a lock that
+every other test holds shared: an exclusive test waits for the tests running beside it to
+end, and no other test starts until it is done (a run of exclusive tests in one module
+holds it throughout). A turnstile, which every test passes before taking the lock, keeps
+a waiting exclusive test from being overtaken. The lock is taken outside pytest-timeout's
+clock, so waiting for it does not count toward a test's timeout.
 """
 
 from __future__ import annotations
@@ -22,21 +23,21 @@ from typing import IO
 
 import pytest
 
-EXCLUSIVE = "exclusive"
 #: The lock and its turnstile: one pair per checkout, shared by every run from it.
 LOCKS = Path(__file__).resolve().parents[2] / ".cache"
 
 
 def is_exclusive(item: pytest.Item | None) -> bool:
-    return item is not None and item.get_closest_marker(EXCLUSIVE) is not None
+    return item is not None and item.get_closest_marker("exclusive") is not None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every module is a group of its own; the exclusive tests are one group together."""
-    for item in items:
-        group = EXCLUSIVE if is_exclusive(item) else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+    """Modules with exclusive tests first, and those tests first in their module: the
+    workers start on them together, so they take turns at once instead of each waiting
+    for long tests beside it to end (`--no-loadscope-reorder` keeps this order)."""
+    having = {item.path for item in items if is_exclusive(item)}
+    modules = {path: index for index, path in enumerate(dict.fromkeys(i.path for i in items))}
+    items.sort(key=lambda i: (i.path not in having, modules[i.path], not is_exclusive(i)))
 
 
 class Lock:
