@@ -12,11 +12,17 @@ end, and no other test starts until it is done (a run of exclusive tests in one 
 holds it throughout). A turnstile, which every test passes before taking the lock, keeps
 a waiting exclusive test from being overtaken. The lock is taken outside pytest-timeout's
 clock, so waiting for it does not count toward a test's timeout.
+
+An in-process sidecar shares its event loop with pytest, whose heap holds every test
+module: a full garbage collection of it pauses the loop for 50 ms or more. An exclusive
+test runs with what exists frozen (`gc.freeze`), so the harness's pauses stay out of a
+measurement of the sidecar.
 """
 
 from __future__ import annotations
 
 import fcntl
+import gc
 from collections.abc import Generator
 from pathlib import Path
 from typing import IO
@@ -77,8 +83,13 @@ def pytest_runtest_protocol(
     exclusive = is_exclusive(item)
     if not _lock.held:  # else held exclusively since the exclusive test before this one
         _lock.take(exclusive=exclusive)
+    if exclusive:
+        gc.collect()
+        gc.freeze()
     try:
         return (yield)
     finally:
+        if exclusive:
+            gc.unfreeze()
         if not (exclusive and is_exclusive(nextitem)):
             _lock.release()
