@@ -61,12 +61,7 @@ class Fleet:
         return max(live, key=SEVERITY.__getitem__, default="ok")
 
     def pod_worst(self, replica: str) -> tuple[str, str]:
-        """(level, coordinator) of the replica's worst coordinator (ties: the fuller)."""
-        mine = [(c, level) for (r, c), level in self.levels.items() if r == replica]
-        coordinator, level = max(
-            mine, key=lambda item: (SEVERITY[item[1]], DEPTHS[item[1]], item[0])
-        )
-        return level, coordinator
+        return pod_worst(self.levels, replica)
 
     async def send(self, replica: str, coordinator: str, level: str) -> None:
         """One crossing as the store posts it; returns once the fleet holds it and the
@@ -87,6 +82,14 @@ class Fleet:
 def fleet_target(redis_url: str) -> dict[str, str]:
     """A stream target as an operator writes it: its scope is the default, `fleet`."""
     return {"kind": "redis-stream", "name": "pulse", "url": redis_url}
+
+
+def pod_worst(levels: dict[tuple[str, str], str], replica: str) -> tuple[str, str]:
+    """(level, coordinator) of the replica's worst coordinator (ties: the fuller), as its
+    member state holds it."""
+    mine = [(c, level) for (r, c), level in levels.items() if r == replica]
+    coordinator, level = max(mine, key=lambda item: (SEVERITY[item[1]], DEPTHS[item[1]], item[0]))
+    return level, coordinator
 
 
 async def member_holds(redis_url: str, replica: str, worst: tuple[str, str]) -> bool:

@@ -26,8 +26,8 @@ from tests.consumers.conftest import (
     start_store,
     store_sends,
 )
-from tests.consumers.test_fleet_pipeline import SCALES, SEVERITY
-from tests.support.helpers import SidecarProcess
+from tests.consumers.test_fleet_pipeline import SCALES, SEVERITY, member_holds, pod_worst
+from tests.support.helpers import SidecarProcess, eventually
 
 pytestmark = pytest.mark.timeout(180, func_only=True)
 
@@ -55,6 +55,7 @@ STEPS = [
 
 @dataclass
 class Loop:
+    redis_url: str
     stores: dict[str, Driver]
     pipelines: list[Driver]
     observers: list[Driver]
@@ -109,7 +110,7 @@ async def start_loop(
         )
     )
     stores = await asyncio.gather(*(start_store(start_driver, sidecar) for sidecar in sidecars))
-    return Loop(dict(zip(REPLICAS, stores, strict=True)), pipelines, observers)
+    return Loop(redis_url, dict(zip(REPLICAS, stores, strict=True)), pipelines, observers)
 
 
 async def cross(loop: Loop, replica: str, coordinator: str, level: str) -> dict[int, float]:
@@ -122,6 +123,14 @@ async def cross(loop: Loop, replica: str, coordinator: str, level: str) -> dict[
     sent_at = time.monotonic()
     await store_sends(loop.stores[replica], f"{level} {DEPTHS[level]} {coordinator}{reason}")
     loop.levels[(replica, coordinator)] = level
+    # The truth is what the fleet has heard: a crossing that leaves the scale as it was is
+    # not waited on below, and the next one must not overtake it on the way to Redis.
+    worst = pod_worst(loop.levels, replica)
+    await eventually(
+        lambda: member_holds(loop.redis_url, replica, worst),
+        timeout=10,
+        message=f"{replica}'s member state {worst}",
+    )
     want = SCALES[loop.truth()]
     taken: dict[int, float] = {}
     for index, (pipeline, mark) in enumerate(zip(loop.pipelines, marks, strict=True)):
