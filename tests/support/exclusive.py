@@ -14,9 +14,9 @@ a waiting exclusive test from being overtaken. The lock is taken outside pytest-
 clock, so waiting for it does not count toward a test's timeout.
 
 An in-process sidecar shares its event loop with pytest, whose heap holds every test
-module: a full garbage collection of it pauses the loop for 50 ms or more. An exclusive
-test runs with what exists frozen (`gc.freeze`), so the harness's pauses stay out of a
-measurement of the sidecar.
+module: a full garbage collection of it pauses the loop longer than a probe may take. An
+exclusive test runs with what exists frozen (`gc.freeze`), so the harness's pauses stay
+out of a measurement of the sidecar.
 """
 
 from __future__ import annotations
