@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from loguru import logger
+from redis.exceptions import ResponseError
 
 from market_data_sidecar.feedback.model import Feedback
 from market_data_sidecar.publishers.redis import RedisStreamPublisher
@@ -173,6 +174,21 @@ def test_groups_redis_reports_with_nonsense_fields_are_unknown_and_cost_nothing(
     copies.observe([b"1000-1", b"1000-2"], nonsense, ["1000-0"])
     assert copies.estimates() == {"ok": 1}
     assert 1 <= copies.entries() <= 8
+
+
+def test_a_fault_longer_than_is_shown_is_said_once_until_it_ends() -> None:
+    copies = copies_of("k", max_copies=8, maxlen=100)
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="INFO", format="{message}")
+    refused = ResponseError("NOPERM " + "x" * 400)  # cut where it is shown
+    try:
+        for _ in range(3):
+            copies.observe([], refused, ["1000-0"])
+        copies.observe([], [], ["1000-1"])
+    finally:
+        logger.remove(sink)
+    assert sum("each change is appended once" in line for line in lines) == 1, lines
+    assert sum("copies: can xinfo again" in line for line in lines) == 1, lines
 
 
 async def test_without_xinfo_each_change_is_appended_once_and_said_once(

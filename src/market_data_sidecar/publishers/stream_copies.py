@@ -41,10 +41,9 @@ from loguru import logger
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from market_data_sidecar.feedback.state import shown_name
 from market_data_sidecar.metrics import Metrics
 from market_data_sidecar.publishers.redis_protocol import reply_text
-from market_data_sidecar.publishers.stream_readers import StreamId, group_name, stream_id
+from market_data_sidecar.publishers.stream_readers import Faults, StreamId, group_name, stream_id
 from market_data_sidecar.tasks import cancelled
 
 #: Append the stream's newest entry again, if it carries event id ARGV[2] (it is the
@@ -144,7 +143,9 @@ class Copies:
         self._shared_logged: set[str] = set()
         self._sha: str | None = None
         #: Why copies cannot be made or counted here ("script", "xinfo"), as Redis said it.
-        self._faults: dict[str, str] = {}
+        self._faults = Faults(
+            target, key, part="copies: ", then="; each change is appended once", limit=300
+        )
         self._retries = 0
         #: Entries beyond the estimate: one, doubled while every entry of a round is taken.
         self._spare = 1
@@ -210,7 +211,7 @@ class Copies:
         try:
             self._sha = await client.script_load(COPY)
         except ResponseError as exc:
-            self._fault("script", f"cannot append copies to {self.key} (SCRIPT LOAD): {exc}")
+            self._faults.set("script", f"cannot append copies to {self.key} (SCRIPT LOAD): {exc}")
 
     async def round(self, client: aioredis.Redis, originals: Sequence[Original]) -> Round:
         """Append the originals, each followed by its copies, then read the groups, in one
@@ -259,9 +260,11 @@ class Copies:
             self._metrics.stream_copies.labels(self.target).inc(len(appended) - len(originals))
         if isinstance(groups, Exception):
             if "no such key" not in str(groups).lower():
-                self._fault("xinfo", f"cannot count the readers of {self.key} (XINFO): {groups}")
+                self._faults.set(
+                    "xinfo", f"cannot count the readers of {self.key} (XINFO): {groups}"
+                )
             return
-        self._fault("xinfo", None)
+        self._faults.set("xinfo", None)
         if not appended or not isinstance(groups, list):
             return
         ids = sorted(stream_id(entry) for entry in appended)
@@ -278,7 +281,7 @@ class Copies:
         if isinstance(error, NoScriptError) or "NOSCRIPT" in str(error or ""):
             self._sha = None  # Redis restarted: loaded again before the next round
         elif error is not None:
-            self._fault("script", f"cannot append copies to {self.key}: {error}")
+            self._faults.set("script", f"cannot append copies to {self.key}: {error}")
             self._sha = None
 
     def _learn(self, groups: list[Any], ids: list[StreamId], *, change: bool) -> None:
@@ -417,24 +420,10 @@ class Copies:
             pipe.set(self.shared_key, local, ex=SHARED_TTL)
             self._shared_written = (local, time.monotonic())
 
-    def _fault(self, kind: str, text: str | None) -> None:
-        """Say once what the sidecar cannot do here, when it starts and when it ends."""
-        before = self._faults.get(kind)
-        if text == before:
-            return
-        if text is None:
-            del self._faults[kind]
-            logger.info("stream target {} ({}): copies: can {} again", self.target, self.key, kind)
-            return
-        self._faults[kind] = shown_name(text, 300) or ""
-        logger.warning(
-            "stream target {}: {}; each change is appended once", self.target, self._faults[kind]
-        )
-
     def details(self) -> dict[str, str]:
         details = {"copies": str(self.entries())}
         if self._faults:
-            details["copies_error"] = "; ".join(self._faults.values())
+            details["copies_error"] = "; ".join(self._faults.texts.values())
         return details
 
 

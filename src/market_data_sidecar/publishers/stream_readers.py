@@ -254,6 +254,40 @@ class Reading:
     total: int = 0
 
 
+class Faults:
+    """What one part of a stream target cannot do, by kind, in Redis's own words (bounded
+    like any text from outside): logged once when it starts and once when it ends."""
+
+    def __init__(
+        self, target: str, key: str, *, part: str = "", then: str = "", limit: int = MAX_FAULT
+    ) -> None:
+        self._target, self._key = target, key
+        #: How the part is named when it can again, and what follows while it cannot.
+        self._part, self._then, self._limit = part, then, limit
+        self.texts: dict[str, str] = {}
+
+    def __contains__(self, kind: str) -> bool:
+        return kind in self.texts
+
+    def __bool__(self) -> bool:
+        return bool(self.texts)
+
+    def set(self, kind: str, text: str | None) -> None:
+        """`kind` cannot be done, said as `text`; or, with None, can be again."""
+        if text is not None:
+            text = shown_name(text, self._limit) or ""
+        if text == self.texts.get(kind):
+            return
+        if text is None:
+            del self.texts[kind]
+            logger.info(
+                "stream target {} ({}): {}can {} again", self._target, self._key, self._part, kind
+            )
+            return
+        self.texts[kind] = text
+        logger.warning("stream target {}: {}{}", self._target, text, self._then)
+
+
 class StreamReaders:
     """Watches one stream key's consumer groups for its publisher (a task of its own)."""
 
@@ -288,7 +322,7 @@ class StreamReaders:
         self._seen: dict[str, StreamId] | None = None
         self._idle: dict[tuple[str, str], float] = {}
         #: What the sidecar cannot do here ("see", "bound"), as Redis said it.
-        self._faults: dict[str, str] = {}
+        self._faults = Faults(target, key)
         self._labelled: set[str] = set()
         #: Since when readings fail (monotonic), and the last failure in words.
         self._failing_since: float | None = None
@@ -356,14 +390,14 @@ class StreamReaders:
             wrong = wrong_kind(self.key, reading.kind)
             self._cannot_see(f"cannot see the readers: {wrong}")
             return
-        self._fault("see", None)
+        self._faults.set("see", None)
         groups = self._unread(reading.groups, reading.last_entry)
         self._arrivals(groups)
         self._groups, self._total = groups, reading.total
         self._export(groups)
 
     def _cannot_see(self, text: str) -> None:
-        self._fault("see", text)
+        self._faults.set("see", text)
         self._groups = None
 
     def _unread(self, groups: list[Group], last_entry: StreamId) -> list[Group]:
@@ -435,27 +469,13 @@ class StreamReaders:
                 acked, visited = await sweep(keys=[self.key], args=[ACK_BUDGET, *chunk])
             except ResponseError as exc:
                 what = f"the pending lists of {self.key} (XACK of trimmed entries)"
-                self._fault("bound", f"cannot bound {what}: {exc}")
+                self._faults.set("bound", f"cannot bound {what}: {exc}")
                 return
-            self._fault("bound", None)
+            self._faults.set("bound", None)
             if acked and self._metrics is not None:
                 self._metrics.stream_trimmed_acked.labels(self.target).inc(int(acked))
             done += int(visited)
         self._sweep_from = (start + done) % len(names)
-
-    def _fault(self, kind: str, text: str | None) -> None:
-        """Log what the sidecar cannot do once, when it starts and when it ends."""
-        before = self._faults.get(kind)
-        if text is not None:  # Redis's own words: bounded like any text from outside
-            text = shown_name(text, MAX_FAULT)
-        if text == before:
-            return
-        if text is None:
-            del self._faults[kind]
-            logger.info("stream target {} ({}): can {} again", self.target, self.key, kind)
-            return
-        self._faults[kind] = text
-        logger.warning("stream target {}: {}", self.target, text)
 
     def _failed(self, exc: BaseException) -> None:
         """A reading that failed: counted, logged once per interval with the count."""
@@ -535,9 +555,9 @@ class StreamReaders:
         if self._groups is not None:
             details["readers"] = _summary(self._groups, self._total)
         if "see" in self._faults:
-            details["readers_error"] = self._faults["see"]
+            details["readers_error"] = self._faults.texts["see"]
         if "bound" in self._faults:
-            details["pending_error"] = self._faults["bound"]
+            details["pending_error"] = self._faults.texts["bound"]
         if self._failure is not None:
             details["readers_failing"] = self._failure
         return details
