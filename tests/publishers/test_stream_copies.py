@@ -140,10 +140,13 @@ async def test_a_reader_busy_at_the_change_hears_it_soon_after(
     assert publisher.copies.reannounced >= 1
 
 
+@pytest.mark.parametrize("estimate", [None, 2], ids=["learnt", "readers-set"])
 async def test_a_state_that_is_not_ok_is_announced_again_for_a_reader_that_joins_late(
-    publisher_factory: Publish, namespace: str
+    publisher_factory: Publish, namespace: str, estimate: int | None
 ) -> None:
-    publisher = publisher_factory(SHARED_REDIS_URL, namespace, scope="pod", reannounce=0.5)
+    publisher = publisher_factory(
+        SHARED_REDIS_URL, namespace, scope="pod", reannounce=0.5, readers=estimate
+    )
     await publisher.start()
     async with readers(namespace, pipeline=1) as groups:
         change = feedback("bars", level="hard")

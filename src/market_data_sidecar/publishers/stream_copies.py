@@ -167,7 +167,10 @@ class Copies:
         return {group_name(name): max(taken) for name, taken in self._taken.items()}
 
     def known(self) -> int | None:
-        """Readers behind the busiest group, as this writer learnt or another shared."""
+        """Readers behind the busiest group: as the target's `readers` says, else as this
+        writer learnt or another shared."""
+        if self.readers_override is not None:
+            return self.readers_override
         local = self._learnt()
         if local is None:
             return self._shared
