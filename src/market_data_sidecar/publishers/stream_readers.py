@@ -234,7 +234,7 @@ class Group:
 
     def shown(self) -> ReaderGroup:
         return ReaderGroup(
-            group=shown_name(self.name, MAX_NAME) or "",
+            group=group_name(self.name),
             consumers=self.consumers,
             pending=self.pending,
             lag=self.lag,
@@ -508,7 +508,7 @@ class StreamReaders:
         families = (m.stream_group_lag, m.stream_group_pending, m.stream_group_consumers)
         labelled: set[str] = set()
         for group in groups[:MAX_READER_GROUPS]:
-            label = shown_name(group.name, MAX_NAME) or ""
+            label = group_name(group.name)
             labelled.add(label)
             m.stream_group_pending.labels(self.target, label).set(group.pending)
             m.stream_group_consumers.labels(self.target, label).set(group.consumers)
