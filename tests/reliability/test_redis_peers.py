@@ -20,7 +20,7 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
-from market_data_sidecar.publishers.stream_readers import FAILING_INTERVAL_MAX, WATCH_INTERVAL
+from market_data_sidecar.publishers.stream_readers import WATCH_INTERVAL, WATCH_INTERVAL_MAX
 from tests.reliability.conftest import (
     FAST_RELAY_ENV,
     assert_still_serving,
@@ -56,10 +56,10 @@ PEERS: dict[str, tuple[Answer, str]] = {
 
 def readings(seconds: float) -> int:
     """Readings the stream's reader watcher tries in `seconds` while every one fails: one at
-    once, then after `WATCH_INTERVAL` doubled at each failure, up to `FAILING_INTERVAL_MAX`."""
+    once, then after `WATCH_INTERVAL` doubled at each failure, up to `WATCH_INTERVAL_MAX`."""
     count, at, delay = 1, 0.0, WATCH_INTERVAL
     while True:
-        delay = min(delay * 2, FAILING_INTERVAL_MAX)
+        delay = min(delay * 2, WATCH_INTERVAL_MAX)
         at += delay
         if at > seconds:
             return count

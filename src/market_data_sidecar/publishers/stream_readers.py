@@ -73,8 +73,6 @@ WATCH_INTERVAL = 0.5
 GROUPS_PER_INTERVAL = 100
 #: Longest wait between two readings, however many groups (or while readings fail).
 WATCH_INTERVAL_MAX = 5.0
-#: Kept for callers of the earlier name: the longest wait while readings fail.
-FAILING_INTERVAL_MAX = WATCH_INTERVAL_MAX
 #: Readings failing this long make the target's `problem`.
 FAILING_AFTER = 60.0
 #: Seconds between two log lines about failing readings (each is counted).
