@@ -51,6 +51,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from loguru import logger
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
     InvalidResponse,
@@ -348,7 +349,7 @@ class StreamReaders:
         while True:
             try:
                 async with asyncio.timeout(self._timeout):
-                    await self.read(client, read)
+                    await self.read(read)
                     await self._sweep(sweep)
                 self.readings += 1
                 self._recovered()
@@ -371,9 +372,9 @@ class StreamReaders:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def read(self, client: aioredis.Redis, script: Any = None) -> None:
-        """One reading: groups and their consumers, then arrivals and metrics."""
-        script = script or client.register_script(READ)
+    async def read(self, script: AsyncScript) -> None:
+        """One reading (`READ`, registered once by the watch): groups and their consumers,
+        then arrivals and metrics."""
         args = [MAX_READER_GROUPS, MAX_LISTED_CONSUMERS, MAX_NAME_BYTES, MAX_GROUPS]
         try:
             raw = await script(keys=[self.key], args=args)
@@ -450,7 +451,7 @@ class StreamReaders:
                 self._metrics.stream_reader_arrivals.labels(self.target).inc(len(arrived))
             self._on_arrival()
 
-    async def _sweep(self, sweep: Any) -> None:
+    async def _sweep(self, sweep: AsyncScript) -> None:
         """Acknowledge references to trimmed entries (see `SWEEP`), going round the groups
         that hold references, at most `ACK_BUDGET` a call and `MAX_SWEEPS` calls a reading."""
         names = [g.name for g in self._groups or () if g.pending and g.whole]
