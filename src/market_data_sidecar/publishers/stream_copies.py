@@ -247,8 +247,9 @@ class Copies:
         """Queue `copies` conditional copies of the state `event_id`; how many were queued."""
         if self._sha is None or copies <= 0:
             return 0
+        marker = _marker(event_id)
         for _ in range(copies):
-            pipe.evalsha(self._sha, 1, self.key, self.maxlen, _marker(event_id))
+            pipe.evalsha(self._sha, 1, self.key, self.maxlen, marker)
         return copies
 
     def queue_reading(self, pipe: Pipeline) -> None:
