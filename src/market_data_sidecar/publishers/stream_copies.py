@@ -105,8 +105,7 @@ class Round:
 
     originals: list[Any]
     copies: list[Any]
-    #: Whether the round read the groups, and what XINFO GROUPS replied.
-    reading: bool
+    #: What XINFO GROUPS replied (a list, or the error); None when the round did not read.
     groups: Any
 
 
@@ -230,7 +229,7 @@ class Copies:
             replies = await pipe.execute(raise_on_error=False)
         groups = replies.pop() if reading else None
         answered, copied = _split(replies, queued)
-        return Round(answered, copied, reading, groups)
+        return Round(answered, copied, groups)
 
     def _queue_original(self, pipe: Pipeline, original: Original, copies: int) -> int:
         """Queue `original` and its copies; how many copies were queued."""
@@ -240,7 +239,7 @@ class Copies:
     def learn_from(self, sent: Round, appended: Sequence[str]) -> None:
         """Learn from a round, given the entry ids its originals appended (the caller reads
         them from its replies, raising their errors first)."""
-        if sent.reading:
+        if sent.groups is not None:
             self.observe(sent.copies, sent.groups, appended)
 
     def queue(self, pipe: Pipeline, event_id: str, copies: int) -> int:
