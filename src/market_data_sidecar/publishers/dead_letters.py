@@ -17,7 +17,8 @@ from loguru import logger
 
 from market_data_sidecar.feedback.state import DeadLetterState, clip, shown_name
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers.redis_protocol import reply_text
+from market_data_sidecar.publishers.redis_protocol import reply_text, server_ms
+from market_data_sidecar.publishers.stream_readers import stream_id
 
 #: Characters of a reader's reason kept: the reason is the reader's own text.
 MAX_REASON = 200
@@ -45,12 +46,11 @@ class DeadLetters:
             pipe.xlen(self.key)
             pipe.xrevrange(self.key, count=1)
             now, length, newest = await pipe.execute()
-        server_ms = int(now[0]) * 1000 + int(now[1]) // 1000
-        length = int(length)
+        now_ms, length = server_ms(now), int(length)
         if self._started_ms is None:
-            self._started_ms, self._length_at_start = server_ms, length
+            self._started_ms, self._length_at_start = now_ms, length
         entry_ms, reason = _newest(newest)
-        age = None if entry_ms is None else max(0.0, (server_ms - entry_ms) / 1000)
+        age = None if entry_ms is None else max(0.0, (now_ms - entry_ms) / 1000)
         self._state = DeadLetterState(
             key=clip(self.key, 200) or "",
             length=length,
@@ -95,9 +95,8 @@ def _newest(reply: Any) -> tuple[int | None, str | None]:
     if not isinstance(reply, list) or not reply:
         return None, None
     entry_id, fields = reply[0]
-    try:
-        entry_ms = int(reply_text(entry_id).partition("-")[0])
-    except ValueError:
+    entry_ms = stream_id(entry_id)[0]
+    if not entry_ms:  # not an entry id
         return None, None
     reason = fields.get(b"reason", fields.get("reason")) if isinstance(fields, Mapping) else None
     if reason is None:

@@ -238,6 +238,12 @@ class BoundedParser(_AsyncRESP3Parser):
             raise ReplyOutOfBounds(f"a reply of over {MAX_REPLY_VALUES} values")
 
 
+def server_ms(reply: Any) -> int:
+    """The server's clock in milliseconds, from its `TIME` reply (seconds, microseconds):
+    what a stream entry's id is measured against."""
+    return int(reply[0]) * 1000 + int(reply[1]) // 1000
+
+
 def reply_text(value: Any) -> str:
     """A reply value as text: bytes decoded (what is not UTF-8 replaced), anything else
     as `str` gives it."""

@@ -42,7 +42,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from market_data_sidecar.metrics import Metrics
-from market_data_sidecar.publishers.redis_protocol import reply_text
+from market_data_sidecar.publishers.redis_protocol import reply_text, server_ms
 from market_data_sidecar.publishers.stream_readers import Faults, StreamId, group_name, stream_id
 from market_data_sidecar.tasks import cancelled
 
@@ -410,8 +410,7 @@ class Copies:
         if not newest:
             return None
         entry_id, fields = newest[0]
-        server_ms = int(now[0]) * 1000 + int(now[1]) // 1000
-        return _parse_newest(fields, (server_ms - stream_id(entry_id)[0]) / 1000)
+        return _parse_newest(fields, (server_ms(now) - stream_id(entry_id)[0]) / 1000)
 
     def _share(self, pipe: Pipeline) -> None:
         """Write what this writer learnt, when it changed or is about to expire."""
