@@ -41,6 +41,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from market_data_sidecar.feedback.intake import is_loopback
 from market_data_sidecar.feedback.model import Scope
 
 ENV_PREFIX = "SIDECAR_"
@@ -572,15 +573,7 @@ def _is_local(name: str) -> bool:
 
 
 def _is_loopback(name: str) -> bool:
-    if name in _LOCAL_NAMES or name.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    return name in _LOCAL_NAMES or name.endswith(".localhost") or is_loopback(name)
 
 
 def _redis_server(url: str) -> tuple[str, str]:
