@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -61,7 +61,7 @@ class Parts:
     relay: Relay
     monitor: HealthMonitor
     #: Every coordinator's scrapes, for the history (the health snapshot holds a few).
-    history: History = field(default_factory=History)
+    history: History
 
 
 def wire(

@@ -88,8 +88,8 @@ def create_app(served: Served) -> web.Application:
     app.router.add_post("/feedback", post_feedback)
     app.router.add_get("/feedback", get_feedback)
     snapshot, state = served.monitor.snapshot, served.relay_view.state
-    history = add_history(app, health=snapshot, feedback=state, history=served.history)
-    add_status_routes(app, health=snapshot, feedback=state, history=history)
+    add_history(app, health=snapshot, feedback=state, history=served.history)
+    add_status_routes(app, health=snapshot, feedback=state, history=served.history)
     add_openapi_route(app, served.intake)
     return app
 
