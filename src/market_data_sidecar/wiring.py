@@ -56,7 +56,6 @@ T = TypeVar("T", bound="DataclassInstance")
 class Parts:
     """Everything `run` serves and `demo` shows, built from one `Settings`."""
 
-    settings: Settings
     metrics: Metrics
     relay: Relay
     monitor: HealthMonitor
@@ -87,7 +86,7 @@ def wire(
                 functools.partial(relay.retire_unexported, complete_below=MAX_COORDINATORS)
             )
             check.add_listener(history.observe_queues)
-    return Parts(settings, metrics, relay, build_monitor(settings, checks, metrics), history)
+    return Parts(metrics, relay, build_monitor(settings, checks, metrics), history)
 
 
 def build_app(
