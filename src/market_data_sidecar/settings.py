@@ -41,6 +41,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from market_data_sidecar.checks.database import Role
 from market_data_sidecar.feedback.intake import is_loopback
 from market_data_sidecar.feedback.model import Scope
 
@@ -327,7 +328,7 @@ class Settings(BaseSettings):
     queue_fall: Annotated[int, Field(ge=1)] | None = None
     #: What the store needs of its database: `primary` (it writes, so a replica or a
     #: read-only server is unhealthy), `replica` (a read-only store) or `any`.
-    database_role: Literal["primary", "replica", "any"] = "primary"
+    database_role: Role = "primary"
 
     def schedule(self, check: ScheduledCheck) -> CheckSchedule:
         """`check`'s interval, timeout, rise and fall: its own settings, else the global."""
