@@ -22,9 +22,6 @@ from market_data_sidecar import __version__
 from market_data_sidecar.checks import Check, Damping, worst
 from market_data_sidecar.metrics import Metrics
 
-# Damping is defined with the checks (each carries its own) and still imported from here.
-__all__ = ["Clock", "Damping", "HealthMonitor", "bound_details"]
-
 #: JSON bytes of all components' details together: the `/readyz` and `/healthz` bodies
 #: stay under 16 KiB whatever a check reports (the kubelet reads only 10 KiB of a probe's
 #: answer, and a check's details grow with what the store reports). Shared evenly by the

@@ -41,6 +41,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from market_data_sidecar.checks.database import Role
+from market_data_sidecar.feedback.intake import is_loopback
 from market_data_sidecar.feedback.model import Scope
 
 ENV_PREFIX = "SIDECAR_"
@@ -326,7 +328,7 @@ class Settings(BaseSettings):
     queue_fall: Annotated[int, Field(ge=1)] | None = None
     #: What the store needs of its database: `primary` (it writes, so a replica or a
     #: read-only server is unhealthy), `replica` (a read-only store) or `any`.
-    database_role: Literal["primary", "replica", "any"] = "primary"
+    database_role: Role = "primary"
 
     def schedule(self, check: ScheduledCheck) -> CheckSchedule:
         """`check`'s interval, timeout, rise and fall: its own settings, else the global."""
@@ -572,15 +574,7 @@ def _is_local(name: str) -> bool:
 
 
 def _is_loopback(name: str) -> bool:
-    if name in _LOCAL_NAMES or name.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    return name in _LOCAL_NAMES or name.endswith(".localhost") or is_loopback(name)
 
 
 def _redis_server(url: str) -> tuple[str, str]:

@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,12 +56,11 @@ T = TypeVar("T", bound="DataclassInstance")
 class Parts:
     """Everything `run` serves and `demo` shows, built from one `Settings`."""
 
-    settings: Settings
     metrics: Metrics
     relay: Relay
     monitor: HealthMonitor
     #: Every coordinator's scrapes, for the history (the health snapshot holds a few).
-    history: History = field(default_factory=History)
+    history: History
 
 
 def wire(
@@ -87,7 +86,7 @@ def wire(
                 functools.partial(relay.retire_unexported, complete_below=MAX_COORDINATORS)
             )
             check.add_listener(history.observe_queues)
-    return Parts(settings, metrics, relay, build_monitor(settings, checks, metrics), history)
+    return Parts(metrics, relay, build_monitor(settings, checks, metrics), history)
 
 
 def build_app(

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from market_data_core.telemetry import HealthComponent
 
 from market_data_sidecar.checks import Check
+from market_data_sidecar.feedback.lane import TargetHealth
 from market_data_sidecar.feedback.relay import Relay
-from market_data_sidecar.feedback.router import TargetHealth
 
 
 class FeedbackCheck(Check):

@@ -29,9 +29,6 @@ from market_data_sidecar.feedback.scope import SEVERITY, next_pod_composite, sig
 from market_data_sidecar.feedback.state import TargetState
 from market_data_sidecar.metrics import Metrics
 
-#: `TargetHealth` is what `Router.health` returns; its importers read it from here.
-__all__ = ["Router", "TargetHealth"]
-
 #: How long a publisher may take to open or close its connections.
 PUBLISHER_SETUP_TIMEOUT = 5.0
 #: Coordinators whose current state is kept; the oldest is forgotten beyond this, so a

@@ -8,7 +8,7 @@ and shutdown read in one place.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -65,11 +65,9 @@ class Served:
     history: History
 
 
-def create_app(
-    served: Served, *, middlewares: Sequence[Middleware] = MIDDLEWARES
-) -> web.Application:
-    """Mount the routes and `middlewares` over `served`."""
-    app = web.Application(middlewares=middlewares, client_max_size=served.bounds.max_body_bytes)
+def create_app(served: Served) -> web.Application:
+    """Mount the routes and `MIDDLEWARES` over `served`."""
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=served.bounds.max_body_bytes)
     app[METRICS] = served.metrics
     app[MONITOR] = served.monitor
     app[RELAY] = served.relay
@@ -90,8 +88,8 @@ def create_app(
     app.router.add_post("/feedback", post_feedback)
     app.router.add_get("/feedback", get_feedback)
     snapshot, state = served.monitor.snapshot, served.relay_view.state
-    history = add_history(app, health=snapshot, feedback=state, history=served.history)
-    add_status_routes(app, health=snapshot, feedback=state, history=history)
+    add_history(app, health=snapshot, feedback=state, history=served.history)
+    add_status_routes(app, health=snapshot, feedback=state, history=served.history)
     add_openapi_route(app, served.intake)
     return app
 

@@ -32,17 +32,16 @@ def add_history(
     *,
     health: Callable[[], HealthStatus],
     feedback: Callable[[], RelayState | None],
-    history: History | None = None,
+    history: History,
     every: float = SAMPLE_EVERY,
     clock: Callable[[], float] = time.time,
-) -> History:
-    """Keep a history of `health()` and `feedback()`, sampled while the app runs, and
-    serve it at `GET /history`."""
-    kept = app[HISTORY] = history or History()
+) -> None:
+    """Sample `health()` and `feedback()` into `history` while the app runs, and serve
+    it at `GET /history`."""
+    app[HISTORY] = history
     app[_SOURCES] = (health, feedback, every, clock)
     app.cleanup_ctx.append(_run_sampler)
     app.router.add_get("/history", history_endpoint)
-    return kept
 
 
 async def _run_sampler(app: web.Application) -> AsyncIterator[None]:
