@@ -89,7 +89,7 @@ def create_app(served: Served) -> web.Application:
     app.router.add_get("/feedback", get_feedback)
     snapshot, state = served.monitor.snapshot, served.relay_view.state
     add_history(app, health=snapshot, feedback=state, history=served.history)
-    add_status_routes(app, health=snapshot, feedback=state, history=served.history)
+    add_status_routes(app, health=snapshot, feedback=state)
     add_openapi_route(app, served.intake)
     return app
 

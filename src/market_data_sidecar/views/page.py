@@ -29,6 +29,7 @@ from market_data_sidecar.views.model import (
     readers_text,
     target_health,
 )
+from market_data_sidecar.views.sampler import HISTORY
 from market_data_sidecar.views.timeline import HISTORY_CSS, history_section
 
 HealthSource = Callable[[], HealthStatus]
@@ -39,7 +40,6 @@ _MAX_REFRESH = 3600
 
 _HEALTH_SOURCE = web.AppKey[HealthSource]("status_page_health")
 _FEEDBACK_SOURCE = web.AppKey[FeedbackSource]("status_page_feedback")
-_HISTORY = web.AppKey("status_page_history", History)
 
 # The page runs no script and loads nothing: say so to the browser too.
 _HEADERS = {
@@ -56,14 +56,11 @@ def add_status_routes(
     *,
     health: HealthSource,
     feedback: FeedbackSource | None = None,
-    history: History | None = None,
 ) -> None:
     """Serve the page at `GET /` from `health()` (cached), `feedback()` (relay state) and
-    the `history` of both, when one is kept."""
+    the history of both, when the app keeps one (`views.sampler.add_history`)."""
     app[_HEALTH_SOURCE] = health
     app[_FEEDBACK_SOURCE] = feedback or (lambda: None)
-    if history is not None:
-        app[_HISTORY] = history
     app.router.add_get("/", status_page)
 
 
@@ -75,7 +72,7 @@ async def status_page(request: web.Request) -> web.Response:
     feedback = relay.model_dump(mode="json") if relay is not None else None
     view = StatusView.from_json(status.model_dump(mode="json"), feedback)
     # Encoded here with `replace`: the last guard against a character UTF-8 cannot write.
-    history = request.app.get(_HISTORY)
+    history = request.app.get(HISTORY)
     body = render_page(view, refresh=refresh, history=history).encode("utf-8", "replace")
     return web.Response(body=body, content_type="text/html", charset="utf-8", headers=_HEADERS)
 

@@ -6,7 +6,6 @@ The sampler is one task, created, named and cancelled by the app's cleanup conte
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -15,6 +14,7 @@ from loguru import logger
 from market_data_core.telemetry import HealthStatus
 
 from market_data_sidecar.feedback.state import RelayState
+from market_data_sidecar.tasks import cancelled
 from market_data_sidecar.views.history import (
     DEFAULT_CHANGES,
     MAX_CHANGES,
@@ -24,54 +24,45 @@ from market_data_sidecar.views.history import (
 )
 
 HISTORY = web.AppKey("history", History)
-_SOURCES = web.AppKey("history_sources", tuple)
+
+Health = Callable[[], HealthStatus]
+Feedback = Callable[[], RelayState | None]
 
 
 def add_history(
-    app: web.Application,
-    *,
-    health: Callable[[], HealthStatus],
-    feedback: Callable[[], RelayState | None],
-    history: History,
-    every: float = SAMPLE_EVERY,
-    clock: Callable[[], float] = time.time,
+    app: web.Application, *, health: Health, feedback: Feedback, history: History
 ) -> None:
     """Sample `health()` and `feedback()` into `history` while the app runs, and serve
-    it at `GET /history`."""
+    it at `GET /history` (the status page draws it too)."""
     app[HISTORY] = history
-    app[_SOURCES] = (health, feedback, every, clock)
-    app.cleanup_ctx.append(_run_sampler)
+    app.cleanup_ctx.append(_sampler(history, health, feedback))
     app.router.add_get("/history", history_endpoint)
 
 
-async def _run_sampler(app: web.Application) -> AsyncIterator[None]:
-    health, feedback, every, clock = app[_SOURCES]
-    task = asyncio.create_task(
-        _sample(app[HISTORY], health, feedback, every, clock), name="history-sampler"
-    )
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+def _sampler(
+    history: History, health: Health, feedback: Feedback
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The app's cleanup context that runs the sampler's task."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_sample(history, health, feedback), name="history-sampler")
+        yield
+        await cancelled(task)
+
+    return run
 
 
-async def _sample(
-    history: History,
-    health: Callable[[], HealthStatus],
-    feedback: Callable[[], RelayState | None],
-    every: float,
-    clock: Callable[[], float],
-) -> None:
+async def _sample(history: History, health: Health, feedback: Feedback) -> None:
     failing = False
     while True:
         try:
-            history.record(read(health(), feedback(), history.polled), clock())
+            history.record(read(health(), feedback(), history.polled), time.time())
             failing = False
         except Exception:  # a reading gone wrong must not end the history
             if not failing:  # once a run of failures, not every few seconds
                 logger.exception("history sample failed")
             failing = True
-        await asyncio.sleep(every)
+        await asyncio.sleep(SAMPLE_EVERY)
 
 
 async def history_endpoint(request: web.Request) -> web.Response:
