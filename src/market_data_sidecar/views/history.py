@@ -110,6 +110,14 @@ class Series:
         """The most severe state seen since tick `oldest` (ABSENT: none)."""
         return next((r for r in (2, 1, 0) if self.seen[r] >= oldest), ABSENT)
 
+    @property
+    def latest_utilization(self) -> float | None:
+        """The utilization at the newest tick recorded (NaN: none read in it; None: a
+        series without utilization)."""
+        if self.utilization is None:
+            return None
+        return self.utilization[self.last_tick % len(self.states)]
+
 
 class HistoryChange(BaseModel):
     """A series that changed state, as the sampler saw it."""
