@@ -72,17 +72,23 @@ class CoordinatorRow:
 
     @property
     def utilization(self) -> float | None:
-        if self.depth is None or not self.capacity:
-            return None
-        try:
-            return self.depth / self.capacity
-        except OverflowError:  # integers too large for a float ratio
-            return None
+        return queue_utilization(self.depth, self.capacity)
 
     @property
     def current_level(self) -> str | None:
         """The polled level when the queue check reports one, else the last event's."""
         return self.level or self.event_level
+
+
+def queue_utilization(depth: float | None, capacity: float | None) -> float | None:
+    """Depth over capacity; None when either is unknown, the capacity is 0, or the ratio
+    does not fit a float."""
+    if depth is None or not capacity:
+        return None
+    try:
+        return depth / capacity
+    except OverflowError:  # integers too large for a float ratio
+        return None
 
 
 def target_health(target: TargetState) -> str:
