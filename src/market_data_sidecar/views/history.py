@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from market_data_sidecar.feedback.state import RelayState
 from market_data_sidecar.feedback.watermarks import QueueSample
 from market_data_sidecar.views.format import printable
-from market_data_sidecar.views.model import queue_coordinators, queue_utilization
+from market_data_sidecar.views.model import as_int, queue_coordinators, queue_utilization
 
 #: Seconds a point covers, and points a series keeps: one hour.
 TICK = 10.0
@@ -85,7 +85,7 @@ def read(status: HealthStatus, relay: RelayState | None, scraped: Polled | None 
         level = polled.get("level") or coordinators.get(cid, (None, None))[0]
         coordinators[cid] = (
             level,
-            queue_utilization(_int(polled.get("depth")), _int(polled.get("capacity"))),
+            queue_utilization(as_int(polled.get("depth")), as_int(polled.get("capacity"))),
         )
     coordinators.update(scraped or {})
     targets = {
@@ -321,10 +321,3 @@ def _level_of(sample: QueueSample) -> str | None:
     """The level the queue check judged, when its samples carry one (an enum of Core's)."""
     level = getattr(sample, "level", None)
     return str(getattr(level, "value", level)) if level is not None else None
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
