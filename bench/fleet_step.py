@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import statistics
 import subprocess
 import threading
 import time
@@ -27,6 +26,7 @@ from redis.typing import EncodableT
 
 from bench.harness import Context, Row
 from bench.redis_server import OwnRedis
+from bench.stats import percentile
 from market_data_sidecar.feedback.model import Feedback, new_event_id
 from market_data_sidecar.feedback.scope import composite_of
 from market_data_sidecar.publishers.fleet import _SCRIPT, member_state
@@ -182,11 +182,12 @@ def measure(url: str, variant: str, size: int, steps: int, before_script: str) -
     pinger.join()
     client.close()
     pings = sorted(pinger.samples)
+    trips.sort()
     return {
         "server_ms": (usec2 - usec) / max(1, calls2 - calls) / 1000,
-        "trip_p50_ms": statistics.median(trips) * 1000,
-        "trip_p99_ms": sorted(trips)[int(len(trips) * 0.99) - 1] * 1000,
-        "ping_p99_ms": pings[int(len(pings) * 0.99) - 1] * 1000 if pings else 0.0,
+        "trip_p50_ms": percentile(trips, 50) * 1000,
+        "trip_p99_ms": percentile(trips, 99) * 1000,
+        "ping_p99_ms": percentile(pings, 99) * 1000 if pings else 0.0,
         "ping_max_ms": pings[-1] * 1000 if pings else 0.0,
     }
 

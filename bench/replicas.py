@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -33,6 +32,7 @@ from bench.closed_loop import (
     _added,
     _flush,
     _pipeline,
+    _scale_is,
     _store,
     _store_totals,
     _wait,
@@ -80,7 +80,7 @@ def _warm(sidecar: Sidecar, pipelines: list[Child], own: OwnRedis, *, every: boo
                 continue
             for pipeline, mark in zip(pipelines, marks, strict=True):
                 if _current(pipeline) != SCALES[level]:
-                    pipeline.wait_for(_scale(SCALES[level]), 15, mark)
+                    pipeline.wait_for(_scale_is(SCALES[level]), 15, mark)
         _wait(lambda: _added(client, KEY) >= before + 2, 15)
 
 
@@ -88,10 +88,6 @@ def _current(pipeline: Child) -> float:
     """The replica's scale now: full until its first change."""
     rates = [line["scale"] for line in pipeline.lines if line.get("event") == "rate"]
     return float(rates[-1]) if rates else 1.0
-
-
-def _scale(value: float) -> Callable[[dict[str, object]], bool]:
-    return lambda line: line.get("event") == "rate" and line["scale"] == value
 
 
 # -- the loop with three replicas ------------------------------------------------------------
@@ -177,7 +173,7 @@ def _latency(ctx: Context, own: OwnRedis, replicas: int) -> Latency:
             posted = time.monotonic()
             _post(sidecar, "bars", level)
             last = max(
-                p.wait_for(_scale(SCALES[level]), 15, mark)["t"]
+                p.wait_for(_scale_is(SCALES[level]), 15, mark)["t"]
                 for p, mark in zip(pipelines, marks, strict=True)
             )
             latencies.append((last - posted) * 1000)

@@ -94,7 +94,7 @@ def openapi_document(intake: Intake) -> dict[str, Any]:
             "/readyz": {"get": _health("readyz", "Readiness", _NOT_READY)},
             "/healthz": {"get": _health("healthz", "Full health", "Unhealthy.")},
             "/metrics": {"get": _metrics()},
-            "/feedback": {"get": _get_feedback(), "post": _post_feedback(intake, protected)},
+            "/feedback": {"get": _get_feedback(), "post": _post_feedback(intake)},
             "/history": {"get": _get_history()},
             PATH: {"get": _openapi()},
         },
@@ -307,7 +307,7 @@ def _get_history() -> dict[str, Any]:
     }
 
 
-def _post_feedback(intake: Intake, protected: bool) -> dict[str, Any]:
+def _post_feedback(intake: Intake) -> dict[str, Any]:
     limit = intake.max_events
     operation: dict[str, Any] = {
         "summary": "Feedback intake",
@@ -344,7 +344,7 @@ def _post_feedback(intake: Intake, protected: bool) -> dict[str, Any]:
             ),
         },
     }
-    if protected:
+    if intake.protected:
         operation["security"] = [{"bearer": []}]
         operation["responses"]["401"] = _error(
             "Missing or wrong bearer token.",

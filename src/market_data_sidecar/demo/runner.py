@@ -118,7 +118,7 @@ async def _run(
             return 1
         token = sidecar.token.get_secret_value() if sidecar.token else None
         await stack.enter_async_context(store.running(f"{base}/feedback", token))
-        await stack.enter_async_context(without_feedback.running_alone())
+        await stack.enter_async_context(without_feedback.running())
 
         started = time.monotonic()
         deadline = started + duration if duration is not None else math.inf

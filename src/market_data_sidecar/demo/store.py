@@ -9,8 +9,8 @@ at or below the low watermark).
 Each queue is fed by a producer whose demand follows a slow wave, at the share of its
 rate that `rate()` gives (the demo's producer follows the composite the pipeline reads),
 and drained by the store's writers at a fixed rate; what does not fit is dropped. The
-same store with its producer always at full rate (`running_alone`) is the comparison:
-what the drops would be without feedback.
+same store with its producer always at full rate, `running` without a feedback URL, is
+the comparison: what the drops would be without feedback.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from market_data_sidecar.demo.listening import listening
+from market_data_sidecar.tasks import cancelled
 
 #: How often the simulated queues move.
 TICK = 0.1
@@ -204,44 +205,41 @@ class SimulatedStore:
         return sum(queue.dropped for queue in self.queues)
 
     @asynccontextmanager
-    async def running_alone(self) -> AsyncIterator[None]:
-        """Move the queues, sending nothing, until the block exits: the comparison."""
-        task = asyncio.create_task(self._simulate(), name="demo-store:comparison")
+    async def running(
+        self, feedback_url: str | None = None, token: str | None = None
+    ) -> AsyncIterator[None]:
+        """Move the queues until the block exits, sending their feedback to `feedback_url`;
+        without one, nothing is sent: the comparison."""
+        name = "demo-store:comparison" if feedback_url is None else "demo-store:queues"
+        tasks = [asyncio.create_task(self._simulate(sending=feedback_url is not None), name=name)]
+        if feedback_url is not None:
+            send = self._send(feedback_url, token)
+            tasks.append(asyncio.create_task(send, name="demo-store:feedback"))
         try:
             yield
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for task in tasks:  # the queues first: no tick after the block
+                await cancelled(task)
 
-    @asynccontextmanager
-    async def running(self, feedback_url: str, token: str | None = None) -> AsyncIterator[None]:
-        """Move the queues and send their feedback until the block exits."""
-        tasks = [
-            asyncio.create_task(self._simulate(), name="demo-store:queues"),
-            asyncio.create_task(self._send(feedback_url, token), name="demo-store:feedback"),
-        ]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _simulate(self) -> None:
+    async def _simulate(self, *, sending: bool) -> None:
         started = previous = time.monotonic()
         while True:
             now = time.monotonic()
             elapsed, step, previous = now - started, now - previous, now
             rate = self.rate()
+            # Only `/metrics` reads the gauges and the drop counter: a store that is not
+            # served (the comparison) leaves them be.
+            served = bool(self.metrics_url)
             for queue in self.queues:
                 noise = self._random.uniform(-self.noise, self.noise)
                 overflow = queue.advance(elapsed, step, noise, rate)
-                if overflow:
+                if overflow and served:
                     self._dropped.labels(queue.coordinator_id, "queue_full").inc(overflow)
                 signal = queue.crossing(self.low, self.high)
-                if signal is not None:
+                if signal is not None and sending:
                     self._outbox.put_nowait(queue.payload(*signal))
-            self._export()
+            if served:
+                self._export()
             await asyncio.sleep(TICK)
 
     async def _send(self, url: str, token: str | None) -> None:

@@ -6,6 +6,8 @@ import asyncio
 import os
 import shutil
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -23,23 +25,65 @@ class Unreachable(Exception):
 async def fetch_view(base_url: str, *, deadline: float = 5.0) -> StatusView:
     """Read `/healthz` (any status code: 503 still carries the body) and `/feedback`."""
     base = base_url.rstrip("/")
+    async with _sidecar_client(base, deadline) as session:
+        return await _read_view(session, base)
+
+
+async def fetch_status(
+    base_url: str, *, deadline: float = 5.0
+) -> tuple[StatusView, HistoryState | None]:
+    """The view and `GET /history` (None from a sidecar that keeps none), read with one
+    HTTP client."""
+    base = base_url.rstrip("/")
+    async with _sidecar_client(base, deadline) as session:
+        return await _read_view(session, base), await _read_history(session, base)
+
+
+@asynccontextmanager
+async def _sidecar_client(base: str, deadline: float) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client of the sidecar at `base` (each request within `deadline`): a timeout or
+    a connection that fails within it is Unreachable."""
     client_timeout = aiohttp.ClientTimeout(total=deadline)
     try:
         async with aiohttp.ClientSession(timeout=client_timeout) as session:
-            health = await _get_json(session, f"{base}/healthz")
-            if not isinstance(health, dict) or "state" not in health:
-                raise Unreachable(f"{base}/healthz did not answer a health status")
-            try:
-                feedback = await _get_json(session, f"{base}/feedback")
-            except (aiohttp.ClientError, ValueError):
-                feedback = None
+            yield session
     except TimeoutError:
         raise Unreachable(f"cannot reach {base}: timed out after {deadline:g}s") from None
     except aiohttp.ClientConnectionError as exc:
         raise Unreachable(f"cannot reach {base}: {_connection_reason(exc)}") from None
+
+
+async def _read_view(session: aiohttp.ClientSession, base: str) -> StatusView:
+    try:
+        health = await _get_json(session, f"{base}/healthz")
+    except (TimeoutError, aiohttp.ClientConnectionError):
+        raise  # _sidecar_client reports it
     except (aiohttp.ClientError, ValueError) as exc:
         raise Unreachable(f"{base}/healthz did not answer a health status ({exc})") from None
+    if not isinstance(health, dict) or "state" not in health:
+        raise Unreachable(f"{base}/healthz did not answer a health status")
+    try:
+        feedback = await _get_json(session, f"{base}/feedback")
+    except (aiohttp.ClientError, ValueError):
+        feedback = None
     return StatusView.from_json(health, feedback if isinstance(feedback, dict) else None)
+
+
+async def _read_history(session: aiohttp.ClientSession, base: str) -> HistoryState | None:
+    """`GET /history` with every change it holds; None from a sidecar that keeps none."""
+    url = f"{base}/history?limit={MAX_CHANGES}"
+    try:
+        body = await _get_json(session, url)
+    except (TimeoutError, aiohttp.ClientConnectionError):
+        raise  # _sidecar_client reports it
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise Unreachable(f"cannot read {url}: {exc}") from None
+    if body is None:
+        return None
+    try:
+        return HistoryState.model_validate(body)
+    except ValidationError:
+        raise Unreachable(f"{url} did not answer a history") from None
 
 
 def local_url(host: str, port: int) -> str:
@@ -59,8 +103,10 @@ def show_status(base_url: str, *, history: bool = False) -> int:
     """`market-data-sidecar status`: print the view (and with `history`, what changed
     within the hour); the exit code is the sidecar's state."""
     try:
-        view = asyncio.run(fetch_view(base_url))
-        changes = asyncio.run(fetch_history(base_url)) if history else None
+        if history:
+            view, changes = asyncio.run(fetch_status(base_url))
+        else:
+            view, changes = asyncio.run(fetch_view(base_url)), None
     except Unreachable as exc:
         print(f"market-data-sidecar: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -73,24 +119,6 @@ def show_status(base_url: str, *, history: bool = False) -> int:
     encoding = sys.stdout.encoding or "utf-8"
     print(table.encode(encoding, "replace").decode(encoding))
     return EXIT_CODES.get(view.state, EXIT_CODES["unhealthy"])
-
-
-async def fetch_history(base_url: str, *, deadline: float = 5.0) -> HistoryState | None:
-    """`GET /history` with every change it holds; None from a sidecar that keeps none."""
-    url = f"{base_url.rstrip('/')}/history?limit={MAX_CHANGES}"
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=deadline)) as session:
-            body = await _get_json(session, url)
-    except TimeoutError:
-        raise Unreachable(f"cannot read {url}: timed out after {deadline:g}s") from None
-    except (aiohttp.ClientError, ValueError) as exc:
-        raise Unreachable(f"cannot read {url}: {exc}") from None
-    if body is None:
-        return None
-    try:
-        return HistoryState.model_validate(body)
-    except ValidationError:
-        raise Unreachable(f"{url} did not answer a history") from None
 
 
 def history_text(state: HistoryState | None) -> str:

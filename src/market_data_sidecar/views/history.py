@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from market_data_sidecar.feedback.state import RelayState
 from market_data_sidecar.feedback.watermarks import QueueSample
 from market_data_sidecar.views.format import printable
-from market_data_sidecar.views.model import queue_coordinators
+from market_data_sidecar.views.model import as_int, queue_coordinators, queue_utilization
 
 #: Seconds a point covers, and points a series keeps: one hour.
 TICK = 10.0
@@ -77,13 +77,16 @@ def read(status: HealthStatus, relay: RelayState | None, scraped: Polled | None 
         for cid, event in relay.coordinators.items():
             coordinators[printable(cid)] = (
                 event.level.value,
-                _ratio(event.queue_size, event.capacity),
+                queue_utilization(event.queue_size, event.capacity),
             )
     queue = next((c for c in status.components if c.name == "queue"), None)
     for cid, polled in (queue_coordinators(queue.details) if queue else {}).items():
         cid = printable(cid)
         level = polled.get("level") or coordinators.get(cid, (None, None))[0]
-        coordinators[cid] = (level, _ratio(_int(polled.get("depth")), _int(polled.get("capacity"))))
+        coordinators[cid] = (
+            level,
+            queue_utilization(as_int(polled.get("depth")), as_int(polled.get("capacity"))),
+        )
     coordinators.update(scraped or {})
     targets = {
         printable(t.name): t.composite.level
@@ -109,6 +112,14 @@ class Series:
     def worst(self, oldest: int) -> int:
         """The most severe state seen since tick `oldest` (ABSENT: none)."""
         return next((r for r in (2, 1, 0) if self.seen[r] >= oldest), ABSENT)
+
+    @property
+    def latest_utilization(self) -> float | None:
+        """The utilization at the newest tick recorded (NaN: none read in it; None: a
+        series without utilization)."""
+        if self.utilization is None:
+            return None
+        return self.utilization[self.last_tick % len(self.states)]
 
 
 class HistoryChange(BaseModel):
@@ -170,7 +181,7 @@ class History:
     def observe_queues(self, samples: Sequence[QueueSample]) -> None:
         """The queue check's listener: keep its latest scrape for the next reading."""
         self.polled = {
-            printable(s.coordinator_id): (_level_of(s), _ratio(s.depth, s.capacity))
+            printable(s.coordinator_id): (_level_of(s), queue_utilization(s.depth, s.capacity))
             for s in samples[: self.max_coordinators]
         }
 
@@ -310,19 +321,3 @@ def _level_of(sample: QueueSample) -> str | None:
     """The level the queue check judged, when its samples carry one (an enum of Core's)."""
     level = getattr(sample, "level", None)
     return str(getattr(level, "value", level)) if level is not None else None
-
-
-def _ratio(depth: float | None, capacity: int | None) -> float | None:
-    if depth is None or not capacity:
-        return None
-    try:
-        return depth / capacity
-    except OverflowError:
-        return None
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None

@@ -72,17 +72,23 @@ class CoordinatorRow:
 
     @property
     def utilization(self) -> float | None:
-        if self.depth is None or not self.capacity:
-            return None
-        try:
-            return self.depth / self.capacity
-        except OverflowError:  # integers too large for a float ratio
-            return None
+        return queue_utilization(self.depth, self.capacity)
 
     @property
     def current_level(self) -> str | None:
         """The polled level when the queue check reports one, else the last event's."""
         return self.level or self.event_level
+
+
+def queue_utilization(depth: float | None, capacity: float | None) -> float | None:
+    """Depth over capacity; None when either is unknown, the capacity is 0, or the ratio
+    does not fit a float."""
+    if depth is None or not capacity:
+        return None
+    try:
+        return depth / capacity
+    except OverflowError:  # integers too large for a float ratio
+        return None
 
 
 def target_health(target: TargetState) -> str:
@@ -190,17 +196,17 @@ def queue_coordinators(details: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 
 def _coordinator(cid: str, polled: Mapping[str, str], event: Mapping[str, Any]) -> CoordinatorRow:
-    depth = _int(polled.get("depth"))
-    capacity = _int(polled.get("capacity"))
+    depth = as_int(polled.get("depth"))
+    capacity = as_int(polled.get("capacity"))
     if depth is None and capacity is None:
-        depth, capacity = _int(event.get("queue_size")), _int(event.get("capacity"))
+        depth, capacity = as_int(event.get("queue_size")), as_int(event.get("capacity"))
     return CoordinatorRow(
         coordinator_id=cid,
         depth=depth,
         capacity=capacity,
         level=polled.get("level"),
         workers=polled.get("workers"),
-        dropped=_int(polled.get("dropped")),
+        dropped=as_int(polled.get("dropped")),
         circuit=polled.get("circuit"),
         event_level=_str(event.get("level")),
         event_origin=_str(event.get("origin")),
@@ -218,10 +224,10 @@ def _target(data: Mapping[str, Any]) -> TargetState:
         endpoint=_text(data.get("endpoint", "")),
         # Display words: a newer sidecar's are shown as it sent them.
         mode=cast(Any, _text(data.get("mode") or "latest")),
-        buffer_depth=_int(data.get("buffer_depth")) or 0,
-        delivered=_int(data.get("delivered")) or 0,
-        retried=_int(data.get("retried")) or 0,
-        dropped=_int(data.get("dropped")) or 0,
+        buffer_depth=as_int(data.get("buffer_depth")) or 0,
+        delivered=as_int(data.get("delivered")) or 0,
+        retried=as_int(data.get("retried")) or 0,
+        dropped=as_int(data.get("dropped")) or 0,
         last_success=_float(data.get("last_success")),
         last_error=_str(data.get("last_error")),
         last_error_at=_float(data.get("last_error_at")),
@@ -251,11 +257,11 @@ def _composite(value: Any) -> CompositeState | None:
         level=cast(Any, _text(value.get("level") or "?")),
         coordinator_id=_text(value.get("coordinator_id", "")),
         member=_text(value.get("member", "")),
-        queue_size=_int(value.get("queue_size")) or 0,
-        capacity=_int(value.get("capacity")) or 0,
-        members=_int(value.get("members")) or 0,
-        coordinators=_int(value.get("coordinators")) or 0,
-        suspects=_int(value.get("suspects")) or 0,
+        queue_size=as_int(value.get("queue_size")) or 0,
+        capacity=as_int(value.get("capacity")) or 0,
+        members=as_int(value.get("members")) or 0,
+        coordinators=as_int(value.get("coordinators")) or 0,
+        suspects=as_int(value.get("suspects")) or 0,
         age=_float(value.get("age")) or 0.0,
         stale=value.get("stale") is True,
     )
@@ -268,7 +274,7 @@ def _member(value: Mapping[str, Any]) -> MemberState:
         state=cast(Any, _text(value.get("state") or "live")),
         level=cast(Any, _text(value.get("level") or "?")),
         coordinator_id=_text(value.get("coordinator_id", "")),
-        coordinators=_int(value.get("coordinators")) or 0,
+        coordinators=as_int(value.get("coordinators")) or 0,
         lease_age=_float(value.get("lease_age")) or 0.0,
     )
 
@@ -298,11 +304,11 @@ def _readers(value: Any) -> list[ReaderGroup] | None:
     return [
         ReaderGroup.model_construct(
             group=_text(item.get("group", "?")),
-            consumers=_int(item.get("consumers")) or 0,
-            pending=_int(item.get("pending")) or 0,
-            lag=_int(item.get("lag")),
+            consumers=as_int(item.get("consumers")) or 0,
+            pending=as_int(item.get("pending")) or 0,
+            lag=as_int(item.get("lag")),
             idle_seconds=_float(item.get("idle_seconds")),
-            readers=_int(item.get("readers")),
+            readers=as_int(item.get("readers")),
             consumers_listed=item.get("consumers_listed") is not False,
         )
         for item in value[:MAX_READER_GROUPS]
@@ -315,8 +321,8 @@ def _dead_letters(value: Any) -> DeadLetterState | None:
         return None
     return DeadLetterState.model_construct(
         key=_text(value.get("key", "")),
-        length=_int(value.get("length")) or 0,
-        since_start=_int(value.get("since_start")) or 0,
+        length=as_int(value.get("length")) or 0,
+        since_start=as_int(value.get("since_start")) or 0,
         newest_age_seconds=_float(value.get("newest_age_seconds")),
         reason=_str(value.get("reason")),
     )
@@ -371,7 +377,7 @@ def _str(value: Any) -> str | None:
     return None if value is None else _text(value)
 
 
-def _int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
     """An integer from a number or its text (`"850"`, `"850.0"`); None for anything else,
     non-finite numbers included."""
     if isinstance(value, bool):

@@ -9,7 +9,7 @@ coordinators get rows; the others are one summary line and one chart of how many
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from html import escape
 
 from market_data_sidecar.views.format import count, percent
@@ -64,28 +64,32 @@ def _coordinators(history: History) -> str:
     if not named:
         return ""
     oldest = history.numbers().start
-    ranked = sorted(named, key=lambda name: _severity(named[name], oldest), reverse=True)
+    severity = {name: _severity(series, oldest) for name, series in named.items()}
+    ranked = sorted(named, key=severity.__getitem__, reverse=True)
     drawn = _rows(
         history, "coordinator", f"Worst {min(DRAWN, len(ranked))} coordinators", ranked[:DRAWN]
     )
-    return drawn + _summary(history, len(ranked) - min(DRAWN, len(ranked)))
+    return drawn + _summary(history, len(ranked) - min(DRAWN, len(ranked)), severity.values())
 
 
 def _severity(series: Series, oldest: int) -> tuple[int, int, float]:
     """Worst within the window (the history answers "who went hard"), then worst now,
     then the fullest queue now."""
-    latest = series.utilization[series.last_tick % len(series.states)] if series.utilization else 0
-    return (series.worst(oldest), series.last_state, 0.0 if math.isnan(latest) else latest)
+    latest = series.latest_utilization
+    fullest = 0.0 if latest is None or math.isnan(latest) else latest
+    return (series.worst(oldest), series.last_state, fullest)
 
 
-def _summary(history: History, rest: int) -> str:
+def _summary(history: History, rest: int, severities: Collection[tuple[int, int, float]]) -> str:
+    """The line under the drawn rows; `severities` is every coordinator's `_severity`."""
     now: list[int] = [0, 0, 0]
-    for series in history.series["coordinator"].values():
-        if series.last_state != ABSENT:
-            now[series.last_state] += 1
-    oldest = history.numbers().start
-    ever_hard = sum(1 for s in history.series["coordinator"].values() if s.worst(oldest) == 2)
-    total = len(history.series["coordinator"])
+    ever_hard = 0
+    for worst, last_state, _ in severities:
+        if last_state != ABSENT:
+            now[last_state] += 1
+        if worst == 2:
+            ever_hard += 1
+    total = len(severities)
     dropped = (
         f"; {count(history.dropped_series)} more seen but not kept"
         if history.dropped_series
@@ -168,9 +172,9 @@ def sparkline(history: History, series: Series) -> str:
 
 
 def _use_cells(history: History, series: Series) -> str:
-    if series.utilization is None:
+    latest = series.latest_utilization
+    if latest is None:
         return ""
-    latest = series.utilization[series.last_tick % history.points]
     shown = "-" if math.isnan(latest) else percent(latest)
     return f'<td>{sparkline(history, series)}</td><td class="num">{escape(shown)}</td>'
 
